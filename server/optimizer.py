@@ -1,0 +1,82 @@
+"""Server-side update rules: how a bank moves given the round's weighted-mean client delta.
+
+FedAvg and FedProx move the bank by the mean delta (server learning rate 1 reproduces plain averaging of the
+client models); FedProx differs only on the client, where a proximal term mu/2·||w - w_global||² is added to
+the loss (`mu` travels in the round config). FedAdam (Reddi et al., 2020) treats the mean delta as a
+pseudo-gradient and keeps Adam moments per tensor; its state is plain arrays so it checkpoints as safetensors
+and a resumed run continues with exactly the same moments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from server.aggregate import Arrays, apply_delta
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """strategy: one of STRATEGIES; server_lr: step on the mean delta (FedAdam's eta);
+    beta1/beta2/tau: FedAdam moments and its adaptivity floor (Flower's defaults)."""
+
+    strategy: str = "fedavg"
+    server_lr: float = 1.0
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy {self.strategy!r} is not one of {', '.join(STRATEGIES)}")
+        if not self.server_lr > 0:
+            raise ValueError(f"server_lr must be > 0, got {self.server_lr}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError(f"beta1/beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+        if not self.tau > 0:
+            raise ValueError(f"tau must be > 0, got {self.tau}")
+
+
+@dataclass
+class ServerOptimizer:
+    """Applies a mean delta to a bank; `state()` / `load_state()` carry FedAdam's moments."""
+
+    config: OptimizerConfig
+    m: Arrays = field(default_factory=dict)
+    v: Arrays = field(default_factory=dict)
+    steps: dict[str, int] = field(default_factory=dict)
+
+    def step(self, params: Mapping[str, np.ndarray], mean_delta: Mapping[str, np.ndarray]) -> Arrays:
+        """New parameters for one bank (keys of `mean_delta` must be in `params`)."""
+        if self.config.strategy in ("fedavg", "fedprox"):
+            return apply_delta(params, mean_delta, self.config.server_lr)
+        return self._adam(params, mean_delta)
+
+    def _adam(self, params: Mapping[str, np.ndarray], mean_delta: Mapping[str, np.ndarray]) -> Arrays:
+        c = self.config
+        update: Arrays = {}
+        for key, d in mean_delta.items():
+            g = np.asarray(d, dtype=np.float64)
+            m = c.beta1 * self.m.get(key, np.zeros_like(g)) + (1 - c.beta1) * g
+            v = c.beta2 * self.v.get(key, np.zeros_like(g)) + (1 - c.beta2) * g * g
+            t = self.steps.get(key, 0) + 1
+            self.m[key], self.v[key], self.steps[key] = m, v, t
+            m_hat = m / (1 - c.beta1**t)
+            v_hat = v / (1 - c.beta2**t)
+            update[key] = m_hat / (np.sqrt(v_hat) + c.tau)
+        return apply_delta(params, update, c.server_lr)
+
+    def state(self) -> tuple[Arrays, dict[str, int]]:
+        """(arrays "m/<key>", "v/<key>"; step counts) for a checkpoint."""
+        arrays = {f"m/{k}": v.astype(np.float64) for k, v in self.m.items()}
+        arrays.update({f"v/{k}": v.astype(np.float64) for k, v in self.v.items()})
+        return arrays, dict(self.steps)
+
+    def load_state(self, arrays: Mapping[str, np.ndarray], steps: Mapping[str, int]) -> None:
+        self.m = {k[2:]: np.asarray(v, dtype=np.float64) for k, v in arrays.items() if k.startswith("m/")}
+        self.v = {k[2:]: np.asarray(v, dtype=np.float64) for k, v in arrays.items() if k.startswith("v/")}
+        self.steps = {k: int(v) for k, v in steps.items()}
