@@ -1,0 +1,6 @@
+"""Recommendation on backbone + adapters: ranking metrics, the two-tower model, central training baselines.
+
+`metrics` is pure numpy; `model` and `train` hold the torch code; `commands` is the `fedadapt train` CLI.
+Import from the submodules (`from common.rec.model import RecModel`) so that using the metrics never
+loads torch.
+"""
