@@ -1,0 +1,44 @@
+# The README's two commands: `make demo` and `make test`. Both create .venv and install everything.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+WORK := $(CURDIR)/.work
+
+# Flower: keep its home inside the ignored work area, never install runtime deps, never phone home.
+export FLWR_HOME := $(WORK)/flwr
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
+export FLWR_DISABLE_UPDATE_CHECK := 1
+export RAY_TMPDIR := /tmp/fedadapt-ray
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test lint typecheck pytest clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	mkdir -p $(WORK) $(FLWR_HOME)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/fedadapt simulate --preset demo --out results/demo
+
+lint: install
+	$(BIN)/ruff check common client server simulations tests
+
+typecheck: install
+	$(BIN)/mypy common client server simulations
+
+pytest: install
+	$(BIN)/python -m pytest -q
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) $(WORK) results
