@@ -156,5 +156,6 @@ def load_backbone(path: str | Path | None = None) -> Backbone:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except Exception as exc:
         raise BackboneError(f"backbone path {folder}: could not load weights/tokenizer ({exc})") from exc
-    log.info("loaded backbone %s (%s, %d params)", folder, config.model_type, sum(p.numel() for p in model.parameters()))
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("loaded backbone %s (%s, %d params)", folder, config.model_type, n_params)
     return Backbone(freeze(model), tokenizer, str(folder))
