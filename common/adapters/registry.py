@@ -1,0 +1,83 @@
+"""The registry of adapter kinds: one table, filled by one call per kind, that refuses duplicates loudly.
+
+A kind is a small record of functions (how to build its per-module adapter, its model-level module, and what
+to precompute once per forward pass) plus how its wrapper feeds it. Everything else (injection, routing, state,
+saving) is shared, so a new kind is one module that calls `register_adapter_kind`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from common.adapters.base import WRAP_STYLES, Site, WrapStyle
+
+if TYPE_CHECKING:
+    from common.adapters.config import AdapterConfig
+
+log = logging.getLogger(__name__)
+
+# (config, site, adapter name) -> the module placed in that site's ModuleDict; its forward is
+# `forward(x: Tensor, call: AdapterCall) -> Tensor` returning the delta of width site.dim_out.
+LayerFactory = Callable[["AdapterConfig", Site, str], nn.Module]
+# (config, adapter name, all sites, names already present) -> a model-level module for this adapter name, or None.
+SharedFactory = Callable[["AdapterConfig", str, Sequence[Site], Sequence[str]], nn.Module | None]
+# (config, model-level modules by adapter name, adapter name) -> object handed to layer adapters as call.prepared.
+Prepare = Callable[["AdapterConfig", Mapping[str, nn.Module], str], object]
+
+
+@dataclass(frozen=True)
+class AdapterKind:
+    """Everything the shared machinery needs to know about one kind of adapter.
+
+    style: how a wrapper feeds the adapter (see base.WrapStyle), None for kinds without per-module adapters
+    (prompt tuning). default_sites: abstract site names ('attn_out', 'ffn_out', 'ffn_block', 'query', 'value',
+    'key') used when the config gives no target_modules. identity_at_init: whether a freshly injected adapter
+    leaves the backbone's outputs unchanged.
+    """
+
+    name: str
+    summary: str
+    style: WrapStyle | None
+    default_sites: Callable[[AdapterConfig], tuple[str, ...]]
+    make_layer: LayerFactory | None = None
+    make_shared: SharedFactory | None = None
+    prepare: Prepare | None = None
+    identity_at_init: bool = True
+    linear_only: bool = False  # the wrapped modules must be nn.Linear (LoRA)
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("_", "").isalnum():
+            raise ValueError(f"adapter kind name {self.name!r} must be a non-empty identifier")
+        if self.style is not None and self.style not in WRAP_STYLES:
+            raise ValueError(f"adapter kind {self.name!r}: style {self.style!r} is not one of {WRAP_STYLES}")
+        if (self.style is None) != (self.make_layer is None):
+            raise ValueError(f"adapter kind {self.name!r}: a style needs make_layer and make_layer needs a style")
+
+
+_KINDS: dict[str, AdapterKind] = {}
+
+
+def register_adapter_kind(kind: AdapterKind) -> AdapterKind:
+    """Add a kind; registering a name twice is an error, never a silent replacement."""
+    if kind.name in _KINDS:
+        raise ValueError(f"adapter kind {kind.name!r} is already registered")
+    _KINDS[kind.name] = kind
+    log.debug("registered adapter kind %s", kind.name)
+    return kind
+
+
+def get_adapter_kind(name: str) -> AdapterKind:
+    try:
+        return _KINDS[name]
+    except KeyError:
+        raise ValueError(f"adapter kind {name!r} is unknown; expected one of {', '.join(_KINDS)}") from None
+
+
+def adapter_kinds() -> tuple[str, ...]:
+    """Names of all registered kinds, in registration order."""
+    return tuple(_KINDS)
