@@ -8,14 +8,14 @@ Importing the package registers the built-in kinds; ADAPTER_KINDS lists them.
 """
 
 # Kind modules register themselves on import.
-from common.adapters import bottleneck, lora, parallel, prompt
+from common.adapters import bottleneck, hyper, lora, mixture, parallel, prompt, task_attention
 from common.adapters.config import AdapterConfig
 from common.adapters.model import AdaptedModel
 from common.adapters.registry import AdapterKind, adapter_kinds, get_adapter_kind, register_adapter_kind
 from common.adapters.state import load_adapters, save_adapters, split_key
 
 # The built-in kinds in the order tables list them; kinds registered later are valid but not listed here.
-ADAPTER_KINDS: tuple[str, ...] = ("bottleneck", "parallel", "lora", "prompt")
+ADAPTER_KINDS: tuple[str, ...] = ("bottleneck", "parallel", "lora", "hyper", "task_attention", "mixture", "prompt")
 if not set(ADAPTER_KINDS) <= set(adapter_kinds()):  # pragma: no cover - a kind module failed to register
     raise ImportError(f"built-in adapter kinds missing from the registry: {set(ADAPTER_KINDS) - set(adapter_kinds())}")
 
@@ -27,11 +27,14 @@ __all__ = [
     "adapter_kinds",
     "bottleneck",
     "get_adapter_kind",
+    "hyper",
     "load_adapters",
     "lora",
+    "mixture",
     "parallel",
     "prompt",
     "register_adapter_kind",
     "save_adapters",
     "split_key",
+    "task_attention",
 ]
