@@ -1,0 +1,216 @@
+"""Per-user ranking examples: time-ordered leave-one-out, text contexts, sampled negatives.
+
+A user's positives are the distinct products they added to cart or bought (a cart is already a strong purchase
+signal and doubles the positives of sparse users; a product counts once, at its first positive event). The last
+positive is the test item, the second-last the validation item, the earlier ones are training targets.
+The context for a target is built only from what happened *before the target's session started* (earlier
+sessions and reviews), most recent first, cut to a word budget: no event of the target's own session, and no
+later event, can leak into it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from common.data.schema import EVENT_TYPES, Marketplace
+from common.data.seasons import season_of
+
+log = logging.getLogger(__name__)
+
+VERBS = {"view": "viewed", "click": "clicked", "add_to_cart": "added to cart", "purchase": "bought"}
+STRENGTH = {name: rank for rank, name in enumerate(EVENT_TYPES)}
+
+
+@dataclass(frozen=True)
+class ExampleConfig:
+    """How examples are cut from the tables."""
+
+    context_words: int = 96  # word budget of a context (MiniLM sees ~128 tokens; words ~ 1.3 tokens)
+    review_words: int = 24  # words kept from one review inside a context
+    num_negatives: int = 99  # the standard sampled protocol: 1 positive vs 99 negatives
+    seed: int = 0
+    min_positives: int = 3  # test + validation + at least one training target
+    positive_events: tuple[str, ...] = ("add_to_cart", "purchase")
+    segment_columns: tuple[str, ...] | None = None  # user columns used as segments; None: all but user_id
+    include_reviews: bool = True
+    max_train_pairs: int | None = None  # keep only the most recent N training pairs per user
+
+    def __post_init__(self) -> None:
+        if self.context_words < 1 or self.review_words < 1:
+            raise ValueError(f"context_words and review_words must be >= 1, got {self.context_words}, "
+                             f"{self.review_words}")
+        if self.num_negatives < 0:
+            raise ValueError(f"num_negatives must be >= 0, got {self.num_negatives}")
+        if self.min_positives < 2:
+            raise ValueError(f"min_positives must be >= 2 (validation + test), got {self.min_positives}")
+        bad = [e for e in self.positive_events if e not in EVENT_TYPES]
+        if bad or not self.positive_events:
+            raise ValueError(f"positive_events must be a non-empty subset of {EVENT_TYPES}, got {bad}")
+
+
+@dataclass
+class UserRecord:
+    """Everything a client needs for one user; `user_id` is whatever the tables hold (a pseudonym after
+    anonymization). `segments` tag the test interaction (season = season of the test item's event);
+    `train_segments[i]` and `valid_segments` tag their own interactions."""
+
+    user_id: str
+    segments: dict[str, str]
+    context_text: str
+    train_pairs: list[tuple[str, str]]
+    valid_item: str
+    test_item: str
+    valid_negatives: list[str]
+    test_negatives: list[str]
+    valid_context_text: str = ""
+    train_segments: list[dict[str, str]] = field(default_factory=list)
+    valid_segments: dict[str, str] = field(default_factory=dict)
+    seen_items: list[str] = field(default_factory=list)
+
+    @property
+    def train_positives(self) -> list[str]:
+        return [item for _, item in self.train_pairs]
+
+
+def item_text(row: pd.Series | dict[str, str]) -> str:
+    """The text a candidate product is encoded from: name, category, description."""
+    return f"{row['product_name']}. {row['category']}. {row['product_description']}"
+
+
+def build_item_texts(products: pd.DataFrame) -> dict[str, str]:
+    texts = (products["product_name"] + ". " + products["category"] + ". " + products["product_description"])
+    return dict(zip(products["product_id"], texts, strict=True))
+
+
+def candidates(record: UserRecord, split: str = "test", catalog: Sequence[str] | None = None) -> list[str]:
+    """Items to rank, positive first: the sampled negatives, or (full ranking) every catalog item the user
+    never interacted with when `catalog` is given."""
+    if split not in ("test", "valid"):
+        raise ValueError(f"split must be 'test' or 'valid', got {split!r}")
+    positive = record.test_item if split == "test" else record.valid_item
+    if catalog is None:
+        return [positive, *(record.test_negatives if split == "test" else record.valid_negatives)]
+    seen = set(record.seen_items)
+    return [positive, *(p for p in catalog if p not in seen)]
+
+
+def _render_events(m: Marketplace, cfg: ExampleConfig) -> pd.DataFrame:
+    """One line of context text per (session, product) (its strongest event) and per review."""
+    clicks = m.clicks.assign(strength=m.clicks["event_type"].map(STRENGTH))
+    keyed = clicks.sort_values(["strength", "timestamp"], ascending=[False, True], kind="stable")
+    best = keyed.drop_duplicates(["user_id", "session_id", "product_id"])
+    first_ts = clicks.groupby(["user_id", "session_id", "product_id"], sort=False)["timestamp"].min()
+    best = best.join(first_ts.rename("t"), on=["user_id", "session_id", "product_id"])
+    prod = m.products.set_index("product_id")
+    label = prod["product_name"] + " (" + prod["category"] + ")"
+    lines = best["event_type"].map(VERBS) + " " + best["product_id"].map(label)
+    parts = [pd.DataFrame({"user_id": best["user_id"], "t": best["t"], "text": lines})]
+    if cfg.include_reviews and len(m.reviews):
+        r = m.reviews
+        short = r["review_text"].str.split().str[: cfg.review_words].str.join(" ")
+        text = ("reviewed " + r["product_id"].map(label) + " " + r["star_rating"].astype(str) + " stars: " + short)
+        parts.append(pd.DataFrame({"user_id": r["user_id"], "t": r["timestamp"], "text": text}))
+    events = pd.concat(parts, ignore_index=True).sort_values(["user_id", "t"], kind="stable")
+    return events.reset_index(drop=True)
+
+
+def _context(times: list[int], texts: list[str], before: int, budget: int) -> str:
+    """Most recent first, whole lines while they fit the word budget (the first line is cut if it alone is
+    too long)."""
+    end = bisect.bisect_left(times, before)
+    out: list[str] = []
+    used = 0
+    for text in reversed(texts[:end]):
+        words = len(text.split())
+        if used + words > budget:
+            if not out:
+                out.append(" ".join(text.split()[:budget]))
+            break
+        out.append(text)
+        used += words
+    return "; ".join(out)
+
+
+def _negatives(rng: np.random.Generator, n_catalog: int, seen: np.ndarray, k: int) -> list[int]:
+    """k distinct catalog indexes outside `seen` (a sorted index array), uniformly at random."""
+    if k == 0:
+        return []
+    if n_catalog - len(seen) < k:
+        raise ValueError(f"only {n_catalog - len(seen)} unseen products for a user, cannot sample {k} negatives")
+    out = np.empty(0, dtype=np.int64)
+    while len(out) < k:
+        draw = rng.integers(n_catalog, size=2 * k + len(seen))
+        draw = draw[~np.isin(draw, seen)]
+        merged = np.concatenate([out, draw])
+        _, first = np.unique(merged, return_index=True)
+        out = merged[np.sort(first)]
+    return out[:k].tolist()
+
+
+def _spans(keys: list[str]) -> dict[str, tuple[int, int]]:
+    """(start, end) of each run of equal keys in an already grouped list."""
+    spans: dict[str, tuple[int, int]] = {}
+    start = 0
+    for i in range(1, len(keys) + 1):
+        if i == len(keys) or keys[i] != keys[start]:
+            spans[keys[start]] = (start, i)
+            start = i
+    return spans
+
+
+def build_examples(m: Marketplace, cfg: ExampleConfig | None = None) -> list[UserRecord]:
+    """One `UserRecord` per user with at least `min_positives` distinct positive products, sorted by user id."""
+    cfg = cfg or ExampleConfig()
+    pos = m.clicks[m.clicks["event_type"].isin(cfg.positive_events)]
+    pos = pos.sort_values(["user_id", "timestamp"], kind="stable").drop_duplicates(["user_id", "product_id"])
+    starts = m.clicks.groupby("session_id")["timestamp"].min()
+    pos = pos.assign(start=pos["session_id"].map(starts), season=season_of(pos["timestamp"].to_numpy()))
+    seg_cols = list(cfg.segment_columns) if cfg.segment_columns is not None else [
+        c for c in m.users.columns if c != "user_id"]
+    missing = [c for c in seg_cols if c not in m.users.columns]
+    if missing:
+        raise ValueError(f"segment column(s) {missing} not in the users table (has {list(m.users.columns)})")
+    user_segments = m.users.set_index("user_id")[seg_cols].astype(str).to_dict("index")
+    events = _render_events(m, cfg)
+    ev_user, ev_t, ev_text = events["user_id"].tolist(), events["t"].tolist(), events["text"].tolist()
+    ev_span = _spans(ev_user)
+    seen_all = pd.concat([m.clicks[["user_id", "product_id"]], m.reviews[["user_id", "product_id"]]])
+    seen_all = seen_all.sort_values("user_id", kind="stable")
+    index_of = {p: i for i, p in enumerate(m.products["product_id"].tolist())}
+    seen_user, seen_item = seen_all["user_id"].tolist(), seen_all["product_id"].map(index_of).to_numpy()
+    seen_span = _spans(seen_user)
+    catalog = m.products["product_id"].tolist()
+    p_user, p_item = pos["user_id"].tolist(), pos["product_id"].tolist()
+    p_start, p_season = pos["start"].tolist(), pos["season"].tolist()
+    records = []
+    for user, (a, b) in sorted(_spans(p_user).items()):
+        if b - a < cfg.min_positives:
+            continue
+        e0, e1 = ev_span.get(user, (0, 0))
+        times, texts = ev_t[e0:e1], ev_text[e0:e1]
+        items, seasons = p_item[a:b], p_season[a:b]
+        base = user_segments[user]
+        ctx = [_context(times, texts, t, cfg.context_words) for t in p_start[a:b]]
+        train = [(c, i, s) for c, i, s in zip(ctx[:-2], items[:-2], seasons[:-2], strict=True) if c]
+        if cfg.max_train_pairs is not None:
+            train = train[len(train) - cfg.max_train_pairs:] if cfg.max_train_pairs else []
+        rng = np.random.default_rng([cfg.seed, zlib.crc32(user.encode())])
+        s0, s1 = seen_span[user]
+        seen = np.unique(seen_item[s0:s1])
+        records.append(UserRecord(
+            user_id=user, segments={**base, "season": seasons[-1]}, context_text=ctx[-1],
+            train_pairs=[(c, i) for c, i, _ in train], valid_item=items[-2], test_item=items[-1],
+            valid_negatives=[catalog[j] for j in _negatives(rng, len(catalog), seen, cfg.num_negatives)],
+            test_negatives=[catalog[j] for j in _negatives(rng, len(catalog), seen, cfg.num_negatives)],
+            valid_context_text=ctx[-2], train_segments=[{**base, "season": s} for _, _, s in train],
+            valid_segments={**base, "season": seasons[-2]}, seen_items=[catalog[j] for j in seen.tolist()]))
+    log.info("built %d user records (%d users had fewer than %d positives)",
+             len(records), m.users.shape[0] - len(records), cfg.min_positives)
+    return records

@@ -1,0 +1,220 @@
+"""Synthetic marketplace whose preferences depend on segments (region, season), generated with numpy.
+
+What a model can learn from it, and why per-segment adapters have something real to learn:
+- user signal: each user has an anchor category and a preferred style; most sessions browse and buy in the
+  anchor, items of the preferred style are favoured. History text therefore predicts the held-out item,
+  which is what lets any text model beat popularity.
+- region signal: a user eventually *expands* into a second category, and which one depends on the region
+  (`vocab.REGION_EXPANSION`: the same anchor leads to a different category in every region). The first
+  expansion purchase is a category absent from the user's history, so only a model that knows the region
+  (a region adapter) can anticipate it; a global model can only spread its bet over the regions' choices.
+- season signal: inside the black_friday / prime_day / holiday windows most sessions go to promoted items
+  (deals or gifts) in the user's anchor or the season's hot categories. The season is not in the history text,
+  so a season adapter can shift towards deals/gifts where a global model cannot tell when to.
+- sparsity: the niche region has few, less active users.
+All randomness comes from one `numpy.random.Generator(seed)`: same seed, same tables.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from common.data import vocab as V
+from common.data.schema import Marketplace
+from common.data.seasons import SEASONS, season_of, season_window_days
+from common.data.synthetic_events import build_events
+
+log = logging.getLogger(__name__)
+DAY = 86_400
+YEAR = 2025
+MAX_CHAIN = 32
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Knobs of the generative process; defaults give the benchmark data set."""
+
+    users: int = 5000
+    products: int = 2000
+    seed: int = 0
+    mean_sessions: float = 4.0  # per user, on top of the 2 every user has
+    p_buy: float = 0.6  # a session ends in add_to_cart (and usually purchase)
+    p_expand: float = 0.4  # a non-seasonal buying session branches out into the region's next category
+    p_repeat_anchor: float = 0.5  # otherwise: back to the anchor, else the latest category branched into
+    p_explore: float = 0.1  # ... or a random category (noise every model must live with)
+    p_style: float = 0.55  # a bought item has the user's preferred style (else any style)
+    p_season: float = 0.6  # a session inside a special season goes to the season's promoted items
+    p_review: float = 0.3
+    p_pii: float = 0.01  # reviews that leak an email/phone/url/handle, as real reviews do
+    last_session_mix: tuple[float, float, float, float] = (0.52, 0.14, 0.12, 0.22)  # regular, bf, prime, holiday
+
+    def __post_init__(self) -> None:
+        if self.users < 1 or self.products < len(V.CATEGORY_NAMES) * 2:
+            raise ValueError(f"need users >= 1 and products >= {len(V.CATEGORY_NAMES) * 2}, "
+                             f"got users={self.users}, products={self.products}")
+        for name in ("p_buy", "p_expand", "p_repeat_anchor", "p_explore", "p_style", "p_season", "p_review",
+                     "p_pii"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if abs(sum(self.last_session_mix) - 1.0) > 1e-6:
+            raise ValueError(f"last_session_mix must sum to 1, got {self.last_session_mix}")
+
+
+def _ids(prefix: str, n: int, width: int) -> np.ndarray:
+    return np.char.add(prefix, np.char.zfill(np.arange(1, n + 1).astype(str), width))
+
+
+def _expansion_powers() -> np.ndarray:
+    """chain[r, k, a] = the k-th category a user anchored in `a` branches into in region r (k=0: the anchor)."""
+    n_reg, n_cat = V.REGION_EXPANSION_INDEX.shape
+    chain = np.zeros((n_reg, MAX_CHAIN + 1, n_cat), dtype=np.int64)
+    chain[:, 0] = np.arange(n_cat)
+    for k in range(1, MAX_CHAIN + 1):
+        chain[:, k] = np.take_along_axis(V.REGION_EXPANSION_INDEX, chain[:, k - 1], axis=1)
+    return chain
+
+
+def _group_starts(group: np.ndarray) -> np.ndarray:
+    """Index of the first row of each row's group, for rows sorted by group."""
+    start = np.r_[0, np.flatnonzero(np.diff(group)) + 1]
+    return np.repeat(start, np.diff(np.r_[start, len(group)]))
+
+
+class _Pools:
+    """Popularity-weighted item pools sampled in one vectorized `searchsorted` (pool p's CDF lies in (p, p+1])."""
+
+    def __init__(self, keys: np.ndarray, weights: np.ndarray, n_pools: int) -> None:
+        order = np.lexsort((np.arange(len(keys)), keys))
+        self.items = order
+        k, w = keys[order], weights[order]
+        totals = np.bincount(k, weights=w, minlength=n_pools)
+        counts = np.bincount(k, minlength=n_pools)
+        self.empty = counts == 0
+        cum = np.cumsum(w) - np.repeat(np.r_[0.0, np.cumsum(totals)[:-1]] if n_pools else [], counts)
+        self.cdf = k + cum / np.repeat(np.where(counts > 0, totals, 1.0), counts)
+
+    def sample(self, pool: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        u = pool + rng.random(len(pool)) * (1 - 1e-12)
+        pos = np.searchsorted(self.cdf, u, side="left")
+        return self.items[np.minimum(pos, len(self.items) - 1)]
+
+
+def _products(cfg: GeneratorConfig, rng: np.random.Generator) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    m, n_cat = cfg.products, len(V.CATEGORY_NAMES)
+    cat = rng.permutation(np.arange(m) % n_cat)
+    style = rng.integers(len(V.STYLE_NAMES), size=m)
+    promo = rng.choice(len(V.PROMOS), size=m, p=V.PROMO_WEIGHTS)
+    brand, noun, adj = rng.integers(V.BRANDS_PER_CATEGORY, size=m), rng.integers(6, size=m), rng.integers(3, size=m)
+    feats, tmpl = rng.integers(4, size=(m, 2)), rng.integers(4, size=(m, 2))
+    popularity = np.exp(rng.normal(0.0, 0.9, size=m))
+    names, descriptions = [], []
+    for i in range(m):
+        cname = V.CATEGORY_NAMES[cat[i]]
+        nouns, features = V.CATEGORIES[cname]
+        adjs, phrase = V.STYLES[V.STYLE_NAMES[style[i]]]
+        b, n, a = V.BRANDS[cat[i]][brand[i]], nouns[noun[i]], adjs[adj[i]]
+        f1, f2 = features[feats[i, 0]], features[(feats[i, 0] + 1 + feats[i, 1] % 3) % 4]
+        model = f"{chr(65 + i % 26)}{i % 97 + 1}"
+        promo_text = V.PROMO_PHRASES[V.PROMOS[promo[i]]][i % len(V.PROMO_PHRASES[V.PROMOS[promo[i]]])]
+        names.append((f"{b} {a} {n}", f"{a.capitalize()} {n} by {b}", f"{b} {n} {model}, {a} edition",
+                      f"{b} {model} {a} {n}")[tmpl[i, 0]])
+        descriptions.append((f"{a.capitalize()} {n} from {b} with {f1} and {f2}. {phrase.capitalize()}. {promo_text}",
+                             f"{promo_text} Made for {cname} fans: {f1}, {f2}, {phrase}.",
+                             f"Our {a} {n} offers {f1}. {phrase.capitalize()}, plus {f2}. {promo_text}",
+                             f"{b} brings {f1} to your {cname} routine; {phrase}. {promo_text}")[tmpl[i, 1]].strip())
+    brands = [V.BRANDS[c][b] for c, b in zip(cat, brand, strict=True)]
+    table = pd.DataFrame({
+        "product_id": _ids("p", m, 6), "product_name": names, "product_description": descriptions,
+        "category": np.asarray(V.CATEGORY_NAMES)[cat], "brand": brands,
+        "style": np.asarray(V.STYLE_NAMES)[style], "promo": np.asarray(V.PROMOS)[promo],
+    })
+    return table, {"cat": cat, "style": style, "promo": promo, "pop": popularity, "noun": noun}
+
+
+def _users(cfg: GeneratorConfig, rng: np.random.Generator) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    n = cfg.users
+    region = rng.choice(len(V.REGIONS), size=n, p=V.REGION_WEIGHTS)
+    anchor, style = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    for r in range(len(V.REGIONS)):
+        idx = np.flatnonzero(region == r)
+        anchor[idx] = rng.choice(len(V.CATEGORY_NAMES), size=len(idx), p=V.region_category_prior(r))
+        style[idx] = rng.choice(len(V.STYLE_NAMES), size=len(idx), p=V.region_style_prior(r))
+    activity = cfg.mean_sessions * np.exp(rng.normal(-0.125, 0.5, size=n))
+    activity[region == len(V.REGIONS) - 1] *= 0.6  # the niche region is also less active
+    n_sessions = 2 + rng.poisson(activity)
+    table = pd.DataFrame({"user_id": _ids("u", n, 7), "region": np.asarray(V.REGIONS)[region],
+                          "age_band": np.asarray(V.AGE_BANDS)[rng.integers(len(V.AGE_BANDS), size=n)]})
+    return table, {"region": region, "anchor": anchor, "style": style, "n_sessions": n_sessions}
+
+
+def _last_session_times(cfg: GeneratorConfig, n: int, rng: np.random.Generator) -> np.ndarray:
+    """When each user was last active: a calendar-year mix with spikes in the shopping seasons."""
+    start = np.datetime64(f"{YEAR}-01-01").astype("datetime64[s]").astype(np.int64)
+    comp = rng.choice(len(SEASONS), size=n, p=cfg.last_session_mix)
+    day0 = np.zeros(n, dtype=np.int64)
+    span = np.full(n, 365, dtype=np.int64)
+    for k, (first, last) in enumerate(season_window_days(YEAR).values(), start=1):
+        day0[comp == k] = (first - np.datetime64(f"{YEAR}-01-01")).astype(np.int64)
+        span[comp == k] = (last - first).astype(np.int64) + 1
+    days = day0 + (rng.random(n) * span).astype(np.int64)
+    return start + days * DAY + rng.integers(8 * 3600, 23 * 3600, size=n)
+
+
+def _sessions(cfg: GeneratorConfig, u: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """One row per session, sorted by user then time, with its intent (category, pool) and buy flag."""
+    n_cat = len(V.CATEGORY_NAMES)
+    user = np.repeat(np.arange(len(u["n_sessions"])), u["n_sessions"])
+    starts = _group_starts(user)
+    k_from_end = u["n_sessions"][user] - 1 - (np.arange(len(user)) - starts)
+    gaps = rng.exponential(9.0 * DAY, size=len(user)) + 3600
+    # offset before the last session = sum of the gaps of the sessions after this one
+    gaps_rev = np.where(k_from_end > 0, gaps, 0.0)
+    offset = np.zeros(len(user))
+    order = np.lexsort((k_from_end, user))  # per user, last session first
+    csum = np.cumsum(gaps_rev[order])
+    offset[order] = csum - csum[_group_starts(user[order])]  # the last session's own gap is 0
+    ts = _last_session_times(cfg, len(u["n_sessions"]), rng)[user] - offset.astype(np.int64)
+    season = season_of(ts)
+    season_idx = pd.Categorical(season, categories=SEASONS).codes.astype(np.int64)
+    is_last = k_from_end == 0
+    buy = np.where(is_last, rng.random(len(user)) < 0.85, rng.random(len(user)) < cfg.p_buy)
+    seasonal = (season != "regular") & (rng.random(len(user)) < cfg.p_season)
+    # expansion chain: the k-th new category is the region's successor of the (k-1)-th, starting at the anchor
+    expand_now = buy & ~seasonal & (rng.random(len(user)) < cfg.p_expand)
+    csum_e = np.cumsum(expand_now)
+    k_before = np.minimum((csum_e - expand_now) - (csum_e - expand_now)[starts], MAX_CHAIN - 1)
+    anchor, region = u["anchor"][user], u["region"][user]
+    chain = _expansion_powers()
+    frontier, successor = chain[region, k_before, anchor], chain[region, k_before + 1, anchor]
+    repeat = np.where(rng.random(len(user)) < cfg.p_repeat_anchor, anchor, frontier)
+    explore = rng.integers(n_cat, size=len(user))
+    cat = np.where(expand_now, successor, np.where(rng.random(len(user)) < cfg.p_explore, explore, repeat))
+    hot = np.zeros((len(SEASONS), 4), dtype=np.int64)
+    promo_of_season = np.zeros(len(SEASONS), dtype=np.int64)
+    for name, (promo, cats) in V.SEASON_EFFECTS.items():
+        hot[SEASONS.index(name)] = [V.CATEGORY_NAMES.index(c) for c in cats]
+        promo_of_season[SEASONS.index(name)] = V.PROMOS.index(promo)
+    seasonal_cat = np.where(rng.random(len(user)) < 0.5, anchor, hot[season_idx, rng.integers(4, size=len(user))])
+    cat = np.where(seasonal, seasonal_cat, cat)
+    return {"user": user, "ts": ts, "cat": cat, "buy": buy, "seasonal": seasonal,
+            "promo": promo_of_season[season_idx]}
+
+
+def generate_marketplace(users: int, products: int, seed: int = 0,
+                         config: GeneratorConfig | None = None) -> Marketplace:
+    """Generate the four tables; `config` overrides the process knobs (its users/products/seed are replaced)."""
+    base = config or GeneratorConfig()
+    cfg = GeneratorConfig(**{**base.__dict__, "users": users, "products": products, "seed": seed})
+    rng = np.random.default_rng(cfg.seed)
+    products_df, p = _products(cfg, rng)
+    users_df, u = _users(cfg, rng)
+    s = _sessions(cfg, u, rng)
+    clicks, reviews = build_events(cfg, rng, p, u, s, products_df, users_df)
+    log.info("generated %d users, %d products, %d events, %d reviews (seed %d)",
+             len(users_df), len(products_df), len(clicks), len(reviews), cfg.seed)
+    return Marketplace(reviews=reviews, products=products_df, clicks=clicks, users=users_df)
