@@ -143,7 +143,8 @@ def _negatives(rng: np.random.Generator, n_catalog: int, seen: np.ndarray, k: in
     if k == 0:
         return []
     if n_catalog - len(seen) < k:
-        raise ValueError(f"only {n_catalog - len(seen)} unseen products for a user, cannot sample {k} negatives")
+        raise ValueError(f"only {n_catalog - len(seen)} unseen products for a user, cannot sample {k} negatives "
+                         "(lower num_negatives or use a bigger catalog)")
     out = np.empty(0, dtype=np.int64)
     while len(out) < k:
         draw = rng.integers(n_catalog, size=2 * k + len(seen))
