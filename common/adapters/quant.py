@@ -87,7 +87,7 @@ def unpack_int8(flat: Mapping[str, Tensor]) -> dict[str, Int8Tensor]:
 class QuantizationReport:
     bytes_fp32: int
     bytes_int8: int
-    max_abs_error: float  # largest |output difference| on the probe batch
+    max_abs_error: float  # largest |output difference| on the probe batch's original token positions
     relative_error: float  # ||out_int8 - out|| / ||out - backbone out||: error relative to what the adapters add
 
 
@@ -108,8 +108,8 @@ def quantization_error(
     finally:
         model.load_adapter_state(original)
         model.train(was_training)
-    diff = approx - exact
-    n = base.shape[1]
+    n = base.shape[1]  # compare on the original token positions (prompt slots have no backbone counterpart)
+    diff = approx[:, -n:] - exact[:, -n:]
     added = (exact[:, -n:] - base).norm().item()
     error = diff.norm().item()
     relative = error / added if added > 0 else (0.0 if error == 0 else float("inf"))
