@@ -1,0 +1,204 @@
+"""RecBole atomic files and Amazon Reviews 2023 JSON lines, converted through `loaders.interactions_to_marketplace`.
+
+RecBole: `<name>.inter` (required), `<name>.item`, `<name>.user`, tab-separated, headers typed `field:type`.
+Item text comes from title-like, category-like (genre, class, categories) and the remaining item columns; user
+columns become segment candidates (age -> age_band, zip code -> a coarse region).
+Amazon 2023: a reviews file (user_id, parent_asin, rating, timestamp in ms, title, text) and optionally a
+`meta_*` file (parent_asin, title, description, categories, main_category). Every review is an interaction
+(rating >= 4 a purchase) and a review row.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from common.data.loaders import (
+    UNKNOWN,
+    LoaderError,
+    interactions_to_marketplace,
+    load_flat,
+    read_frame,
+    require_columns,
+    to_seconds,
+)
+from common.data.schema import Marketplace
+
+log = logging.getLogger(__name__)
+ZIP_REGIONS = {"0": "US Northeast", "1": "US Northeast", "2": "US Southeast", "3": "US Southeast",
+               "4": "US Midwest", "5": "US Midwest", "6": "US South Central", "7": "US South Central",
+               "8": "US West", "9": "US West"}
+AGE_BINS = (0, 18, 25, 35, 45, 55, 200)
+AGE_LABELS = ("<18", "18-24", "25-34", "35-44", "45-54", "55+")
+
+
+def read_atomic(path: Path) -> pd.DataFrame:
+    """A RecBole atomic file with its `name:type` header stripped to `name`; float fields checked."""
+    if not path.exists():
+        raise LoaderError(f"{path}: file not found")
+    try:
+        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=[""])
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise LoaderError(f"{path}: cannot parse ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from exc
+    names, types = [], []
+    for raw in df.columns:
+        name, sep, kind = str(raw).partition(":")
+        if not sep or kind not in ("token", "token_seq", "float", "float_seq"):
+            raise LoaderError(f"{path}: header field {raw!r} is not 'name:type' with type token, token_seq, "
+                              f"float or float_seq")
+        names.append(name)
+        types.append(kind)
+    df.columns = names
+    for name, kind in zip(names, types, strict=True):
+        if kind == "float":
+            bad = pd.to_numeric(df[name], errors="coerce").isna() & df[name].notna()
+            if bad.any():
+                raise LoaderError(f"{path}: column '{name}' is declared float, found {df[name][bad].iloc[0]!r}")
+    if df.empty:
+        raise LoaderError(f"{path}: no rows")
+    return df
+
+
+def _pick(columns: list[str], needles: tuple[str, ...]) -> str | None:
+    return next((c for c in columns if any(n in c.lower() for n in needles)), None)
+
+
+def _recbole_items(df: pd.DataFrame, where: str) -> pd.DataFrame:
+    require_columns(df, ("item_id",), where)
+    cols = [c for c in df.columns if c != "item_id"]
+    title, cat = _pick(cols, ("title", "name")), _pick(cols, ("genre", "class", "categor"))
+    rest = [c for c in cols if c not in (title, cat)]
+    values = df.fillna("")
+    out = pd.DataFrame({"product_id": df["item_id"].astype(str)})
+    out["product_name"] = values[title].astype(str) if title else "item " + out["product_id"]
+    out["category"] = values[cat].astype(str).str.split().str[0].fillna(UNKNOWN) if cat else UNKNOWN
+    parts = [c + ": " + values[c].astype(str) for c in ([cat] if cat else []) + rest]
+    out["product_description"] = pd.concat(parts, axis=1).agg("; ".join, axis=1) if parts else ""
+    return out
+
+
+def _recbole_users(df: pd.DataFrame, where: str) -> pd.DataFrame:
+    require_columns(df, ("user_id",), where)
+    out = df.copy().fillna(UNKNOWN)
+    out["user_id"] = out["user_id"].astype(str)
+    zip_col = _pick(list(out.columns), ("zip", "postal"))
+    if "region" not in out.columns:
+        region_col = _pick(list(out.columns), ("country", "region", "state"))
+        if region_col:
+            out["region"] = out[region_col].astype(str)
+        elif zip_col:
+            out["region"] = out[zip_col].astype(str).str[0].map(ZIP_REGIONS).fillna("International")
+        else:
+            out["region"] = UNKNOWN
+    if zip_col:
+        out = out.drop(columns=[zip_col])  # too fine-grained to be a segment, and identifying
+    if "age" in out.columns:
+        age = pd.to_numeric(out["age"], errors="coerce")
+        band = pd.cut(age, bins=list(AGE_BINS), labels=list(AGE_LABELS), right=False)
+        out["age_band"] = band.astype(str).where(age.notna(), UNKNOWN)
+        out = out.drop(columns=["age"])
+    return out
+
+
+def load_recbole(path: Path) -> Marketplace:
+    """`path` is a folder holding one `<name>.inter` (+ optional .item/.user) or the .inter file itself."""
+    if path.is_dir():
+        inters = sorted(path.glob("*.inter"))
+        if len(inters) != 1:
+            raise LoaderError(f"{path}: expected exactly one .inter file, found {len(inters)}")
+        path = inters[0]
+    if path.suffix != ".inter":
+        raise LoaderError(f"{path}: a RecBole interaction file ends in .inter")
+    inter = read_atomic(path)
+    require_columns(inter, ("user_id", "item_id"), str(path))
+    inter = inter.rename(columns={"item_id": "product_id"})
+    if "timestamp" not in inter.columns:
+        log.warning("%s: no timestamp column; using row order as time", path)
+        inter["timestamp"] = np.arange(len(inter))
+    keep = [c for c in ("user_id", "product_id", "timestamp", "rating") if c in inter.columns]
+    item_path, user_path = path.with_suffix(".item"), path.with_suffix(".user")
+    items = _recbole_items(read_atomic(item_path), str(item_path)) if item_path.exists() else None
+    users = _recbole_users(read_atomic(user_path), str(user_path)) if user_path.exists() else None
+    return interactions_to_marketplace(inter[keep], str(path), products=items, users=users)
+
+
+def _amazon_files(path: Path) -> tuple[Path, Path | None]:
+    if path.is_file():
+        meta = path.with_name("meta_" + path.name)
+        return path, meta if meta.exists() else None
+    if not path.is_dir():
+        raise LoaderError(f"{path}: no such file or folder")
+    files = sorted(p for p in path.iterdir() if p.name.endswith((".jsonl", ".jsonl.gz")))
+    reviews = [p for p in files if not p.name.startswith("meta_")]
+    metas = [p for p in files if p.name.startswith("meta_")]
+    if len(reviews) != 1 or len(metas) > 1:
+        raise LoaderError(f"{path}: expected one reviews .jsonl and at most one meta_*.jsonl, found "
+                          f"{[p.name for p in files]}")
+    return reviews[0], metas[0] if metas else None
+
+
+def _text(value: object) -> str:
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return " ".join(str(v) for v in value)
+    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+
+
+def _column(df: pd.DataFrame, name: str) -> pd.Series:
+    """A text column (lists joined), or empty strings when the file has no such field."""
+    if name not in df.columns:
+        return pd.Series("", index=df.index, dtype=object)
+    return df[name].map(_text).astype(object)
+
+
+def load_amazon2023(path: Path) -> Marketplace:
+    """Amazon Reviews 2023: reviews JSONL (+ meta_ JSONL next to it)."""
+    review_path, meta_path = _amazon_files(path)
+    where = str(review_path)
+    raw = read_frame(review_path)
+    item_col = "parent_asin" if "parent_asin" in raw.columns else "asin"
+    require_columns(raw, ("user_id", item_col, "rating", "timestamp"), where)
+    raw = raw.rename(columns={item_col: "product_id"})
+    ts = to_seconds(raw["timestamp"], where, "timestamp")
+    rating = pd.to_numeric(raw["rating"], errors="coerce")
+    if rating.isna().any() or ((rating < 1) | (rating > 5)).any():
+        raise LoaderError(f"{where}: column 'rating' must be a number 1..5, "
+                          f"found {raw['rating'][rating.isna() | (rating < 1) | (rating > 5)].iloc[0]!r}")
+    text = _column(raw, "title") + ". " + _column(raw, "text")
+    reviews = pd.DataFrame({"review_id": [f"r{i}" for i in range(len(raw))],
+                            "product_id": raw["product_id"].astype(str), "user_id": raw["user_id"].astype(str),
+                            "review_text": text.str.strip(". "), "star_rating": rating.round().astype("int64"),
+                            "timestamp": ts})
+    inter = pd.DataFrame({"user_id": reviews["user_id"], "product_id": reviews["product_id"], "timestamp": ts,
+                          "rating": rating})
+    products = None
+    if meta_path is not None:
+        meta = read_frame(meta_path)
+        require_columns(meta, ("parent_asin", "title"), str(meta_path))
+        last = meta["categories"].map(lambda v: _text(v[-1]) if _text(v) else "") if "categories" in meta else None
+        main = _column(meta, "main_category").replace("", UNKNOWN)
+        category = main if last is None else last.where(last != "", main)
+        products = pd.DataFrame({"product_id": meta["parent_asin"].astype(str),
+                                 "product_name": _column(meta, "title"), "category": category,
+                                 "product_description": (_column(meta, "description") + " "
+                                                         + _column(meta, "features")).str.strip()})
+    return interactions_to_marketplace(inter, where, products=products, reviews=reviews)
+
+
+SOURCE_FORMATS: tuple[str, ...] = ("recbole", "amazon2023", "csv")
+
+
+def load_source(fmt: str, path: str | Path, mapping: dict[str, str] | None = None) -> Marketplace:
+    """Convert a real data set in `fmt` (recbole, amazon2023, csv) at `path` into a Marketplace."""
+    path = Path(path)
+    if fmt not in SOURCE_FORMATS:
+        raise LoaderError(f"unknown source format {fmt!r}; choose one of {', '.join(SOURCE_FORMATS)}")
+    if mapping and fmt != "csv":
+        raise LoaderError(f"--mapping applies to the csv format only, not {fmt!r}")
+    if fmt == "recbole":
+        return load_recbole(path)
+    if fmt == "amazon2023":
+        return load_amazon2023(path)
+    return load_flat(path, mapping)

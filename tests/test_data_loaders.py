@@ -1,0 +1,86 @@
+"""Loaders: RecBole, Amazon Reviews 2023 and flat CSV fixtures convert to valid tables; bad files fail clearly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from common.data.loaders import LoaderError, parse_mapping
+from common.data.loaders_formats import load_source
+from common.data.schema import DataError
+
+FIX = Path(__file__).parent / "fixtures"
+FLAT_MAPPING = ("user_id=customer,product_id=sku,timestamp=when,rating=stars,product_name=item_title,"
+                "category=dept,review_text=comment,region=country")
+
+
+def test_recbole_events_items_and_user_segments() -> None:
+    """Ratings become events, item text comes from title/class, age and zip become segment candidates."""
+    m = load_source("recbole", FIX / "recbole")
+    events = m.clicks.set_index(["user_id", "product_id"])["event_type"]
+    assert events[("1", "10")] == "purchase" and events[("1", "11")] == "click" and events[("2", "10")] == "view"
+    toy = m.products.set_index("product_id").loc["10"]
+    assert toy["product_name"] == "Toy Story" and toy["category"] == "Animation"
+    assert "release_year: 1995" in toy["product_description"]
+    assert m.products.set_index("product_id").at["14", "product_name"] == "item 14"  # no metadata: placeholder
+    users = m.users.set_index("user_id")
+    assert users.at["1", "region"] == "US West" and users.at["3", "region"] == "International"
+    assert users.at["2", "age_band"] == "45-54" and "zip_code" not in users.columns
+    assert m.reviews.empty
+
+
+def test_amazon2023_reviews_and_meta() -> None:
+    """Every review is an interaction and a review; ms timestamps become seconds; meta gives item text."""
+    m = load_source("amazon2023", FIX / "amazon2023")
+    assert len(m.reviews) == 4 == len(m.clicks)
+    assert m.clicks["timestamp"].max() == 1643393630
+    assert sorted(m.clicks["event_type"]) == ["purchase", "purchase", "purchase", "view"]
+    products = m.products.set_index("product_id")
+    assert products.at["B081TJ8YS3", "category"] == "Cleansers"
+    assert products.at["B00YQ6X8EO", "category"] == "All Beauty"
+    assert products.at["B097R46CSY", "product_name"] == "item B097R46CSY"
+    assert "Such a lovely scent. Smells great" in m.reviews["review_text"].iloc[0] or \
+        any(t.startswith("Such a lovely scent.") for t in m.reviews["review_text"])
+
+
+def test_flat_csv_with_mapping() -> None:
+    """A flat file with its own column names maps onto the schema, including reviews and regions."""
+    m = load_source("csv", FIX / "flat" / "orders.csv", parse_mapping(FLAT_MAPPING))
+    assert set(m.users["region"]) == {"Germany", "Brazil"}
+    assert len(m.clicks) == 4 and len(m.reviews) == 2
+    assert m.products.set_index("product_id").at["A3", "category"] == "outdoor"
+    assert m.clicks["timestamp"].min() == 1752138000
+
+
+@pytest.mark.parametrize(
+    ("fmt", "path", "mapping", "needles"),
+    [
+        ("recbole", "recbole_bad/bad.inter", None, ("bad.inter", "'rating'", "five")),
+        ("recbole", "recbole_bad/empty.inter", None, ("empty.inter", "no rows")),
+        ("recbole", "recbole_bad", None, ("exactly one .inter",)),
+        ("amazon2023", "amazon2023_bad", None, ("Reviews.jsonl", "'rating'")),
+        ("csv", "flat/orders_bad.csv", "user_id=customer,product_id=sku,timestamp=when", ("'timestamp'", "yesterday")),
+        ("csv", "flat/orders.csv", "user_id=customer,product_id=nope", ("product_id=nope",)),
+        ("csv", "flat/orders.csv", None, ("orders.csv", "'user_id'")),
+        ("csv", "flat/empty.csv", None, ("empty.csv",)),
+        ("csv", "flat/missing.csv", None, ("missing.csv", "not found")),
+    ],
+)
+def test_malformed_inputs_name_file_and_column(fmt: str, path: str, mapping: str | None,
+                                               needles: tuple[str, ...]) -> None:
+    """Malformed sources raise one DataError (a ValueError) whose message names the problem."""
+    with pytest.raises(DataError) as err:
+        load_source(fmt, FIX / path, parse_mapping(mapping))
+    assert isinstance(err.value, ValueError)
+    for needle in needles:
+        assert needle in str(err.value)
+
+
+def test_mapping_syntax_errors() -> None:
+    """Mapping typos are caught before any file is read."""
+    with pytest.raises(LoaderError, match="not col=source"):
+        parse_mapping("user_id")
+    with pytest.raises(LoaderError, match="unknown target column 'uid'"):
+        parse_mapping("uid=customer")
+    assert parse_mapping("segment:tier=level") == {"segment:tier": "level"}
