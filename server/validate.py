@@ -20,13 +20,12 @@ Checks, in order (the first failure is the reason reported):
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from server.aggregate import SEP
+from common.protocol import looks_like_backbone
 
 REASONS = (
     "num-examples",
@@ -38,12 +37,6 @@ REASONS = (
     "non-finite",
     "norm",
 )
-
-# Names of a Hugging Face encoder's own tensors; an adapter key always starts with "<adapter name>::".
-_BACKBONE_PATTERN = re.compile(
-    r"^(bert\.|roberta\.|model\.)?(encoder\.layer\.|embeddings\.|pooler\.|word_embeddings|position_embeddings)"
-)
-
 
 @dataclass(frozen=True)
 class ValidationConfig:
@@ -64,11 +57,6 @@ class Rejection:
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.detail}"
-
-
-def looks_like_backbone(key: str) -> bool:
-    """True for keys that name backbone tensors rather than adapter tensors."""
-    return SEP not in key or bool(_BACKBONE_PATTERN.match(key))
 
 
 def validate_reply(

@@ -1,0 +1,104 @@
+"""The ClientApp: thin Flower handlers around `client.task` (which holds the ML and never imports Flower).
+
+Each handler reads the typed run config and its node's partition, gets the per-process cached model and
+data, runs one job, packs the reply and passes it through `check_outgoing` before returning it: a reply that
+would carry anything but this round's adapter tensors raises instead of being sent.
+
+- query: reports the node's partition id and segment adapter names (the server needs them to route
+  segment adapters; see server/strategy.py for what that reveals).
+- train: loads the received global + segment adapters, trains locally, replies with the DELTA.
+- evaluate: loads the received adapters, ranks each user's held-out item, replies with per-segment sums.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, MetricRecordValues, RecordDict
+from flwr.clientapp import ClientApp
+
+from client import task
+from client.guard import check_outgoing
+from common.protocol import (
+    ARRAYS,
+    CONFIG,
+    METRICS,
+    NUM_EXAMPLES,
+    NUM_PARTITIONS,
+    PARTITION_ID,
+    SEGMENTS,
+    FedConfig,
+)
+
+log = logging.getLogger(__name__)
+
+app = ClientApp()
+
+
+def node_partition(context: Context) -> tuple[int, int]:
+    """(partition id, number of partitions) from the node config Flower's simulation sets per SuperNode."""
+    try:
+        pid = int(context.node_config[PARTITION_ID])
+        num = int(context.node_config[NUM_PARTITIONS])
+    except KeyError as exc:
+        raise ValueError(f"node config lacks {exc}; start SuperNodes with --node-config 'partition-id=.. "
+                         "num-partitions=..'") from exc
+    if not 0 <= pid < num:
+        raise ValueError(f"partition-id {pid} is outside [0, {num})")
+    return pid, num
+
+
+def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {key: array.numpy() for key, array in record.items()}
+
+
+def arrays_to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({key: Array(np.ascontiguousarray(value)) for key, value in arrays.items()})
+
+
+def _reply(msg: Message, content: RecordDict, sent: dict[str, np.ndarray]) -> Message:
+    check_outgoing(content, {key: tuple(value.shape) for key, value in sent.items()})
+    return Message(content, reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    cfg = FedConfig.from_run_config(context.run_config)
+    pid, num = node_partition(context)
+    data = task.client_data(cfg, pid, num)
+    content = RecordDict(
+        {CONFIG: ConfigRecord({PARTITION_ID: pid, SEGMENTS: data.segment_names,
+                                NUM_EXAMPLES: len(data.train_records())})}
+    )
+    return _reply(msg, content, {})
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    cfg = FedConfig.from_run_config(context.run_config)
+    pid, num = node_partition(context)
+    data = task.client_data(cfg, pid, num)
+    sent = record_to_arrays(msg.content.array_records[ARRAYS])
+    hparams = task.RoundHParams.from_config(dict(msg.content.config_records[CONFIG]), cfg)
+    result = task.local_train(cfg, data, sent, hparams)
+    metrics = MetricRecord({NUM_EXAMPLES: result.num_examples, **dict(result.metrics)})
+    content = RecordDict(
+        {
+            ARRAYS: arrays_to_record(result.delta),
+            METRICS: metrics,
+            CONFIG: ConfigRecord({PARTITION_ID: pid, SEGMENTS: data.segment_names}),
+        }
+    )
+    return _reply(msg, content, sent)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    cfg = FedConfig.from_run_config(context.run_config)
+    pid, num = node_partition(context)
+    data = task.client_data(cfg, pid, num)
+    sent = record_to_arrays(msg.content.array_records[ARRAYS])
+    sums = task.local_evaluate(cfg, data, sent)
+    content = RecordDict({METRICS: MetricRecord(dict[str, MetricRecordValues](sums))})
+    return _reply(msg, content, sent)

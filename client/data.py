@@ -1,0 +1,142 @@
+"""A client's data: its shard of the marketplace, anonymized on the client, as user records.
+
+Every node derives the same partitioning from the same data folder, seed and number of partitions, then
+keeps only its own shard (`partition-id` from its node config). The shard is anonymized with a key that
+exists only on the client (in simulation derived from the seed and partition id so runs are reproducible;
+a real device would draw and keep a random key), and turned into time-ordered leave-one-out user records.
+
+Caching (client/cache.py): the partitioning of a data folder is computed once per worker process, each
+client's anonymized records once per process as well (bounded LRU), so a worker serving many virtual
+clients pays the data cost once per client, not once per message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from client.cache import ProcessCache
+from common.data.examples import ExampleConfig, build_examples, build_item_texts
+from common.data.schema import Marketplace, read_marketplace
+from common.protocol import GLOBAL, FedConfig, segment_adapter_names
+from common.rec.train import RecordLike
+
+log = logging.getLogger(__name__)
+
+WORLDS: ProcessCache[tuple[Marketplace, list[list[str]]]] = ProcessCache("partitions", maxsize=2)
+CLIENTS: ProcessCache[ClientData] = ProcessCache("client-data", maxsize=128)
+
+
+@dataclass
+class ClientData:
+    """One client's records, the catalog texts, and the segment adapters its records are routed through."""
+
+    partition_id: int
+    records: list[RecordLike]
+    item_texts: dict[str, str]
+    segment_names: list[str]
+
+    @property
+    def adapter_names(self) -> list[str]:
+        return [GLOBAL, *self.segment_names]
+
+    def train_records(self, limit: int = 0) -> list[RecordLike]:
+        usable = [r for r in self.records if r.train_pairs]
+        return usable[:limit] if limit else usable
+
+    def eval_records(self, limit: int = 0) -> list[RecordLike]:
+        return self.records[:limit] if limit else list(self.records)
+
+
+def client_key(seed: int, partition_id: int) -> bytes:
+    """The client's pseudonymization key (never sent; see the module docstring)."""
+    return hashlib.sha256(f"fedadapt-client-key:{seed}:{partition_id}".encode()).digest()
+
+
+def record_segment_names(records: Sequence[RecordLike], keys: tuple[str, ...]) -> list[str]:
+    """Every segment adapter the records route through: the user's segments and each training pair's.
+
+    Segments such as the season belong to an interaction, not to a user, so one client may need several
+    season adapters; the server sends it each of them and aggregates each with its own cohort.
+    """
+    names: set[str] = set()
+    for rec in records:
+        for segs in (rec.segments, *rec.train_segments, getattr(rec, "valid_segments", {})):
+            names.update(segment_adapter_names(segs, keys))
+    return sorted(names)
+
+
+def _world(cfg: FedConfig, num_partitions: int) -> tuple[Marketplace, list[list[str]]]:
+    """The marketplace and the user ids of every partition, identical on every node for the same inputs."""
+
+    def build() -> tuple[Marketplace, list[list[str]]]:
+        market = read_marketplace(cfg.data_dir)
+        return market, partition_user_ids(market, num_partitions, cfg.partition_mode, cfg.seed)
+
+    return WORLDS.get((cfg.data_dir, num_partitions, cfg.partition_mode, cfg.seed), build)
+
+
+PARTITION_MODES = ("per-segment", "iid")
+
+
+def partition_user_ids(market: Marketplace, num_partitions: int, mode: str, seed: int,
+                       segment_key: str = "region") -> list[list[str]]:
+    """Split the users into `num_partitions` disjoint, non-empty shards.
+
+    per-segment (cross-silo): clients are allotted to the values of `segment_key` in proportion to their
+    users (each value with users gets at least one client while clients last) and a value's users are split
+    among its clients, so a client holds one region's users. iid: a seeded shuffle dealt round-robin.
+    """
+    if mode not in PARTITION_MODES:
+        raise ValueError(f"partition-mode {mode!r} is not one of {', '.join(PARTITION_MODES)}")
+    users_df = market.users.sort_values("user_id")
+    if num_partitions > len(users_df):
+        raise ValueError(f"{num_partitions} partitions but only {len(users_df)} users in the data")
+    rng = np.random.default_rng(seed)
+    if mode == "iid" or segment_key not in users_df.columns:
+        users = [str(u) for u in users_df["user_id"]]
+        order = rng.permutation(len(users))
+        return [[users[i] for i in order[p::num_partitions]] for p in range(num_partitions)]
+    groups = {str(k): [str(u) for u in g["user_id"]] for k, g in users_df.groupby(segment_key, sort=True)}
+    sizes = {k: len(v) for k, v in groups.items()}
+    by_size = sorted(groups, key=lambda g: (-sizes[g], g))
+    alloc = {k: int(i < num_partitions) for i, k in enumerate(by_size)}
+    for _ in range(num_partitions - sum(alloc.values())):  # then the most users per client first
+        k = max(groups, key=lambda g: (sizes[g] / (alloc[g] + 1) if alloc[g] < sizes[g] else -1, g))
+        alloc[k] += 1
+    shards: list[list[str]] = []
+    for k in sorted(g for g in groups if alloc[g]):
+        members = [groups[k][i] for i in rng.permutation(len(groups[k]))]
+        shards.extend(members[j::alloc[k]] for j in range(alloc[k]))
+    return [s for s in shards if s]
+
+
+def shard_marketplace(market: Marketplace, user_ids: Sequence[str]) -> Marketplace:
+    """The client's own rows: its users, their events and reviews; the public catalog in full."""
+    keep = set(user_ids)
+    return Marketplace(
+        reviews=market.reviews[market.reviews["user_id"].isin(keep)].reset_index(drop=True),
+        products=market.products,
+        clicks=market.clicks[market.clicks["user_id"].isin(keep)].reset_index(drop=True),
+        users=market.users[market.users["user_id"].isin(keep)].reset_index(drop=True),
+    )
+
+
+def _build_client(cfg: FedConfig, partition_id: int, num_partitions: int) -> ClientData:
+    market, shards = _world(cfg, num_partitions)
+    local = shard_marketplace(market, shards[partition_id])
+    records = build_examples(local, ExampleConfig(seed=cfg.seed))
+    return ClientData(partition_id, list(records), build_item_texts(local.products),
+                      record_segment_names(records, cfg.segment_key_tuple))
+
+
+def client_data(cfg: FedConfig, partition_id: int, num_partitions: int) -> ClientData:
+    """This client's data, built once per process and partition."""
+    if not cfg.data_dir:
+        raise ValueError("run config data-dir is empty; every client needs the marketplace folder")
+    key = (cfg.data_dir, num_partitions, cfg.partition_mode, cfg.seed, cfg.segment_key_tuple, partition_id)
+    return CLIENTS.get(key, lambda: _build_client(cfg, partition_id, num_partitions))

@@ -1,0 +1,208 @@
+"""The ServerApp: a round loop over the adapter-bank strategy, with evaluation, metrics and checkpoints.
+
+Flower's built-in `Strategy.start` sends every client the same arrays; here each client gets the global
+adapter plus its own segment adapters, so the loop drives `grid.send_and_receive` itself and keeps the
+strategy (server/strategy.py) free of Flower's grid. Per round it:
+
+1. samples a cohort (deterministic in seed and round), sends train messages, validates and aggregates;
+2. evaluates on a cohort of clients (federated evaluation: test items never leave the clients);
+3. appends one line to `<out-dir>/metrics.jsonl` and checkpoints atomically to `<out-dir>/checkpoints/`.
+
+`resume=true` continues after the last complete checkpoint; `stop-after-round=k` ends the run after round
+k (how tests and users simulate an interrupted server). At the end `<out-dir>/run-complete.json` says the
+run really finished, because `flwr run` exits 0 even when the ServerApp failed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from logging import INFO, WARNING
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from flwr.supercore import log
+
+from common.protocol import GLOBAL, FedConfig
+from server.aggregate import Arrays, split_banks
+from server.checkpoint import Checkpoint, latest_complete_round, load_checkpoint, save_checkpoint
+from server.optimizer import OptimizerConfig, ServerOptimizer
+from server.strategy import (
+    AdapterBankStrategy,
+    ClientInfo,
+    RoundStats,
+    client_info_from_reply,
+    message_bytes,
+    pool_evaluation,
+    sample_clients,
+)
+from server.validate import ValidationConfig
+
+app = ServerApp()
+
+METRICS_FILE = "metrics.jsonl"
+COMPLETE_FILE = "run-complete.json"
+STOPPED_FILE = "run-stopped.json"
+CHECKPOINTS = "checkpoints"
+
+
+def wait_for_nodes(grid: Grid, timeout: float = 120.0) -> list[int]:
+    """Node ids once the count is non-zero and stable (simulation nodes register right at start-up)."""
+    deadline = time.monotonic() + timeout
+    previous: list[int] = []
+    while time.monotonic() < deadline:
+        nodes = sorted(grid.get_node_ids())
+        if nodes and nodes == previous:
+            return nodes
+        previous = nodes
+        time.sleep(1.0)
+    if previous:
+        return previous
+    raise RuntimeError(f"no nodes connected within {timeout:.0f} s")
+
+
+def register_clients(grid: Grid, timeout: float) -> list[ClientInfo]:
+    """Ask every node for its partition id and segments (see server/strategy.py for the privacy trade-off)."""
+    nodes = wait_for_nodes(grid)
+    messages = [Message(RecordDict({"config": ConfigRecord({})}), n, MessageType.QUERY, group_id="register")
+                for n in nodes]
+    infos = [info for r in grid.send_and_receive(messages, timeout=timeout)
+             if (info := client_info_from_reply(r)) is not None]
+    if not infos:
+        raise RuntimeError(f"none of {len(nodes)} nodes answered the registration query")
+    empty = [c.partition_id for c in infos if c.num_examples <= 0]
+    if empty:
+        log(WARNING, "partitions %s have no usable users and are left out of sampling", empty)
+        infos = [c for c in infos if c.num_examples > 0]
+        if not infos:
+            raise RuntimeError("no client has any usable user")
+    ids = [c.partition_id for c in infos]
+    if len(set(ids)) != len(ids):
+        raise RuntimeError("two nodes reported the same partition id")
+    log(INFO, "registered %d/%d clients, %d segment(s)", len(infos), len(nodes),
+        len({s for c in infos for s in c.segments}))
+    return sorted(infos, key=lambda c: c.partition_id)
+
+
+def initial_banks(cfg: FedConfig, segments: list[str]) -> dict[str, Arrays]:
+    """Identity-at-init adapter banks for global + every segment (seeded: same on every run)."""
+    from client.task import initial_state  # torch + backbone: imported only when a run starts
+
+    names = [GLOBAL, *segments]
+    empty: dict[str, Arrays] = {name: {} for name in names}
+    return empty | split_banks(initial_state(cfg, names))
+
+
+class FederatedRun:
+    """One run of the ServerApp: registration, optional resume, rounds, files."""
+
+    def __init__(self, cfg: FedConfig, grid: Grid) -> None:
+        if not cfg.out_dir:
+            raise ValueError("run config out-dir is empty; the server needs a folder for metrics and checkpoints")
+        self.cfg = cfg
+        self.grid = grid
+        self.out = Path(cfg.out_dir)
+        self.ckpt_dir = self.out / CHECKPOINTS
+        self.history: list[dict[str, Any]] = []
+        self.optimizer = ServerOptimizer(OptimizerConfig(cfg.strategy, server_lr=cfg.server_lr))
+
+    def _restore(self, clients: list[ClientInfo]) -> tuple[dict[str, Arrays], int]:
+        segments = sorted({s for c in clients for s in c.segments})
+        last = latest_complete_round(self.ckpt_dir) if self.cfg.resume else None
+        if last is None:
+            if self.cfg.resume:
+                log(WARNING, "resume requested but no checkpoint under %s: starting fresh", self.ckpt_dir)
+            return initial_banks(self.cfg, segments), 1
+        ckpt = load_checkpoint(self.ckpt_dir, last)
+        self.history = list(ckpt.state.get("history", []))
+        self.optimizer.load_state(ckpt.optimizer_arrays, ckpt.state.get("optimizer_steps", {}))
+        missing = sorted(set(segments) - set(ckpt.banks))
+        banks = ckpt.banks
+        if missing:
+            log(WARNING, "segments %s have no bank in the checkpoint: starting them fresh", missing)
+            banks.update({k: v for k, v in initial_banks(self.cfg, missing).items() if k in missing})
+        log(INFO, "resuming after round %d from %s", last, self.ckpt_dir)
+        return banks, last + 1
+
+    def _write_history(self) -> None:
+        tmp = self.out / (METRICS_FILE + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for line in self.history:
+                fh.write(json.dumps(line) + "\n")
+        tmp.replace(self.out / METRICS_FILE)
+
+    def run(self) -> None:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        for marker in (COMPLETE_FILE, STOPPED_FILE):
+            (self.out / marker).unlink(missing_ok=True)
+        t_start = time.monotonic()
+        clients = register_clients(self.grid, cfg.round_timeout)
+        partition_of = {c.node_id: c.partition_id for c in clients}
+        banks, first = self._restore(clients)
+        strategy = AdapterBankStrategy(banks, self.optimizer, ValidationConfig(cfg.max_delta_norm),
+                                       cfg.min_segment_clients)
+        self._write_history()
+        for rnd in range(first, cfg.num_server_rounds + 1):
+            self.history.append(self._round(strategy, clients, partition_of, rnd))
+            self._write_history()
+            save_checkpoint(self.ckpt_dir, Checkpoint(rnd, strategy.banks, self._state(), self._opt_arrays()))
+            if cfg.stop_after_round and rnd >= cfg.stop_after_round and rnd < cfg.num_server_rounds:
+                self._marker(STOPPED_FILE, rnd, t_start, len(clients))
+                log(INFO, "stopping after round %d as configured (stop-after-round)", rnd)
+                return
+        self._marker(COMPLETE_FILE, cfg.num_server_rounds, t_start, len(clients))
+
+    def _round(self, strategy: AdapterBankStrategy, clients: list[ClientInfo], partition_of: dict[int, int],
+               rnd: int) -> dict[str, Any]:
+        cfg = self.cfg
+        t0 = time.monotonic()
+        stats = RoundStats()
+        cohort = sample_clients(clients, cfg.fraction_train, cfg.seed, rnd)
+        stats.sampled = len(cohort)
+        hp = {"server-round": rnd, "local-epochs": cfg.local_epochs, "batch-size": cfg.batch_size, "lr": cfg.lr,
+              "proximal-mu": cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0}
+        messages, sent = strategy.train_messages(cohort, hp, rnd)
+        stats.bytes_down = [message_bytes(m) for m in messages]
+        replies = list(self.grid.send_and_receive(messages, timeout=cfg.round_timeout))
+        strategy.aggregate_train(replies, sent, partition_of, stats)
+        t_train = time.monotonic() - t0
+        evaluation: dict[str, Any] = {}
+        if cfg.fraction_evaluate > 0:
+            eval_cohort = sample_clients(clients, cfg.fraction_evaluate, cfg.seed, rnd, salt=1)
+            evaluation = pool_evaluation(self.grid.send_and_receive(
+                strategy.evaluate_messages(eval_cohort, rnd), timeout=cfg.round_timeout))
+        line = {"round": rnd, **evaluation, **stats.as_dict(), "train_s": t_train, "wall_s": time.monotonic() - t0}
+        log(INFO, "[fedadapt] round %d/%d ndcg@10=%s hr@10=%s loss=%.4f sampled=%d rejected=%d dropped=%d "
+            "up=%.0fB down=%.0fB (%.1fs)", rnd, cfg.num_server_rounds, _fmt(line.get("ndcg@10")),
+            _fmt(line.get("hr@10")), stats.train_loss, stats.sampled, stats.rejected, stats.dropped,
+            line["bytes_up_per_client"], line["bytes_down_per_client"], line["wall_s"])
+        return line
+
+    def _state(self) -> dict[str, Any]:
+        _, steps = self.optimizer.state()
+        return {"seed": self.cfg.seed, "run_config": self.cfg.to_run_config(), "history": self.history,
+                "optimizer_steps": steps}
+
+    def _opt_arrays(self) -> Arrays:
+        arrays, _ = self.optimizer.state()
+        return arrays
+
+    def _marker(self, name: str, rounds: int, t_start: float, n_clients: int) -> None:
+        data = {"rounds": rounds, "num_server_rounds": self.cfg.num_server_rounds, "clients": n_clients,
+                "server_wall_s": time.monotonic() - t_start}
+        tmp = self.out / (name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(self.out / name)
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else "n/a"
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = FedConfig.from_run_config(context.run_config)
+    FederatedRun(cfg, grid).run()

@@ -1,0 +1,133 @@
+"""Turn a run's metrics.jsonl into summary.json, summary.md (a table) and plots/*.png.
+
+Kept apart from the runner so a finished (or resumed) run can be re-reported without running anything.
+Plots use matplotlib's Agg backend: no display on these machines.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+METRICS = ("ndcg@10", "hr@10")
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: the ServerApp wrote no metrics")
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _num(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else float("nan")
+
+
+def summarize(rows: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Final metrics (last round), best round, and totals over all rounds."""
+    if not rows:
+        raise ValueError("no rounds in metrics.jsonl")
+    last = rows[-1]
+    walls = [_num(r.get("wall_s")) for r in rows]
+    updates = sum(int(r.get("clients_replied", 0)) - int(r.get("clients_rejected", 0)) for r in rows)
+    total_wall = sum(w for w in walls if math.isfinite(w))
+    summary: dict[str, Any] = {
+        "rounds": len(rows),
+        "final": {m: _num(last.get(m)) for m in METRICS},
+        "final_segments": {s: {m: _num(v.get(m)) for m in (*METRICS, "users")}
+                           for s, v in sorted(last.get("segments", {}).items())},
+        "best_ndcg@10": max((_num(r.get("ndcg@10")) for r in rows), default=float("nan")),
+        "final_train_loss": _num(last.get("train_loss")),
+        "bytes_up_per_client_round": _mean([_num(r.get("bytes_up_per_client")) for r in rows]),
+        "bytes_down_per_client_round": _mean([_num(r.get("bytes_down_per_client")) for r in rows]),
+        "bytes_up_total": sum(int(r.get("bytes_up_total", 0)) for r in rows),
+        "bytes_down_total": sum(int(r.get("bytes_down_total", 0)) for r in rows),
+        "clients_sampled_total": sum(int(r.get("clients_sampled", 0)) for r in rows),
+        "clients_dropped_total": sum(int(r.get("clients_dropped", 0)) for r in rows),
+        "clients_rejected_total": sum(int(r.get("clients_rejected", 0)) for r in rows),
+        "round_wall_s_mean": _mean(walls),
+        "client_updates": updates,
+        "client_updates_per_minute": updates / total_wall * 60 if total_wall > 0 else float("nan"),
+    }
+    summary.update(extra or {})
+    return summary
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
+def _f(value: object, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, float) and math.isfinite(value) else "-"
+
+
+def markdown(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
+    """A per-round table and a per-segment table of the final round."""
+    lines = ["| round | NDCG@10 | HR@10 | loss | sampled | rejected | dropped | up B/client | down B/client | s |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {r['round']} | {_f(r.get('ndcg@10'))} | {_f(r.get('hr@10'))} | {_f(r.get('train_loss'))} | "
+            f"{r.get('clients_sampled', 0)} | {r.get('clients_rejected', 0)} | {r.get('clients_dropped', 0)} | "
+            f"{_num(r.get('bytes_up_per_client')):.0f} | {_num(r.get('bytes_down_per_client')):.0f} | "
+            f"{_f(r.get('wall_s'), 1)} |"
+        )
+    lines += ["", "| segment | users | NDCG@10 | HR@10 |", "|---|---:|---:|---:|",
+              f"| overall | | {_f(summary['final'].get('ndcg@10'))} | {_f(summary['final'].get('hr@10'))} |"]
+    for seg, v in summary["final_segments"].items():
+        lines.append(f"| {seg} | {v['users']:.0f} | {_f(v['ndcg@10'])} | {_f(v['hr@10'])} |")
+    lines += ["", f"Client updates/minute: {_f(summary['client_updates_per_minute'], 1)}; mean round "
+              f"{_f(summary['round_wall_s_mean'], 1)} s; bytes per client-round up "
+              f"{summary['bytes_up_per_client_round']:.0f}, down {summary['bytes_down_per_client_round']:.0f}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict[str, Any]], plots_dir: Path) -> list[Path]:
+    """plots/ndcg_by_segment.png and plots/bytes_per_round.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    rounds = [r["round"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(rounds, [_num(r.get("ndcg@10")) for r in rows], "k-o", label="overall", linewidth=2)
+    segments = sorted({s for r in rows for s in r.get("segments", {})})
+    for seg in segments:
+        ax.plot(rounds, [_num(r.get("segments", {}).get(seg, {}).get("ndcg@10")) for r in rows], "-.", label=seg)
+    ax.set_xlabel("round")
+    ax.set_ylabel("NDCG@10")
+    ax.set_title("NDCG@10 per segment")
+    ax.legend(fontsize=7, ncol=2)
+    paths = [plots_dir / "ndcg_by_segment.png"]
+    fig.tight_layout()
+    fig.savefig(paths[0], dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(rounds, [_num(r.get("bytes_up_per_client")) / 1024 for r in rows], "-o", label="up per client")
+    ax.plot(rounds, [_num(r.get("bytes_down_per_client")) / 1024 for r in rows], "-s", label="down per client")
+    ax.set_xlabel("round")
+    ax.set_ylabel("KiB")
+    ax.set_title("Bytes per client per round (serialized messages)")
+    ax.legend()
+    paths.append(plots_dir / "bytes_per_round.png")
+    fig.tight_layout()
+    fig.savefig(paths[1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def write_report(run_dir: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write summary.json, summary.md and plots for `run_dir`; returns the summary."""
+    run_dir = Path(run_dir)
+    rows = read_metrics(run_dir)
+    summary = summarize(rows, extra)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True), encoding="utf-8")
+    (run_dir / "summary.md").write_text(markdown(rows, summary), encoding="utf-8")
+    summary["plots"] = [str(p) for p in plot(rows, run_dir / "plots")]
+    return summary

@@ -1,0 +1,65 @@
+"""Small hand-made client data for federation tests that must not depend on the data pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.supercore.task_identity import TaskIdentity
+
+from client.data import CLIENTS, ClientData, record_segment_names
+from common.protocol import FedConfig
+
+WORDS = ["red", "blue", "green", "shoe", "lamp", "desk", "phone", "case", "tent", "bike", "cup", "pan"]
+
+
+@dataclass
+class FakeRecord:
+    """The fields of a user record that training and evaluation read (common.rec.train.RecordLike)."""
+
+    user_id: str
+    segments: dict[str, str]
+    context_text: str
+    train_pairs: list[tuple[str, str]]
+    train_segments: list[dict[str, str]]
+    valid_item: str
+    test_item: str
+    valid_negatives: list[str]
+    test_negatives: list[str]
+    valid_context_text: str = ""
+    valid_segments: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def train_positives(self) -> list[str]:
+        return [item for _, item in self.train_pairs]
+
+
+def fake_client_data(partition_id: int, segments: dict[str, str], users: int = 6, items: int = 24,
+                     seed: int = 0, keys: tuple[str, ...] = ("region", "season")) -> ClientData:
+    """A few users with text contexts, positives and 9 sampled negatives each."""
+    rng = np.random.default_rng(seed + partition_id)
+    item_texts = {f"p{i:03d}": " ".join(rng.choice(WORDS, size=4)) for i in range(items)}
+    ids = sorted(item_texts)
+    records = []
+    for u in range(users):
+        chosen = [str(x) for x in rng.choice(ids, size=14, replace=False)]
+        context = " ".join(item_texts[i] for i in chosen[:3])
+        records.append(FakeRecord(
+            user_id=f"u{partition_id}-{u}", segments=dict(segments), context_text=context,
+            train_pairs=[(context, i) for i in chosen[:3]], train_segments=[dict(segments)] * 3,
+            valid_item=chosen[3], test_item=chosen[4], valid_negatives=chosen[5:14], test_negatives=chosen[5:14],
+            valid_context_text=context, valid_segments=dict(segments)))
+    return ClientData(partition_id, list(records), item_texts, record_segment_names(records, keys))
+
+
+def install_fake(cfg: FedConfig, partition_id: int, num_partitions: int, data: ClientData) -> None:
+    """Put `data` into the per-process client-data cache under the key `client_data` looks up."""
+    key = (cfg.data_dir, num_partitions, cfg.partition_mode, cfg.seed, cfg.segment_key_tuple, partition_id)
+    CLIENTS.get(key, lambda: data)
+
+
+def set_task_identity() -> None:
+    """Messages need a run/node/task identity; Flower sets it inside a run, tests set it here."""
+    TaskIdentity.run_id = 1
+    TaskIdentity.node_id = 0
+    TaskIdentity.task_id = 0

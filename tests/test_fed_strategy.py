@@ -1,0 +1,104 @@
+"""Server strategy without a grid: routing of banks, validation in the loop, per-segment means, evaluation pooling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
+
+from common.protocol import ARRAYS, METRICS, NUM_EXAMPLES, metric_key
+from server.optimizer import OptimizerConfig, ServerOptimizer
+from server.strategy import AdapterBankStrategy, ClientInfo, RoundStats, message_bytes, pool_evaluation, sample_clients
+from server.validate import ValidationConfig
+from tests.fed_fakes import set_task_identity
+
+
+@pytest.fixture(autouse=True)
+def _identity() -> None:
+    set_task_identity()
+
+
+def _banks() -> dict[str, dict[str, np.ndarray]]:
+    return {name: {f"{name}::w": np.zeros((2, 3), np.float32)} for name in ("global", "region=EU", "region=NA")}
+
+
+def _reply(msg: Message, delta: dict[str, np.ndarray], n: int) -> Message:
+    content = RecordDict({ARRAYS: ArrayRecord({k: Array(v) for k, v in delta.items()}),
+                          METRICS: MetricRecord({NUM_EXAMPLES: n, "train-loss": 1.0})})
+    return Message(content, reply_to=msg)
+
+
+def test_sampling_is_deterministic_and_sized() -> None:
+    """Same seed and round give the same cohort; the size is ceil(fraction * N), at least one."""
+    clients = [ClientInfo(1000 + i, i, ()) for i in range(10)]
+    a = sample_clients(clients, 0.3, seed=5, server_round=2)
+    b = sample_clients(list(reversed(clients)), 0.3, seed=5, server_round=2)
+    assert [c.partition_id for c in a] == [c.partition_id for c in b] and len(a) == 3
+    assert len(sample_clients(clients, 0.01, 5, 1)) == 1
+    assert len(sample_clients(clients, 1.0, 5, 1)) == 10
+
+
+def test_round_aggregates_per_segment_and_drops_bad_replies() -> None:
+    """Each client gets global + its segment; valid deltas are averaged per bank; bad replies are counted."""
+    # Prepare: 4 clients, EU x2, NA x1, one EU client that sneaks a backbone tensor, one that errors
+    strategy = AdapterBankStrategy(_banks(), ServerOptimizer(OptimizerConfig()), ValidationConfig(50.0), 1)
+    clients = [ClientInfo(11, 0, ("region=EU",)), ClientInfo(12, 1, ("region=EU",)),
+               ClientInfo(13, 2, ("region=NA",)), ClientInfo(14, 3, ("region=EU",)),
+               ClientInfo(15, 4, ("region=NA",))]
+    messages, sent = strategy.train_messages(clients, {"lr": 0.1}, 1)
+    assert set(sent[11]) == {"global::w", "region=EU::w"} and set(sent[13]) == {"global::w", "region=NA::w"}
+    rng = np.random.default_rng(0)
+    deltas = {node: {k: rng.normal(size=(2, 3)).astype(np.float32) for k in arrays} for node, arrays in sent.items()}
+    weights = {11: 10, 12: 30, 13: 20, 14: 5}
+    replies = [_reply(m, deltas[m.metadata.dst_node_id], weights[m.metadata.dst_node_id]) for m in messages[:4]]
+    bad = dict(deltas[14], **{"encoder.layer.0.output.dense.weight": np.zeros((2, 2), np.float32)})
+    replies[3] = _reply(messages[3], bad, 5)
+    replies.append(Message(Error(code=0, reason="boom"), reply_to=messages[4]))
+    stats = RoundStats(sampled=5)
+    # Execute
+    strategy.aggregate_train(replies, sent, {c.node_id: c.partition_id for c in clients}, stats)
+    # Assert
+    good = [11, 12, 13]
+    expect_global = sum(weights[n] * deltas[n]["global::w"] for n in good) / sum(weights[n] for n in good)
+    np.testing.assert_allclose(strategy.banks["global"]["global::w"], expect_global, rtol=1e-5)
+    expect_eu = (10 * deltas[11]["region=EU::w"] + 30 * deltas[12]["region=EU::w"]) / 40
+    np.testing.assert_allclose(strategy.banks["region=EU"]["region=EU::w"], expect_eu, rtol=1e-5)
+    np.testing.assert_allclose(strategy.banks["region=NA"]["region=NA::w"], deltas[13]["region=NA::w"], rtol=1e-6)
+    assert stats.rejected == 1 and stats.rejected_reasons == {"backbone-key": 1}
+    assert stats.dropped == 1 and stats.replied == 4
+    assert stats.num_examples == 60
+
+
+def test_small_segment_falls_back_and_keeps_its_bank() -> None:
+    """With min 2 clients per segment, a lone NA client updates global but not the NA bank."""
+    strategy = AdapterBankStrategy(_banks(), ServerOptimizer(OptimizerConfig()), ValidationConfig(), 2)
+    clients = [ClientInfo(11, 0, ("region=EU",)), ClientInfo(12, 1, ("region=EU",)),
+               ClientInfo(13, 2, ("region=NA",))]
+    messages, sent = strategy.train_messages(clients, {}, 1)
+    replies = [_reply(m, {k: np.ones((2, 3), np.float32) for k in sent[m.metadata.dst_node_id]}, 1)
+               for m in messages]
+    stats = RoundStats()
+    strategy.aggregate_train(replies, sent, {}, stats)
+    assert stats.fallback == ["region=NA"]
+    assert np.all(strategy.banks["region=NA"]["region=NA::w"] == 0)
+    assert np.all(strategy.banks["region=EU"]["region=EU::w"] == 1)
+
+
+def test_pool_evaluation_weights_by_users() -> None:
+    """Per-segment means pool clients' sums exactly (not a mean of means)."""
+    set_task_identity()
+    base = Message(RecordDict(), 1, "evaluate")
+    sums = [{metric_key("overall", "users"): 2.0, metric_key("overall", "ndcg@10"): 1.0,
+             metric_key("region=EU", "users"): 2.0, metric_key("region=EU", "ndcg@10"): 1.0},
+            {metric_key("overall", "users"): 8.0, metric_key("overall", "ndcg@10"): 2.0}]
+    replies = [Message(RecordDict({METRICS: MetricRecord(s)}), reply_to=base) for s in sums]
+    pooled = pool_evaluation(replies)
+    assert pooled["ndcg@10"] == pytest.approx(0.3) and pooled["users"] == 10
+    assert pooled["segments"]["region=EU"]["ndcg@10"] == pytest.approx(0.5)
+
+
+def test_message_bytes_tracks_payload() -> None:
+    """The serialized size grows with the arrays carried (about 4 bytes per float32)."""
+    small = Message(RecordDict({ARRAYS: ArrayRecord({"global::w": Array(np.zeros(10, np.float32))})}), 1, "train")
+    big = Message(RecordDict({ARRAYS: ArrayRecord({"global::w": Array(np.zeros(10_010, np.float32))})}), 1, "train")
+    assert message_bytes(big) - message_bytes(small) == pytest.approx(40_000, rel=0.01)
