@@ -1,8 +1,9 @@
 """The adapters benchmark: per kind, trainable size, fp32/int8 bytes, step time, identity at init.
 
 Step time is forward+backward of the adapted model on one batch divided by the frozen backbone's no-grad
-forward on the same batch, both medians over repeats in this process; the baseline is re-measured next to
-every kind so that machine load drifting during the run does not bias the later kinds.
+forward on the same batch, in this process. Each repeat times the baseline and then the step back to back and
+the reported ratio is the median of those paired ratios, so machine load that drifts during the run (other
+processes on a shared machine) cancels instead of biasing whichever kind ran during a busy spell.
 """
 
 from __future__ import annotations
@@ -72,14 +73,22 @@ class AdapterBenchResult:
     rows: dict[str, KindRow]
 
 
-def _median_seconds(fn: Callable[[], object], repeats: int) -> list[float]:
-    fn()  # warm-up: allocator, kernels, lazy init
-    times = []
+def _paired_ratio(
+    step: Callable[[], object], baseline: Callable[[], object], repeats: int
+) -> tuple[float, list[float]]:
+    """(median of step/baseline over back-to-back pairs, the baseline times)."""
+    baseline()  # warm-up: allocator, kernels, lazy init
+    step()
+    ratios, baseline_times = [], []
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
+        baseline()
+        middle = time.perf_counter()
+        step()
+        end = time.perf_counter()
+        baseline_times.append(middle - start)
+        ratios.append((end - middle) / (middle - start))
+    return statistics.median(ratios), baseline_times
 
 
 def _measure_kind(bb: Backbone, kind: str, ids: torch.Tensor, mask: torch.Tensor, opts: AdapterBenchOptions,
@@ -98,8 +107,8 @@ def _measure_kind(bb: Backbone, kind: str, ids: torch.Tensor, mask: torch.Tensor
         loss.backward()
         model.zero_grad(set_to_none=True)
 
-    baseline_times.extend(_median_seconds(baseline, opts.repeats))
-    step_s = statistics.median(_median_seconds(step, opts.repeats))
+    ratio, times = _paired_ratio(step, baseline, opts.repeats)
+    baseline_times.extend(times)
     with torch.no_grad():
         gen = torch.Generator().manual_seed(opts.seed)
         for p in model.trainable_parameters():
@@ -111,7 +120,7 @@ def _measure_kind(bb: Backbone, kind: str, ids: torch.Tensor, mask: torch.Tensor
         backbone_params=bb.num_parameters(),
         bytes_fp32=nbytes(state),
         bytes_int8=nbytes(quantize_int8(state)),
-        step_time_ratio=step_s / statistics.median(baseline_times),
+        step_time_ratio=ratio,
         identity_at_init=identity,
         int8_relative_error=error.relative_error,
     )
@@ -156,7 +165,8 @@ def format_table(result: AdapterBenchResult) -> str:
         fmt.format(*header),
         fmt.format(*("-" * w for w in widths)),
         *(fmt.format(*line) for line in lines),
-        "step/fwd: adapter forward+backward over backbone no-grad forward. int8 rel err: output change from int8 "
+        "step/fwd: median over repeats of (adapter forward+backward) / (backbone no-grad forward) timed back to "
+        "back. int8 rel err: output change from int8 "
         f"adapters / output change the adapters make, weights perturbed by N(0, {PERTURB_STD}^2).",
     ]
     return "\n".join(out)

@@ -12,7 +12,7 @@ from common.adapters import bottleneck, hyper, lora, mixture, parallel, prompt, 
 from common.adapters.config import AdapterConfig
 from common.adapters.model import AdaptedModel
 from common.adapters.registry import AdapterKind, adapter_kinds, get_adapter_kind, register_adapter_kind
-from common.adapters.state import load_adapters, save_adapters, split_key
+from common.adapters.state import load_adapted_model, load_adapters, save_adapters, split_key
 
 # The built-in kinds in the order tables list them; kinds registered later are valid but not listed here.
 ADAPTER_KINDS: tuple[str, ...] = ("bottleneck", "parallel", "lora", "hyper", "task_attention", "mixture", "prompt")
@@ -28,6 +28,7 @@ __all__ = [
     "bottleneck",
     "get_adapter_kind",
     "hyper",
+    "load_adapted_model",
     "load_adapters",
     "lora",
     "mixture",

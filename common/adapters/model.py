@@ -64,6 +64,10 @@ class AdaptedModel(nn.Module):
         return tuple(self._names)
 
     @property
+    def hidden_size(self) -> int:
+        return int(self.backbone.config.hidden_size)
+
+    @property
     def identity_at_init(self) -> bool:
         """Whether a fresh adapter leaves the backbone's outputs unchanged (prompts never do)."""
         return self.kind.identity_at_init and self.config.prompt_tokens == 0
