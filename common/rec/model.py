@@ -106,7 +106,8 @@ class ItemCache:
 class RecModel(nn.Module):
     """Backbone + named adapters as a two-tower scorer.
 
-    `adapter_cfg=None` gives the frozen backbone alone (the no-adapter baseline). `finetune_backbone=True`
+    `names` defaults to ["global"] (none without an adapter config). `adapter_cfg=None` gives the frozen
+    backbone alone (the no-adapter baseline). `finetune_backbone=True`
     trains a private deep copy of the backbone, so the caller's frozen backbone is never touched.
     """
 
@@ -114,7 +115,7 @@ class RecModel(nn.Module):
         self,
         backbone: Backbone,
         adapter_cfg: AdapterConfig | None,
-        names: Sequence[str] = (GLOBAL,),
+        names: Sequence[str] | None = None,
         plan: RoutingPlan | None = None,
         temperature: float = 0.05,
         max_len: int = 64,
@@ -125,6 +126,8 @@ class RecModel(nn.Module):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if max_len < 8:
             raise ValueError(f"max_len must be >= 8, got {max_len}")
+        if names is None:
+            names = [GLOBAL] if adapter_cfg is not None else []
         if adapter_cfg is None and list(names):
             raise ValueError(f"adapter names {list(names)} given without an adapter config")
         if finetune_backbone:

@@ -24,25 +24,58 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.rec.metrics import PopularityScorer, aggregate, sampled_metrics, served_by_segment_adapter
+from common.adapters.state import make_key
+from common.rec.evaluate import evaluate, evaluate_popularity
 from common.rec.model import RecModel, Routing, routing_signature
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("test", "valid")
+__all__ = ["TrainConfig", "evaluate", "evaluate_popularity", "train_epochs"]
+LOG_EVERY = 20  # steps between progress lines
 
 
 class RecordLike(Protocol):
-    """The fields of `common.data.examples.UserRecord` that training and evaluation read."""
+    """The fields of `common.data.examples.UserRecord` that training and evaluation read.
+
+    Each training pair carries its own context (events before that target's session) and, in
+    `train_segments`, its own segments (the season of that interaction), so a pair is routed through the
+    season adapter of the time it happened, not of the user's test interaction.
+    """
 
     user_id: str
     segments: dict[str, str]
     context_text: str
-    train_positives: list[str]
+    train_pairs: list[tuple[str, str]]
+    train_segments: list[dict[str, str]]
     valid_item: str
     test_item: str
     valid_negatives: list[str]
     test_negatives: list[str]
+    valid_context_text: str
+    valid_segments: dict[str, str]
+
+    @property
+    def train_positives(self) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One training example: whose it is, what they had done before, what they picked, how it is routed."""
+
+    user: int
+    context: str
+    item: str
+    segments: dict[str, str]
+
+
+def training_pairs(records: Sequence[RecordLike]) -> list[Pair]:
+    """Every (context, positive) pair of every record, with the pair's own segments when the record has them."""
+    pairs = []
+    for u, rec in enumerate(records):
+        segs = rec.train_segments if len(rec.train_segments) == len(rec.train_pairs) else None
+        for j, (context, item) in enumerate(rec.train_pairs):
+            pairs.append(Pair(u, context, item, segs[j] if segs is not None else rec.segments))
+    return pairs
 
 
 @dataclass
@@ -54,16 +87,18 @@ class TrainConfig:
     lr: float = 1e-3  # adapters start at identity and are small: a higher rate than full fine-tuning
     max_len: int = 64  # tokens per text; user contexts are truncated from the right
     negatives: int = 32  # shared sampled catalog negatives per step, on top of the in-batch ones
-    pairs_per_user: int = 2  # positives drawn per user per epoch (without replacement)
+    pairs_per_user: int | None = None  # cap on a user's pairs per epoch (seeded draw); None = all of them
     seed: int = 0
     prox_mu: float = 0.0  # FedProx: mu/2 * ||w - w_ref||^2, used only when a reference state is given
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "max_len", "pairs_per_user"):
+        for name in ("epochs", "batch_size", "max_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.pairs_per_user is not None and self.pairs_per_user < 1:
+            raise ValueError(f"pairs_per_user must be >= 1 or None, got {self.pairs_per_user}")
         if self.negatives < 0:
             raise ValueError(f"negatives must be >= 0, got {self.negatives}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -77,27 +112,28 @@ class TrainConfig:
         return asdict(self)
 
 
-def _training_pairs(records: Sequence[RecordLike], cfg: TrainConfig, rng: np.random.Generator) -> list[tuple[int, str]]:
-    pairs: list[tuple[int, str]] = []
-    for u, rec in enumerate(records):
-        positives = list(dict.fromkeys(rec.train_positives))
-        if not positives:
-            continue
-        take = min(cfg.pairs_per_user, len(positives))
-        for j in rng.choice(len(positives), size=take, replace=False):
-            pairs.append((u, positives[int(j)]))
-    return pairs
+def _epoch_pairs(pairs: list[Pair], cfg: TrainConfig, rng: np.random.Generator) -> list[Pair]:
+    """All pairs, or at most `pairs_per_user` per user drawn without replacement."""
+    if cfg.pairs_per_user is None:
+        return pairs
+    by_user: dict[int, list[Pair]] = defaultdict(list)
+    for pair in pairs:
+        by_user[pair.user].append(pair)
+    chosen: list[Pair] = []
+    for user in sorted(by_user):
+        mine = by_user[user]
+        take = rng.choice(len(mine), size=min(cfg.pairs_per_user, len(mine)), replace=False)
+        chosen.extend(mine[int(j)] for j in sorted(take))
+    return chosen
 
 
 def _batches(
-    model: RecModel, records: Sequence[RecordLike], pairs: list[tuple[int, str]], cfg: TrainConfig,
-    rng: np.random.Generator,
-) -> list[tuple[tuple[str, ...], list[tuple[int, str]]]]:
-    """Shuffled batches; users in one batch share their item-tower routing so candidates encode once."""
-    groups: dict[tuple[str, ...], list[tuple[int, str]]] = defaultdict(list)
+    model: RecModel, pairs: list[Pair], cfg: TrainConfig, rng: np.random.Generator
+) -> list[tuple[tuple[str, ...], list[Pair]]]:
+    """Shuffled batches; pairs in one batch share their item-tower routing so candidates encode once."""
+    groups: dict[tuple[str, ...], list[Pair]] = defaultdict(list)
     for pair in pairs:
-        segs = [records[pair[0]].segments]
-        groups[routing_signature(model.item_routing(segs), 0)].append(pair)
+        groups[routing_signature(model.item_routing([pair.segments]), 0)].append(pair)
     batches = []
     for names in sorted(groups):
         members = groups[names]
@@ -109,11 +145,14 @@ def _batches(
 
 def _named_trainable(model: RecModel, names: Sequence[str]) -> dict[str, torch.nn.Parameter]:
     """State keys ("<adapter>::<path>") of the trainable adapter parameters, mapped to the live parameters."""
-    if model.adapted is None or not names:
+    if model.adapted is None:
         return {}
-    live = {p.data_ptr(): p for p in model.adapted.trainable_parameters(list(names))}
-    state = model.adapted.adapter_state(names=list(names), trainable_only=True)
-    return {key: live[t.data_ptr()] for key, t in state.items() if t.data_ptr() in live}
+    return {
+        make_key(name, path): tensor
+        for name in names
+        for path, tensor in model.adapted.adapter_tensors(name, trainable_only=True)
+        if isinstance(tensor, torch.nn.Parameter)
+    }
 
 
 def _prox_term(named: Mapping[str, torch.nn.Parameter], reference: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -132,7 +171,7 @@ def train_epochs(
     trainable_names: Sequence[str],
     reference_state: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """Train the adapters `trainable_names` on the records' training positives; returns loss statistics.
+    """Train the adapters `trainable_names` on the records' training pairs; returns loss statistics.
 
     `reference_state` (adapter-state keys -> tensors, usually the round's global weights) turns on the
     FedProx term with `cfg.prox_mu`. Returns {"loss", "loss_first_epoch", "prox", "steps", "num_examples",
@@ -151,48 +190,49 @@ def train_epochs(
     rng = np.random.default_rng(cfg.seed)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     catalog = sorted(item_texts)
+    positives = [set(r.train_positives) for r in records]
     trainable = set(trainable_names)
     started = time.perf_counter()
     epoch_losses: list[float] = []
     steps, n_pairs, prox_value = 0, 0, 0.0
+    all_pairs = training_pairs(records)
+    if not all_pairs:
+        raise ValueError(f"no training pairs in {len(records)} record(s)")
     for epoch in range(cfg.epochs):
-        pairs = _training_pairs(records, cfg, rng)
+        pairs = _epoch_pairs(all_pairs, cfg, rng)
         n_pairs = len(pairs)
         losses = []
-        for names, batch in _batches(model, records, pairs, cfg, rng):
-            users = [records[u] for u, _ in batch]
+        for names, batch in _batches(model, pairs, cfg, rng):
             negatives = [str(i) for i in rng.choice(catalog, size=min(cfg.negatives, len(catalog)), replace=False)]
-            candidates = [item for _, item in batch] + negatives
-            user_vecs = model.encode(
-                [r.context_text for r in users], model.user_routing([r.segments for r in users]), cfg.max_len
-            )
+            candidates = [p.item for p in batch] + negatives
+            routing = model.user_routing([p.segments for p in batch])
+            user_vecs = model.encode([p.context for p in batch], routing, cfg.max_len)  # (B, H)
             if model.finetune_backbone or trainable.intersection(names):
-                routing: Routing | None = list(names) or None
-                item_vecs = model.encode([item_texts[i] for i in candidates], routing, cfg.max_len)
+                item_routing: Routing | None = list(names) or None
+                item_vecs = model.encode([item_texts[i] for i in candidates], item_routing, cfg.max_len)
             else:
                 cached = model.item_embeddings(candidates, item_texts, names)
                 item_vecs = torch.stack([cached[i] for i in candidates])
             logits = model.score(user_vecs, item_vecs)  # (B, B + N)
-            seen = torch.tensor(
-                [[c in set(r.train_positives) for c in candidates] for r in users], dtype=torch.bool
-            )
+            seen = torch.tensor([[c in positives[p.user] for c in candidates] for p in batch], dtype=torch.bool)
             seen.fill_diagonal_(False)  # (B, B+N): the labelled positive stays
             logits = logits.masked_fill(seen, float("-inf"))
             loss = F.cross_entropy(logits, torch.arange(len(batch)))
             if reference_state is not None and cfg.prox_mu > 0:
                 prox = _prox_term(named, reference_state)
-                prox_value = float(prox)
+                prox_value = prox.item()
                 loss = loss + cfg.prox_mu / 2 * prox
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             steps += 1
+            if steps % LOG_EVERY == 0:
+                log.info("step %d: loss %.4f (%.1f s)", steps, float(np.mean(losses[-LOG_EVERY:])),
+                         time.perf_counter() - started)
         epoch_losses.append(float(np.mean(losses)) if losses else float("nan"))
         log.info("epoch %d/%d: loss %.4f over %d pairs", epoch + 1, cfg.epochs, epoch_losses[-1], n_pairs)
-    for p in params:
-        p.requires_grad_(False) if not model.finetune_backbone else None
     model.item_cache.clear()
     return {
         "loss": epoch_losses[-1],

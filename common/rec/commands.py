@@ -1,0 +1,149 @@
+"""`fedadapt train`: centralized baselines (no federation) written to RUN/summary.json.
+
+The run trains one mode on the marketplace in --data, evaluates it on the test split (held-out item vs 99
+sampled negatives) and puts the popularity ranking on the same candidates side by side, so every summary is
+self-contained. The trained adapters are saved in RUN/adapters so that a segment-adapters run can start from
+a global-adapter run's global adapter (--init-global RUN).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from common.data.examples import UserRecord
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from common.rec.baselines import ITEM_TOWERS, MODES
+
+    p = subparsers.add_parser(
+        "train",
+        help="train a centralized baseline and write RUN/summary.json",
+        description="Train one baseline mode centrally and evaluate it next to the popularity ranking.",
+    )
+    p.add_argument("--data", required=True, type=Path, help="marketplace folder (fedadapt data generate/load)")
+    p.add_argument("--mode", required=True, choices=MODES)
+    p.add_argument("--adapter", default="lora", help="adapter kind (common.adapters.ADAPTER_KINDS)")
+    p.add_argument("--rank", type=int, default=None, help="adapter rank / bottleneck width (kind default if unset)")
+    p.add_argument("--out", required=True, type=Path, help="run folder; summary.json goes there")
+    p.add_argument("--backbone", default=None, help="local model folder, or 'tiny' (default: offline MiniLM)")
+    p.add_argument("--segments", default="region,season", help="segment keys that get adapters, comma-separated")
+    p.add_argument("--min-segment-users", type=int, default=20, help="fewer training users: no segment adapter")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--max-len", type=int, default=64)
+    p.add_argument("--negatives", type=int, default=32)
+    p.add_argument("--pairs-per-user", type=int, default=None, help="cap on training pairs per user per epoch")
+    p.add_argument("--max-users", type=int, default=None, help="train on a seeded sample of this many users")
+    p.add_argument("--eval-users", type=int, default=None, help="evaluate on a seeded sample of this many users")
+    p.add_argument("--init-global", type=Path, default=None, help="segment-adapters: reuse RUN's global adapter")
+    p.add_argument("--item-tower", choices=ITEM_TOWERS, default="adapted",
+                   help="items through the shared adapter (adapted) or the bare backbone (frozen)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def _sample(items: Sequence[object], n: int | None, seed: int) -> list[int]:
+    """Indices of a seeded sample of `n` items, in their original order (all when n is None)."""
+    if n is None or n >= len(items):
+        return list(range(len(items)))
+    if n < 1:
+        raise ValueError(f"user count must be >= 1, got {n}")
+    return sorted(int(i) for i in np.random.default_rng(seed).choice(len(items), size=n, replace=False))
+
+
+def load_examples(folder: Path, seed: int) -> tuple[list[UserRecord], dict[str, str]]:
+    """User records (leave-one-out, 99 seeded negatives) and item texts from a marketplace folder."""
+    from common.data.examples import ExampleConfig, build_examples, build_item_texts
+    from common.data.schema import read_marketplace
+
+    market = read_marketplace(folder)
+    return build_examples(market, ExampleConfig(seed=seed)), build_item_texts(market.products)
+
+
+def run(args: argparse.Namespace) -> int:
+    from common.adapters import AdapterConfig
+    from common.adapters.state import read_adapter_folder, save_adapters, split_key
+    from common.backbone import load_backbone
+    from common.rec.baselines import build_and_train
+    from common.rec.evaluate import evaluate, evaluate_popularity
+    from common.rec.model import GLOBAL
+    from common.rec.train import TrainConfig
+
+    started = time.perf_counter()
+    torch.manual_seed(args.seed)
+    cfg = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_len=args.max_len,
+        negatives=args.negatives, pairs_per_user=args.pairs_per_user, seed=args.seed,
+    )
+    keys = tuple(k.strip() for k in args.segments.split(",") if k.strip())
+    adapter_kw: dict[str, object] = {"kind": args.adapter, "seed": args.seed}
+    if args.rank is not None:
+        adapter_kw["rank"] = args.rank
+    adapter_cfg = AdapterConfig(**adapter_kw)  # type: ignore[arg-type]
+    records, item_texts = load_examples(args.data, seed=args.seed)
+    if not records:
+        raise ValueError(f"{args.data}: no user has enough positives for a train/valid/test split")
+    train_records = [records[i] for i in _sample(records, args.max_users, args.seed)]
+    eval_records = [records[i] for i in _sample(records, args.eval_users, args.seed + 1)]
+    backbone = load_backbone(args.backbone)
+
+    global_state = None
+    if args.init_global is not None:
+        saved_cfg, _, state = read_adapter_folder(args.init_global / "adapters")
+        if saved_cfg != adapter_cfg:
+            raise ValueError(f"--init-global {args.init_global} used adapter {saved_cfg}, this run {adapter_cfg}")
+        global_state = {k: v for k, v in state.items() if split_key(k)[0] == GLOBAL}
+        if not global_state:
+            raise ValueError(f"--init-global {args.init_global} has no '{GLOBAL}' adapter")
+    train_start = time.perf_counter()
+    model, training = build_and_train(
+        args.mode, backbone, adapter_cfg, train_records, item_texts, cfg, keys, args.min_segment_users, global_state,
+        args.item_tower,
+    )
+    train_s = time.perf_counter() - train_start
+    eval_start = time.perf_counter()
+    metrics = evaluate(model, eval_records, item_texts)
+    eval_s = time.perf_counter() - eval_start
+    popularity = evaluate_popularity(eval_records, item_texts, fit_records=records)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    if model.adapted is not None and model.adapter_names:
+        save_adapters(model.adapted, args.out / "adapters", model.adapter_names)
+    summary = {
+        "mode": args.mode,
+        "adapter": adapter_cfg.to_dict() if args.mode not in ("no-adapter", "full-finetune") else None,
+        "backbone": backbone.source,
+        "segments": list(keys),
+        "item_tower": args.item_tower,
+        "adapters": model.adapter_names,
+        "train_config": cfg.to_dict(),
+        "users": {"total": len(records), "train": len(train_records), "eval": len(eval_records)},
+        "items": len(item_texts),
+        "trainable_params": sum(p.numel() for p in model.trainable_parameters(model.adapter_names))
+        if args.mode != "no-adapter" else 0,
+        "training": training,
+        "metrics": metrics,
+        "popularity": popularity,
+        "seconds": {"train": train_s, "eval": eval_s, "total": time.perf_counter() - started},
+    }
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    overall = metrics["overall"]
+    pop = popularity["overall"]
+    assert isinstance(overall, dict) and isinstance(pop, dict)
+    print(f"{args.mode}: ndcg@10 {overall['ndcg@10']:.4f}  hr@10 {overall['hr@10']:.4f}  "
+          f"(popularity ndcg@10 {pop['ndcg@10']:.4f}  hr@10 {pop['hr@10']:.4f})  -> {args.out / 'summary.json'}")
+    return 0
