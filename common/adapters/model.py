@@ -45,6 +45,7 @@ class AdaptedModel(nn.Module):
             raise ValueError(f"backbone must be a Backbone or an nn.Module, got {type(backbone).__name__}")
         self.config = config
         self.kind = get_adapter_kind(config.kind)
+        self._hidden_size = int(getattr(getattr(source, "config", None), "hidden_size", 0))
         self._router = Router()
         self.backbone = shared_weight_copy(source)
         for p in self.backbone.parameters():
@@ -65,7 +66,7 @@ class AdaptedModel(nn.Module):
 
     @property
     def hidden_size(self) -> int:
-        return int(self.backbone.config.hidden_size)
+        return self._hidden_size
 
     @property
     def identity_at_init(self) -> bool:
