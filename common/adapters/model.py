@@ -48,7 +48,10 @@ class AdaptedModel(nn.Module):
         self._hidden_size = int(getattr(getattr(source, "config", None), "hidden_size", 0))
         self._router = Router()
         self.backbone = shared_weight_copy(source)
-        for p in self.backbone.parameters():
+        unfrozen = [p for p in self.backbone.parameters() if p.requires_grad]
+        if unfrozen:  # the tensors are shared with the caller's model, so this freezes it there too
+            log.warning("freezing %d backbone parameters that required grad (shared with the caller)", len(unfrozen))
+        for p in unfrozen:
             p.requires_grad_(False)
         self.wrappers = inject(self.backbone, config, self.kind, self._router)
         if config.prompt_tokens:
