@@ -61,10 +61,11 @@ def test_region_changes_the_next_category(market) -> None:  # type: ignore[no-un
     world's expansion table says: the signal a region adapter can learn and a global model cannot."""
     hits, total = 0, 0
     by_region: dict[str, collections.Counter[tuple[str, str]]] = collections.defaultdict(collections.Counter)
+    category = market.products.set_index("product_id")["category"].to_dict()
     for r in build_examples(market):
         cats = [w.strip("()") for w in r.context_text.split(") ") if "(" in w]
         hist = collections.Counter(c.split("(")[-1] for c in cats)
-        target = market.products.set_index("product_id").at[r.test_item, "category"]
+        target = category[r.test_item]
         if not hist or target in hist or r.segments["season"] != "regular":
             continue
         top = hist.most_common(1)[0][0]

@@ -139,20 +139,23 @@ def _context(times: list[int], texts: list[str], before: int, budget: int) -> st
 
 
 def _negatives(rng: np.random.Generator, n_catalog: int, seen: np.ndarray, k: int) -> list[int]:
-    """k distinct catalog indexes outside `seen` (a sorted index array), uniformly at random."""
+    """k distinct catalog indexes outside `seen`, uniformly at random (rejection sampling: seen is small)."""
     if k == 0:
         return []
     if n_catalog - len(seen) < k:
         raise ValueError(f"only {n_catalog - len(seen)} unseen products for a user, cannot sample {k} negatives "
                          "(lower num_negatives or use a bigger catalog)")
-    out = np.empty(0, dtype=np.int64)
+    blocked = np.zeros(n_catalog, dtype=bool)
+    blocked[seen] = True
+    out: list[int] = []
     while len(out) < k:
-        draw = rng.integers(n_catalog, size=2 * k + len(seen))
-        draw = draw[~np.isin(draw, seen)]
-        merged = np.concatenate([out, draw])
-        _, first = np.unique(merged, return_index=True)
-        out = merged[np.sort(first)]
-    return out[:k].tolist()
+        for j in rng.integers(n_catalog, size=2 * k + len(seen)).tolist():
+            if not blocked[j]:
+                blocked[j] = True
+                out.append(j)
+                if len(out) == k:
+                    break
+    return out
 
 
 def _spans(keys: list[str]) -> dict[str, tuple[int, int]]:

@@ -18,7 +18,7 @@ All randomness comes from one `numpy.random.Generator(seed)`: same seed, same ta
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import pandas as pd
@@ -43,10 +43,11 @@ class GeneratorConfig:
     seed: int = 0
     mean_sessions: float = 4.0  # per user, on top of the 2 every user has
     p_buy: float = 0.6  # a session ends in add_to_cart (and usually purchase)
-    p_expand: float = 0.4  # a non-seasonal buying session branches out into the region's next category
+    p_expand: float = 0.5  # a non-seasonal buying session branches out into the region's next category
     p_repeat_anchor: float = 0.5  # otherwise: back to the anchor, else the latest category branched into
     p_explore: float = 0.1  # ... or a random category (noise every model must live with)
-    p_style: float = 0.55  # a bought item has the user's preferred style (else any style)
+    p_style: float = 0.55  # a bought item has the wanted style (else any style)
+    p_regional_style: float = 0.7  # in a new category the wanted style is a regional favourite, not the user's
     p_season: float = 0.6  # a session inside a special season goes to the season's promoted items
     p_review: float = 0.3
     p_pii: float = 0.01  # reviews that leak an email/phone/url/handle, as real reviews do
@@ -56,8 +57,7 @@ class GeneratorConfig:
         if self.users < 1 or self.products < len(V.CATEGORY_NAMES) * 2:
             raise ValueError(f"need users >= 1 and products >= {len(V.CATEGORY_NAMES) * 2}, "
                              f"got users={self.users}, products={self.products}")
-        for name in ("p_buy", "p_expand", "p_repeat_anchor", "p_explore", "p_style", "p_season", "p_review",
-                     "p_pii"):
+        for name in (f.name for f in fields(self) if f.name.startswith("p_")):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
@@ -77,6 +77,11 @@ def _expansion_powers() -> np.ndarray:
     for k in range(1, MAX_CHAIN + 1):
         chain[:, k] = np.take_along_axis(V.REGION_EXPANSION_INDEX, chain[:, k - 1], axis=1)
     return chain
+
+
+def _favourite_styles() -> np.ndarray:
+    """(regions, 2) style indexes each region favours."""
+    return np.array([[V.STYLE_NAMES.index(st) for st in V.REGION_FAVOURITES[r][1]] for r in V.REGIONS])
 
 
 def _group_starts(group: np.ndarray) -> np.ndarray:
@@ -111,7 +116,7 @@ def _products(cfg: GeneratorConfig, rng: np.random.Generator) -> tuple[pd.DataFr
     promo = rng.choice(len(V.PROMOS), size=m, p=V.PROMO_WEIGHTS)
     brand, noun, adj = rng.integers(V.BRANDS_PER_CATEGORY, size=m), rng.integers(6, size=m), rng.integers(3, size=m)
     feats, tmpl = rng.integers(4, size=(m, 2)), rng.integers(4, size=(m, 2))
-    popularity = np.exp(rng.normal(0.0, 0.9, size=m))
+    popularity = np.exp(rng.normal(0.0, 0.6, size=m))  # mild: sampled metrics already favour popularity
     names, descriptions = [], []
     for i in range(m):
         cname = V.CATEGORY_NAMES[cat[i]]
@@ -193,7 +198,12 @@ def _sessions(cfg: GeneratorConfig, u: dict[str, np.ndarray], rng: np.random.Gen
     frontier, successor = chain[region, k_before, anchor], chain[region, k_before + 1, anchor]
     repeat = np.where(rng.random(len(user)) < cfg.p_repeat_anchor, anchor, frontier)
     explore = rng.integers(n_cat, size=len(user))
-    cat = np.where(expand_now, successor, np.where(rng.random(len(user)) < cfg.p_explore, explore, repeat))
+    explored = ~expand_now & (rng.random(len(user)) < cfg.p_explore)
+    cat = np.where(expand_now, successor, np.where(explored, explore, repeat))
+    # in a category new to them, users follow their region's taste rather than their own style
+    regional = (expand_now | explored) & (rng.random(len(user)) < cfg.p_regional_style)
+    favourite = _favourite_styles()[region, rng.integers(2, size=len(user))]
+    style = np.where(regional, favourite, u["style"][user])
     hot = np.zeros((len(SEASONS), 4), dtype=np.int64)
     promo_of_season = np.zeros(len(SEASONS), dtype=np.int64)
     for name, (promo, cats) in V.SEASON_EFFECTS.items():
@@ -201,7 +211,7 @@ def _sessions(cfg: GeneratorConfig, u: dict[str, np.ndarray], rng: np.random.Gen
         promo_of_season[SEASONS.index(name)] = V.PROMOS.index(promo)
     seasonal_cat = np.where(rng.random(len(user)) < 0.5, anchor, hot[season_idx, rng.integers(4, size=len(user))])
     cat = np.where(seasonal, seasonal_cat, cat)
-    return {"user": user, "ts": ts, "cat": cat, "buy": buy, "seasonal": seasonal,
+    return {"user": user, "ts": ts, "cat": cat, "buy": buy, "seasonal": seasonal, "style": style,
             "promo": promo_of_season[season_idx]}
 
 

@@ -49,7 +49,7 @@ def build_events(cfg: GeneratorConfig, rng: np.random.Generator, p: dict[str, np
     by_promo = _Pools(p["cat"] * n_pro + p["promo"], p["pop"], n_cat * n_pro)
     n_s = len(s["user"])
     # the item the session is about (only kept for buying sessions)
-    style_pool = s["cat"] * n_sty + u["style"][s["user"]]
+    style_pool = s["cat"] * n_sty + s["style"]
     promo_pool = s["cat"] * n_pro + s["promo"]
     use_style = (rng.random(n_s) < cfg.p_style) & ~by_style.empty[style_pool]
     use_promo = s["seasonal"] & ~by_promo.empty[promo_pool]
