@@ -120,3 +120,21 @@ def test_prompts_keep_original_positions_on_roberta() -> None:
         torch.testing.assert_close(out[:, 2:], expected, atol=1e-6, rtol=0)
         routed = model(ids, mask, routing=["global"])
     assert not torch.allclose(routed[:, 2:], expected, atol=1e-4)
+
+
+def test_parallel_wrapper_accepts_residual_as_keyword() -> None:
+    """BERT passes the FFN input positionally; a keyword `input_tensor` gets the same parallel delta."""
+    model = AdaptedModel(tiny_backbone(), AdapterConfig(kind="parallel", rank=4), names=["global"]).eval()
+    with torch.no_grad():
+        for p in model.trainable_parameters():
+            p.normal_(generator=torch.Generator().manual_seed(0))
+    wrapper = model.wrappers[0]
+    hidden, residual = torch.randn(2, 3, 64), torch.randn(2, 3, 32)
+    model._router.plan = model.plan(["global"], 2)
+    try:
+        with torch.no_grad():
+            positional, keyword = wrapper(hidden, residual), wrapper(hidden, input_tensor=residual)
+    finally:
+        model._router.plan = None
+    torch.testing.assert_close(keyword, positional)
+    assert not torch.allclose(positional, wrapper(hidden, residual), atol=1e-4)  # plan gone: backbone only

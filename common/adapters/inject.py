@@ -71,13 +71,19 @@ class AdapterWrapper(nn.Module):
             return self.base_layer(*args, **kwargs)
         if self.style == "output":
             y = self.base_layer(*args, **kwargs)
+            if not isinstance(y, Tensor):
+                raise ValueError(f"{self.site.path} returns {type(y).__name__}; this adapter kind needs a module "
+                                 "that returns one tensor (check AdapterConfig.target_modules)")
             for level in plan.levels:  # sequential: each level sees the previous level's output
                 delta = self._delta(level, y, plan)
                 y = y if delta is None else y + delta
             return y
-        if self.style == "residual" and len(args) >= 2:
+        if self.style == "residual" and len(args) >= 2:  # BertOutput.forward(hidden_states, input_tensor)
             residual = args[1]
             return self.base_layer(args[0], residual + self._sum(plan, residual), *args[2:], **kwargs)
+        if self.style == "residual" and "input_tensor" in kwargs:
+            residual = kwargs["input_tensor"]
+            return self.base_layer(*args, **{**kwargs, "input_tensor": residual + self._sum(plan, residual)})
         x = args[0] if args else next(iter(kwargs.values()))
         return self.base_layer(*args, **kwargs) + self._sum(plan, x)
 

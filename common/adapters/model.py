@@ -59,7 +59,7 @@ class AdaptedModel(nn.Module):
         self.shared = nn.ModuleDict()  # model-level module per adapter name (hyper: segment embedding, hypernet)
         self.prompts = nn.ModuleDict()  # PromptEmbedding per adapter name when prompt_tokens > 0
         self._names: list[str] = []
-        for name in names:
+        for name in [names] if isinstance(names, str) else names:
             self.add_adapter(name)
         self.train(True)  # nn.Module convention; the backbone stays in eval mode regardless
 
