@@ -138,3 +138,17 @@ def test_parallel_wrapper_accepts_residual_as_keyword() -> None:
         model._router.plan = None
     torch.testing.assert_close(keyword, positional)
     assert not torch.allclose(positional, wrapper(hidden, residual), atol=1e-4)  # plan gone: backbone only
+
+
+def test_mixed_routing_runs_each_adapter_once_per_module() -> None:
+    """Rows are grouped by adapter name: one call per (adapter, wrapped module), not one per example."""
+    model = AdaptedModel(tiny_backbone(), AdapterConfig(kind="bottleneck", rank=4), names=["global", "EU", "US"])
+    calls: dict[str, list[int]] = {"a:EU": [], "a:US": [], "a:global": []}
+    for wrapper in model.wrappers:
+        for key, module in wrapper.adapters.items():
+            module.register_forward_hook(lambda mod, inputs, out, key=key: calls[key].append(inputs[0].shape[0]))
+    ids = torch.randint(5, 1000, (6, 5), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model(ids, None, routing=["global", ["EU", "US", "EU", None, "US", "EU"]])
+    n = len(model.wrappers)
+    assert calls == {"a:EU": [3] * n, "a:US": [2] * n, "a:global": [6] * n}
