@@ -105,3 +105,11 @@ def test_merge_tables_joins_products_and_users() -> None:
     assert merged.loc[merged["user_id"] == "u2", "product_name"].item() == "Blue pan"
     reviews = merge_tables(tiny_marketplace(), events="reviews")
     assert reviews["region"].tolist() == ["Asia-Pacific"]
+
+
+def test_datetime_timestamps_become_unix_seconds() -> None:
+    """Datetime columns (naive = UTC, or tz-aware) are stored as Unix seconds."""
+    base = {"user_id": ["u"], "session_id": ["s"], "event_type": ["view"], "product_id": ["p"]}
+    for stamp in (pd.to_datetime(["2025-01-01T00:00:10Z"]), pd.to_datetime(["2025-01-01T00:00:10"])):
+        df = validate_table("clicks", pd.DataFrame({**base, "timestamp": stamp}))
+        assert df["timestamp"].tolist() == [1735689610]

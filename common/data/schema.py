@@ -47,8 +47,8 @@ class SchemaError(DataError):
 def _as_int(series: pd.Series, where: str, column: str) -> pd.Series:
     """Coerce to int64 or fail naming the first offending value (datetimes become Unix seconds)."""
     if pd.api.types.is_datetime64_any_dtype(series):
-        return (series.astype("datetime64[s, UTC]" if getattr(series.dt, "tz", None) else "datetime64[s]")
-                .astype("int64"))
+        naive = series.dt.tz_convert(None) if series.dt.tz is not None else series
+        return ((naive - pd.Timestamp(0)) // pd.Timedelta(seconds=1)).astype("int64")
     numeric = pd.to_numeric(series, errors="coerce")
     bad = numeric.isna() | ~np.isfinite(numeric.astype("float64"))
     if bad.any():
