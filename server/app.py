@@ -171,7 +171,8 @@ class FederatedRun:
         t_train = time.monotonic() - t0
         evaluation: dict[str, Any] = {}
         if cfg.fraction_evaluate > 0:
-            eval_cohort = sample_clients(clients, cfg.fraction_evaluate, cfg.seed, rnd, salt=1)
+            # the same evaluation cohort every round, so that rounds are comparable
+            eval_cohort = sample_clients(clients, cfg.fraction_evaluate, cfg.seed, 0, salt=1)
             evaluation = pool_evaluation(self.grid.send_and_receive(
                 strategy.evaluate_messages(eval_cohort, rnd), timeout=cfg.round_timeout))
         line = {"round": rnd, **evaluation, **stats.as_dict(), "train_s": t_train, "wall_s": time.monotonic() - t0}

@@ -2,7 +2,7 @@
 
 Layout of `<root>/round-0003/`:
   banks/<i>.safetensors     one file per adapter bank, the bank name in the file's metadata
-  optimizer.safetensors     FedAdam moments (absent/empty for FedAvg)
+  optimizer.safetensors     FedAdam moments (absent for FedAvg, which keeps none)
   state.json                round, run config, metrics history, optimizer step counts, seed, bank files
 
 A round directory is written under a temporary name, every file and the directory are fsync'ed, and only
@@ -84,7 +84,8 @@ def save_checkpoint(root: str | Path, ckpt: Checkpoint, keep_last: int | None = 
         fname = f"banks/{i:03d}.safetensors"
         _save_arrays(ckpt.banks[name], tmp / fname, {"bank": name})
         bank_files[fname] = name
-    _save_arrays(ckpt.optimizer_arrays, tmp / "optimizer.safetensors", {})
+    if ckpt.optimizer_arrays:  # FedAvg keeps no optimizer state (and safetensors cannot read an empty file)
+        _save_arrays(ckpt.optimizer_arrays, tmp / "optimizer.safetensors", {})
     state = dict(ckpt.state, round=ckpt.round, bank_files=bank_files, format_version=FORMAT_VERSION)
     with open(tmp / STATE_FILE, "w", encoding="utf-8") as fh:
         json.dump(state, fh, indent=1, sort_keys=True)
@@ -134,7 +135,8 @@ def load_checkpoint(root: str | Path, server_round: int | None = None) -> Checkp
     with open(folder / STATE_FILE, encoding="utf-8") as fh:
         state = json.load(fh)
     banks = {name: dict(load_file(str(folder / fname))) for fname, name in state.pop("bank_files").items()}
-    optimizer_arrays = dict(load_file(str(folder / "optimizer.safetensors")))
+    opt_file = folder / "optimizer.safetensors"
+    optimizer_arrays = dict(load_file(str(opt_file))) if opt_file.is_file() else {}
     state.pop("format_version", None)
     server_round = int(state.pop("round"))
     return Checkpoint(round=server_round, banks=banks, state=state, optimizer_arrays=optimizer_arrays)

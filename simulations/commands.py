@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +31,9 @@ log = logging.getLogger(__name__)
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {"clients": 4, "rounds": 2, "users": 160, "products": 300, "backbone": "tiny",
               "config": {"batch-size": 16, "lr": 5e-3, "min-segment-clients": 1}},
-    "demo": {"clients": 20, "rounds": 3, "users": 1000, "products": 400, "backbone": "",
-             "config": {"batch-size": 16, "lr": 2e-3, "min-segment-clients": 2, "max-eval-users": 25}},
+    "demo": {"clients": 20, "rounds": 3, "users": 1000, "products": 400, "backbone": "", "fraction": 0.5,
+             "config": {"batch-size": 16, "lr": 2e-3, "min-segment-clients": 2, "max-train-users": 16,
+                        "max-eval-users": 20, "fraction-evaluate": 0.5}},
 }
 
 
@@ -113,8 +116,11 @@ class SimulationFailed(RuntimeError):
     """The Flower run ended without the ServerApp's completion marker."""
 
 
-def simulate(opts: SimOptions) -> dict[str, Any]:
-    """Run the federation; returns the summary (also written to RUN/summary.json)."""
+def simulate(opts: SimOptions, on_superlink: Callable[[SuperLink], None] | None = None) -> dict[str, Any]:
+    """Run the federation; returns the summary (also written to RUN/summary.json).
+
+    `on_superlink` is called once the SuperLink runs (benchmarks use it to watch the process tree).
+    """
     opts.out.mkdir(parents=True, exist_ok=True)
     data_dir = ensure_data(opts)
     cfg = run_config(opts, data_dir)
@@ -122,6 +128,8 @@ def simulate(opts: SimOptions) -> dict[str, Any]:
     flwr_home = (opts.flwr_home or PROJECT_ROOT / ".work" / "flwr" / f"sim-{int(time.time() * 1000)}").resolve()
     expected = opts.stop_after_round if 0 < opts.stop_after_round < opts.rounds else opts.rounds
     marker = opts.out / ("run-stopped.json" if expected < opts.rounds else "run-complete.json")
+    for stale in ("run-complete.json", "run-stopped.json"):  # only this run's ServerApp may write them
+        (opts.out / stale).unlink(missing_ok=True)
     started = time.monotonic()
 
     def on_line(line: str) -> None:
@@ -130,6 +138,8 @@ def simulate(opts: SimOptions) -> dict[str, Any]:
                 print(line.split("[fedadapt]")[-1].strip() if "[fedadapt]" in line else line, flush=True)
 
     with SuperLink(flwr_home) as link, open(opts.out / "flwr.log", "a", encoding="utf-8") as flog:
+        if on_superlink is not None:
+            on_superlink(link)
         rc = flwr_run(link, toml, opts.clients, opts.cpus_per_client, on_line=on_line, timeout=opts.timeout,
                       log_file=flog)
     wall = time.monotonic() - started
@@ -175,7 +185,13 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
     )
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run(args: argparse.Namespace) -> int:
+    # SIGTERM unwinds like Ctrl-C, so the SuperLink we started is stopped by PID on the way out
+    signal.signal(signal.SIGTERM, _terminate)
     summary = simulate(options_from_args(args))
     print((Path(args.out) / "summary.md").read_text())
     print(f"summary: {Path(args.out) / 'summary.json'}")

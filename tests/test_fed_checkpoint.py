@@ -61,3 +61,11 @@ def test_empty_root_and_pruning(tmp_path: Path) -> None:
         save_checkpoint(tmp_path, _ckpt(r), keep_last=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["round-0003", "round-0004"]
     assert not any(p.name.startswith(".tmp") for p in tmp_path.iterdir())
+
+
+def test_empty_optimizer_state_round_trips(tmp_path: Path) -> None:
+    """FedAvg has no optimizer arrays; the checkpoint still loads (with an empty optimizer state)."""
+    ckpt = _ckpt(1)
+    ckpt.optimizer_arrays = {}
+    save_checkpoint(tmp_path, ckpt)
+    assert load_checkpoint(tmp_path).optimizer_arrays == {}

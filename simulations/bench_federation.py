@@ -1,0 +1,169 @@
+"""Federation benchmarks: figures to report, not assertions (timings and memory vary by machine and load).
+
+    python -m simulations.bench_federation bytes [--backbone minilm|tiny] [--kinds lora,bottleneck]
+    python -m simulations.bench_federation demo  [--out results/bench-demo]
+    python -m simulations.bench_federation scale [--clients 10,1000] [--out results/bench-scale]
+
+bytes: serialized size of a train message (down) and its reply (up) for one client holding global + one
+       region + one season adapter, measured with Flower's own serialization, against the backbone's fp32
+       size (what full fine-tuning would ship each way).
+demo:  runs the demo preset and prints wall time per round and client updates per minute.
+scale: runs the same tiny federation with N virtual clients (10% sampled per round) and samples the summed
+       RSS of the SuperLink's whole process tree (SuperLink, simulation runtime, Ray workers) every 0.5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from simulations.flower import SuperLink
+
+MINILM_FP32_BYTES = 22_713_216 * 4
+
+
+def bench_bytes(backbone: str, kinds: list[str]) -> list[dict[str, Any]]:
+    from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from client.task import backbone_for, initial_state
+    from common.protocol import FedConfig
+    from server.strategy import message_bytes, to_record
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+    names = ["global", "region=Europe", "season=holiday"]
+    full = sum(p.numel() * p.element_size() for p in backbone_for(backbone).model.parameters())
+    rows = []
+    rng = np.random.default_rng(0)
+    for kind in kinds:
+        state = initial_state(FedConfig(backbone=backbone, adapter_kind=kind), names)
+        # random values: identical zero tensors would be deduplicated by Flower's object store
+        state = {k: rng.normal(size=v.shape).astype(v.dtype) for k, v in state.items()}
+        down = Message(RecordDict({"arrays": to_record(state), "config": ConfigRecord({"lr": 1e-3})}), 1, "train")
+        up = Message(RecordDict({"arrays": to_record(state), "metrics": MetricRecord({"num-examples": 10})}),
+                     reply_to=down)
+        params = int(sum(v.size for v in state.values()))
+        rows.append({"kind": kind, "adapter_params": params, "down_bytes": message_bytes(down),
+                     "up_bytes": message_bytes(up), "backbone_fp32_bytes": full,
+                     "ratio_vs_backbone": message_bytes(up) / full})
+    return rows
+
+
+class TreeRss:
+    """Samples the summed RSS of a process and all its descendants in a background thread."""
+
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
+        self.root = psutil.Process(pid)
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            total = 0
+            try:
+                for proc in [self.root, *self.root.children(recursive=True)]:
+                    try:
+                        total += proc.memory_info().rss
+                    except psutil.Error:
+                        continue
+            except psutil.Error:
+                return
+            self.peak = max(self.peak, total)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> TreeRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def bench_scale(clients: list[int], out: Path, rounds: int = 2) -> list[dict[str, Any]]:
+    from common.data.schema import write_marketplace
+    from common.data.synthetic import generate_marketplace
+    from simulations.commands import SimOptions, simulate
+
+    data = out / "data"
+    if not (data / ".complete").is_file():
+        write_marketplace(generate_marketplace(4000, 300, seed=0), data)
+        (data / ".complete").write_text("ok\n")
+    rows = []
+    for n in clients:
+        run_dir = out / f"clients-{n}"
+        opts = SimOptions(out=run_dir, data=data, clients=n, rounds=rounds, backbone="tiny", fraction=0.1,
+                          flwr_home=out / f"flwr-{n}", quiet=True,
+                          config={"fraction-evaluate": 0.1, "min-segment-clients": 1})
+        watchers: list[TreeRss] = []
+
+        def watch(link: SuperLink, into: list[TreeRss] = watchers) -> None:
+            assert link.process is not None
+            into.append(TreeRss(link.process.pid).__enter__())
+
+        t0 = time.monotonic()
+        try:
+            summary = simulate(opts, on_superlink=watch)
+        finally:
+            for w in watchers:
+                w.__exit__()
+        wall = time.monotonic() - t0
+        watcher = watchers[0]
+        rows.append({"clients": n, "sampled_per_round": max(1, int(np.ceil(0.1 * n))),
+                     "peak_rss_mb": watcher.peak / 2**20, "wall_s": wall,
+                     "round_wall_s_mean": summary["round_wall_s_mean"]})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m simulations.bench_federation", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    b = sub.add_parser("bytes")
+    b.add_argument("--backbone", default="minilm")
+    b.add_argument("--kinds", default="lora,bottleneck,parallel,hyper,mixture,prompt,task_attention")
+    d = sub.add_parser("demo")
+    d.add_argument("--out", default="results/bench-demo")
+    s = sub.add_parser("scale")
+    s.add_argument("--clients", default="10,1000")
+    s.add_argument("--out", default="results/bench-scale")
+    args = parser.parse_args(argv)
+    if args.what == "bytes":
+        backbone = "" if args.backbone == "minilm" else args.backbone
+        rows = bench_bytes(backbone, [k for k in args.kinds.split(",") if k])
+        print("| kind | adapter params | down B | up B | backbone fp32 B | up / backbone |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['kind']} | {r['adapter_params']} | {r['down_bytes']} | {r['up_bytes']} | "
+                  f"{r['backbone_fp32_bytes']} | {r['ratio_vs_backbone']:.4f} |")
+    elif args.what == "demo":
+        from simulations.commands import PRESETS, SimOptions, simulate
+
+        p = PRESETS["demo"]
+        summary = simulate(SimOptions(out=Path(args.out), clients=p["clients"], rounds=p["rounds"],
+                                      users=p["users"], products=p["products"], backbone=p["backbone"],
+                                      config=dict(p["config"])))
+        print(json.dumps({k: summary[k] for k in ("rounds", "round_wall_s_mean", "client_updates",
+                                                  "client_updates_per_minute", "bytes_up_per_client_round",
+                                                  "bytes_down_per_client_round", "final")}, indent=1))
+    else:
+        rows = bench_scale([int(c) for c in args.clients.split(",")], Path(args.out))
+        print("| virtual clients | sampled/round | peak RSS (MB, whole tree) | round s | total s |")
+        print("|---:|---:|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['clients']} | {r['sampled_per_round']} | {r['peak_rss_mb']:.0f} | "
+                  f"{r['round_wall_s_mean']:.1f} | {r['wall_s']:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
