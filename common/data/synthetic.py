@@ -116,7 +116,7 @@ def _products(cfg: GeneratorConfig, rng: np.random.Generator) -> tuple[pd.DataFr
     promo = rng.choice(len(V.PROMOS), size=m, p=V.PROMO_WEIGHTS)
     brand, noun, adj = rng.integers(V.BRANDS_PER_CATEGORY, size=m), rng.integers(6, size=m), rng.integers(3, size=m)
     feats, tmpl = rng.integers(4, size=(m, 2)), rng.integers(4, size=(m, 2))
-    popularity = np.exp(rng.normal(0.0, 0.6, size=m))  # mild: sampled metrics already favour popularity
+    popularity = np.exp(rng.normal(0.0, 0.35, size=m))  # mild: sampled metrics already favour popularity
     names, descriptions = [], []
     for i in range(m):
         cname = V.CATEGORY_NAMES[cat[i]]
