@@ -40,7 +40,7 @@ def test_training_moves_only_the_named_adapters() -> None:
     before = model.adapted.adapter_state(trainable_only=False)
     backbone_before = [p.clone() for p in model.backbone.model.parameters()]
     # Execute
-    report = train_epochs(model, records, items, TrainConfig(epochs=4, lr=5e-3, batch_size=8, negatives=8),
+    report = train_epochs(model, records, items, TrainConfig(epochs=3, lr=1e-2, batch_size=24, negatives=8),
                           [GLOBAL])
     # Assert
     after = model.adapted.adapter_state(trainable_only=False)
@@ -55,7 +55,7 @@ def test_training_is_deterministic_for_a_seed() -> None:
     """Same seed, same data: identical weights and loss; another seed gives other weights."""
     # Prepare
     records, items = make_dataset()
-    cfg = TrainConfig(epochs=1, batch_size=8, negatives=4, seed=3)
+    cfg = TrainConfig(epochs=1, batch_size=24, negatives=4, seed=3)
     runs = []
     # Execute
     for seed in (3, 3, 4):
@@ -73,7 +73,7 @@ def test_fedprox_term_keeps_weights_near_the_reference() -> None:
     """With a large mu the trained adapter ends closer to the reference state than without it."""
     # Prepare
     records, items = make_dataset()
-    cfg = TrainConfig(epochs=2, lr=1e-2, batch_size=8, negatives=4)
+    cfg = TrainConfig(epochs=2, lr=1e-2, batch_size=24, negatives=4)
     distances = []
     # Execute
     for mu in (0.0, 50.0):
@@ -136,7 +136,7 @@ def test_trained_model_beats_untrained_on_learnable_data() -> None:
     model = _model()
     base = evaluate(model, records, items, split="valid")["overall"]
     # Execute
-    train_epochs(model, records, items, TrainConfig(epochs=6, lr=1e-2, batch_size=8, negatives=16), [GLOBAL])
+    train_epochs(model, records, items, TrainConfig(epochs=5, lr=1e-2, batch_size=16, negatives=16), [GLOBAL])
     trained = evaluate(model, records, items, split="valid")["overall"]
     # Assert
     assert isinstance(base, dict) and isinstance(trained, dict)

@@ -26,7 +26,7 @@ import torch
 
 from common.adapters import AdapterConfig
 from common.backbone import Backbone
-from common.rec.model import GLOBAL, RecModel, RoutingPlan
+from common.rec.model import GLOBAL, ItemCache, RecModel, RoutingPlan
 from common.rec.train import RecordLike, TrainConfig, train_epochs, training_pairs
 
 log = logging.getLogger(__name__)
@@ -66,13 +66,15 @@ def build_and_train(
     min_segment_users: int = 20,
     global_state: Mapping[str, torch.Tensor] | None = None,
     item_tower: str = "adapted",
+    item_cache: ItemCache | None = None,
 ) -> tuple[RecModel, dict[str, object]]:
     """Build the model for `mode`, train it on `records`, return it with a training report per stage.
 
     `global_state` (adapter state of a trained "global" adapter, e.g. from a global-adapter run) replaces
     stage 1 of segment-adapters, so the two modes share exactly the same global adapter. `item_tower`
     "adapted" encodes items through the shared adapter (global; the silo's for local-only), "frozen" through
-    the bare backbone (one item index for ever, and a cheaper training step).
+    the bare backbone (one item index for ever, and a cheaper training step). `item_cache` lets several
+    modes in one process share item vectors that do not depend on their adapters.
     """
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is unknown; expected one of {', '.join(MODES)}")
@@ -83,20 +85,20 @@ def build_and_train(
         raise ValueError(f"mode {mode} needs at least one segment key")
     report: dict[str, object] = {}
     if mode == "no-adapter":
-        return RecModel(backbone, None, max_len=cfg.max_len), report
+        return RecModel(backbone, None, max_len=cfg.max_len, item_cache=item_cache), report
     if mode == "full-finetune":
-        model = RecModel(backbone, None, max_len=cfg.max_len, finetune_backbone=True)
+        model = RecModel(backbone, None, max_len=cfg.max_len, finetune_backbone=True, item_cache=item_cache)
         report["full"] = train_epochs(model, records, item_texts, replace(cfg, lr=FULL_FINETUNE_LR), [])
         return model, report
     if mode == "global-adapter":
         plan = RoutingPlan((GLOBAL,), (GLOBAL,) if shared else ())
-        model = RecModel(backbone, adapter_cfg, [GLOBAL], plan, max_len=cfg.max_len)
+        model = RecModel(backbone, adapter_cfg, [GLOBAL], plan, max_len=cfg.max_len, item_cache=item_cache)
         report["global"] = train_epochs(model, records, item_texts, cfg, [GLOBAL])
         return model, report
     if mode == "segment-adapters":
         names = segment_adapter_names(records, segment_keys, min_segment_users)
         plan = RoutingPlan((GLOBAL, *segment_keys), (GLOBAL,) if shared else ())
-        model = RecModel(backbone, adapter_cfg, [GLOBAL, *names], plan, max_len=cfg.max_len)
+        model = RecModel(backbone, adapter_cfg, [GLOBAL, *names], plan, max_len=cfg.max_len, item_cache=item_cache)
         if global_state is not None:
             assert model.adapted is not None
             model.adapted.load_adapter_state(dict(global_state), strict=False)
@@ -109,7 +111,7 @@ def build_and_train(
     silo_key = segment_keys[0]
     names = segment_adapter_names(records, [silo_key], min_segment_users)
     plan = RoutingPlan((silo_key,), (silo_key,) if shared else ())
-    model = RecModel(backbone, adapter_cfg, names, plan, max_len=cfg.max_len)
+    model = RecModel(backbone, adapter_cfg, names, plan, max_len=cfg.max_len, item_cache=item_cache)
     for name in names:
         value = name.split("=", 1)[1]
         local = [r for r in records if r.segments.get(silo_key) == value]

@@ -14,12 +14,13 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 if TYPE_CHECKING:
+    from common.adapters import AdapterConfig
     from common.data.examples import UserRecord
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Train one baseline mode centrally and evaluate it next to the popularity ranking.",
     )
     p.add_argument("--data", required=True, type=Path, help="marketplace folder (fedadapt data generate/load)")
-    p.add_argument("--mode", required=True, choices=MODES)
+    p.add_argument("--mode", required=True, type=parse_modes, metavar="MODE[,MODE...]|all",
+                   help=f"one or more of {', '.join(MODES)}; several run in one process (RUN/<mode>/)")
     p.add_argument("--adapter", default="lora", help="adapter kind (common.adapters.ADAPTER_KINDS)")
     p.add_argument("--rank", type=int, default=None, help="adapter rank / bottleneck width (kind default if unset)")
     p.add_argument("--out", required=True, type=Path, help="run folder; summary.json goes there")
@@ -74,17 +76,51 @@ def load_examples(folder: Path, seed: int) -> tuple[list[UserRecord], dict[str, 
     return build_examples(market, ExampleConfig(seed=seed)), build_item_texts(market.products)
 
 
+def parse_modes(text: str) -> list[str]:
+    """"global-adapter,segment-adapters" or "all" -> the modes in the order given (validated)."""
+    from common.rec.baselines import MODES
+
+    modes = list(MODES) if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise argparse.ArgumentTypeError(f"unknown mode(s) {unknown or text!r}; expected {', '.join(MODES)} or all")
+    if len(set(modes)) != len(modes):
+        raise argparse.ArgumentTypeError(f"mode listed twice in {text!r}")
+    return modes
+
+
+def _global_from(folder: Path, adapter_cfg: AdapterConfig) -> dict[str, torch.Tensor]:
+    from common.adapters.state import read_adapter_folder, split_key
+    from common.rec.model import GLOBAL
+
+    saved_cfg, _, state = read_adapter_folder(folder / "adapters")
+    if saved_cfg != adapter_cfg:
+        raise ValueError(f"--init-global {folder} used adapter {saved_cfg}, this run {adapter_cfg}")
+    chosen = {k: v for k, v in state.items() if split_key(k)[0] == GLOBAL}
+    if not chosen:
+        raise ValueError(f"--init-global {folder} has no '{GLOBAL}' adapter")
+    return chosen
+
+
+def _line(mode: str, metrics: dict[str, object], popularity: dict[str, object]) -> str:
+    overall, pop = metrics["overall"], popularity["overall"]
+    assert isinstance(overall, dict) and isinstance(pop, dict)
+    return (f"{mode}: ndcg@10 {overall['ndcg@10']:.4f}  hr@10 {overall['hr@10']:.4f}  "
+            f"(popularity ndcg@10 {pop['ndcg@10']:.4f}  hr@10 {pop['hr@10']:.4f})")
+
+
 def run(args: argparse.Namespace) -> int:
     from common.adapters import AdapterConfig
-    from common.adapters.state import read_adapter_folder, save_adapters, split_key
+    from common.adapters.state import save_adapters
     from common.backbone import load_backbone
     from common.rec.baselines import build_and_train
     from common.rec.evaluate import evaluate, evaluate_popularity
-    from common.rec.model import GLOBAL
+    from common.rec.model import GLOBAL, ItemCache
     from common.rec.train import TrainConfig
 
     started = time.perf_counter()
     torch.manual_seed(args.seed)
+    modes = args.mode if isinstance(args.mode, list) else parse_modes(args.mode)
     cfg = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_len=args.max_len,
         negatives=args.negatives, pairs_per_user=args.pairs_per_user, seed=args.seed,
@@ -100,50 +136,66 @@ def run(args: argparse.Namespace) -> int:
     train_records = [records[i] for i in _sample(records, args.max_users, args.seed)]
     eval_records = [records[i] for i in _sample(records, args.eval_users, args.seed + 1)]
     backbone = load_backbone(args.backbone)
-
-    global_state = None
-    if args.init_global is not None:
-        saved_cfg, _, state = read_adapter_folder(args.init_global / "adapters")
-        if saved_cfg != adapter_cfg:
-            raise ValueError(f"--init-global {args.init_global} used adapter {saved_cfg}, this run {adapter_cfg}")
-        global_state = {k: v for k, v in state.items() if split_key(k)[0] == GLOBAL}
-        if not global_state:
-            raise ValueError(f"--init-global {args.init_global} has no '{GLOBAL}' adapter")
-    train_start = time.perf_counter()
-    model, training = build_and_train(
-        args.mode, backbone, adapter_cfg, train_records, item_texts, cfg, keys, args.min_segment_users, global_state,
-        args.item_tower,
-    )
-    train_s = time.perf_counter() - train_start
-    eval_start = time.perf_counter()
-    metrics = evaluate(model, eval_records, item_texts)
-    eval_s = time.perf_counter() - eval_start
+    global_state = _global_from(args.init_global, adapter_cfg) if args.init_global is not None else None
     popularity = evaluate_popularity(eval_records, item_texts, fit_records=records)
+    cache = ItemCache()  # frozen-tower item vectors are shared by every mode of this run
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    if model.adapted is not None and model.adapter_names:
-        save_adapters(model.adapted, args.out / "adapters", model.adapter_names)
-    summary = {
-        "mode": args.mode,
-        "adapter": adapter_cfg.to_dict() if args.mode not in ("no-adapter", "full-finetune") else None,
-        "backbone": backbone.source,
-        "segments": list(keys),
-        "item_tower": args.item_tower,
-        "adapters": model.adapter_names,
-        "train_config": cfg.to_dict(),
-        "users": {"total": len(records), "train": len(train_records), "eval": len(eval_records)},
-        "items": len(item_texts),
-        "trainable_params": sum(p.numel() for p in model.trainable_parameters(model.adapter_names))
-        if args.mode != "no-adapter" else 0,
-        "training": training,
-        "metrics": metrics,
-        "popularity": popularity,
-        "seconds": {"train": train_s, "eval": eval_s, "total": time.perf_counter() - started},
-    }
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
-    overall = metrics["overall"]
-    pop = popularity["overall"]
-    assert isinstance(overall, dict) and isinstance(pop, dict)
-    print(f"{args.mode}: ndcg@10 {overall['ndcg@10']:.4f}  hr@10 {overall['hr@10']:.4f}  "
-          f"(popularity ndcg@10 {pop['ndcg@10']:.4f}  hr@10 {pop['hr@10']:.4f})  -> {args.out / 'summary.json'}")
+    table: dict[str, dict[str, object]] = {}
+    for mode in modes:
+        out = args.out if len(modes) == 1 else args.out / mode
+        mode_start = time.perf_counter()
+        model, training = build_and_train(
+            mode, backbone, adapter_cfg, train_records, item_texts, cfg, keys, args.min_segment_users,
+            global_state, args.item_tower, cache,
+        )
+        train_s = time.perf_counter() - mode_start
+        if mode == "global-adapter" and model.adapted is not None:
+            global_state = model.adapted.adapter_state([GLOBAL], trainable_only=False)  # segment mode reuses it
+        eval_start = time.perf_counter()
+        metrics = evaluate(model, eval_records, item_texts)
+        eval_s = time.perf_counter() - eval_start
+        out.mkdir(parents=True, exist_ok=True)
+        if model.adapted is not None and model.adapter_names:
+            save_adapters(model.adapted, out / "adapters", model.adapter_names)
+        summary = {
+            "mode": mode,
+            "adapter": adapter_cfg.to_dict() if mode not in ("no-adapter", "full-finetune") else None,
+            "backbone": backbone.source,
+            "segments": list(keys),
+            "item_tower": args.item_tower,
+            "adapters": model.adapter_names,
+            "train_config": cfg.to_dict(),
+            "users": {"total": len(records), "train": len(train_records), "eval": len(eval_records)},
+            "items": len(item_texts),
+            "trainable_params": sum(p.numel() for p in model.trainable_parameters(model.adapter_names))
+            if mode != "no-adapter" else 0,
+            "training": training,
+            "metrics": metrics,
+            "popularity": popularity,
+            "seconds": {"train": train_s, "eval": eval_s, "total": time.perf_counter() - mode_start},
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+        table[mode] = metrics
+        print(f"{_line(mode, metrics, popularity)}  -> {out / 'summary.json'}", flush=True)
+    if len(modes) > 1:
+        (args.out / "table.md").write_text(markdown_table(table, popularity))
+        log.info("all modes done in %.0f s; table in %s", time.perf_counter() - started, args.out / "table.md")
     return 0
+
+
+def markdown_table(results: dict[str, dict[str, object]], popularity: dict[str, object]) -> str:
+    """Mode x (overall, each segment) NDCG@10 / HR@10, popularity as the last row."""
+    rows: dict[str, dict[str, Any]] = {**results, "popularity": popularity}
+    segments = sorted({label for r in rows.values() for label in r["segments"]})
+    header = ["mode", "overall", *segments]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for mode, result in rows.items():
+        cells = [mode]
+        for label in ["overall", *segments]:
+            row = result["overall"] if label == "overall" else result["segments"].get(label)
+            cells.append("-" if row is None else f"{row['ndcg@10']:.3f} / {row['hr@10']:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    users = {label: int(row["users"]) for label, row in rows["popularity"]["segments"].items()}
+    lines.append("")
+    lines.append("Cells: NDCG@10 / HR@10. Users per segment: " + ", ".join(f"{k} {v}" for k, v in users.items()))
+    return "\n".join(lines) + "\n"

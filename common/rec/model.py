@@ -95,9 +95,14 @@ def routing_signature(routing: Routing | None, index: int) -> tuple[str, ...]:
 
 @dataclass
 class ItemCache:
-    """Item embeddings per (adapter names, adapter fingerprint): re-encoded only when those weights change."""
+    """Item embeddings per (adapter names, weight fingerprint, max_len): re-encoded only when those change.
 
-    entries: dict[tuple[tuple[str, ...], str], dict[str, torch.Tensor]] = field(default_factory=dict)
+    One cache may be shared by several models on the same backbone (e.g. all baselines with a frozen item
+    tower): the fingerprint covers every weight the item tower uses beyond the shared frozen backbone.
+    """
+
+    entries: dict[tuple[tuple[str, ...], str, int], dict[str, torch.Tensor]] = field(default_factory=dict)
+    max_entries: int = 16  # stale versions beyond this are dropped, so memory stays bounded
 
     def clear(self) -> None:
         self.entries.clear()
@@ -106,7 +111,8 @@ class ItemCache:
 class RecModel(nn.Module):
     """Backbone + named adapters as a two-tower scorer.
 
-    `names` defaults to ["global"] (none without an adapter config). `adapter_cfg=None` gives the frozen
+    `names` defaults to ["global"] (none without an adapter config). `item_cache` may be shared between
+    models on the same backbone. `adapter_cfg=None` gives the frozen
     backbone alone (the no-adapter baseline). `finetune_backbone=True`
     trains a private deep copy of the backbone, so the caller's frozen backbone is never touched.
     """
@@ -120,6 +126,7 @@ class RecModel(nn.Module):
         temperature: float = 0.05,
         max_len: int = 64,
         finetune_backbone: bool = False,
+        item_cache: ItemCache | None = None,
     ) -> None:
         super().__init__()
         if temperature <= 0:
@@ -146,7 +153,7 @@ class RecModel(nn.Module):
         self.temperature = temperature
         self.max_len = max_len
         self.finetune_backbone = finetune_backbone
-        self.item_cache = ItemCache()
+        self.item_cache = item_cache if item_cache is not None else ItemCache()
         self.eval()
 
     # -- adapters ---------------------------------------------------------------------------------------
@@ -231,9 +238,9 @@ class RecModel(nn.Module):
 
         Items are encoded in length-sorted batches so that padding stays small on CPU.
         """
-        key = (names, self.fingerprint(names))
+        key = (names, self.fingerprint(names), self.max_len)
         cached = self.item_cache.entries.setdefault(key, {})
-        if len(self.item_cache.entries) > 16:  # stale versions: keep memory bounded
+        if len(self.item_cache.entries) > self.item_cache.max_entries:
             self.item_cache.entries = {key: cached}
         missing = sorted({i for i in item_ids if i not in cached}, key=lambda i: len(item_texts[i]))
         routing: Routing | None = list(names) or None

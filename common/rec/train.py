@@ -233,7 +233,6 @@ def train_epochs(
                          time.perf_counter() - started)
         epoch_losses.append(float(np.mean(losses)) if losses else float("nan"))
         log.info("epoch %d/%d: loss %.4f over %d pairs", epoch + 1, cfg.epochs, epoch_losses[-1], n_pairs)
-    model.item_cache.clear()
     return {
         "loss": epoch_losses[-1],
         "loss_first_epoch": epoch_losses[0],
