@@ -5,6 +5,11 @@ keeps only its own shard (`partition-id` from its node config). The shard is ano
 exists only on the client (in simulation derived from the seed and partition id so runs are reproducible;
 a real device would draw and keep a random key), and turned into time-ordered leave-one-out user records.
 
+Why not common.data.partition: its per-user and per-segment modes fix the number of clients from the data,
+and its Dirichlet split cannot give 1,000 clients at least one user each, while a Flower federation has a
+given number of nodes; `partition_user_ids` splits the users table for any node count (per-segment silos
+or IID), before any example is built, so examples are only ever built from anonymized client tables.
+
 Caching (client/cache.py): the partitioning of a data folder is computed once per worker process, each
 client's anonymized records once per process as well (bounded LRU), so a worker serving many virtual
 clients pays the data cost once per client, not once per message.
@@ -20,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from client.cache import ProcessCache
+from common.data.anonymize import AnonymizationConfig, anonymize_marketplace
 from common.data.examples import ExampleConfig, build_examples, build_item_texts
 from common.data.schema import Marketplace, read_marketplace
 from common.protocol import GLOBAL, FedConfig, segment_adapter_names
@@ -128,7 +134,10 @@ def shard_marketplace(market: Marketplace, user_ids: Sequence[str]) -> Marketpla
 
 def _build_client(cfg: FedConfig, partition_id: int, num_partitions: int) -> ClientData:
     market, shards = _world(cfg, num_partitions)
-    local = shard_marketplace(market, shards[partition_id])
+    raw = shard_marketplace(market, shards[partition_id])
+    # k-anonymity needs many users; inside one client it would erase the very segment values the client
+    # declares, so metadata generalisation is left to the data owner (k=1 here).
+    local = anonymize_marketplace(raw, AnonymizationConfig(key=client_key(cfg.seed, partition_id), k=1))
     records = build_examples(local, ExampleConfig(seed=cfg.seed))
     return ClientData(partition_id, list(records), build_item_texts(local.products),
                       record_segment_names(records, cfg.segment_key_tuple))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from client import task
-from client.data import partition_user_ids
+from client.data import client_data, partition_user_ids
+from common.data.schema import write_marketplace
 from common.data.synthetic import generate_marketplace
 from common.protocol import FedConfig, metric_key, parse_metric_key, segment_adapter_names
 from tests.fed_fakes import fake_client_data
@@ -61,3 +64,14 @@ def test_partition_is_deterministic_disjoint_and_per_segment() -> None:
     assert sorted(len(s) for s in iid)[-1] - sorted(len(s) for s in iid)[0] <= 1
     with pytest.raises(ValueError, match="partition-mode"):
         partition_user_ids(market, 7, "dirichlet-ish", seed=3)
+
+
+def test_client_data_is_anonymized_on_the_client(tmp_path: Path) -> None:
+    """A client's records carry keyed pseudonyms, never the raw user ids of its shard."""
+    market = generate_marketplace(120, 300, seed=2)
+    write_marketplace(market, tmp_path / "data")
+    cfg = FedConfig(data_dir=str(tmp_path / "data"), partition_mode="iid")
+    data = client_data(cfg, 1, 4)
+    raw = set(market.users["user_id"].astype(str))
+    assert data.records and all(r.user_id.startswith("anon-") and r.user_id not in raw for r in data.records)
+    assert client_data(cfg, 1, 4) is data
