@@ -1,17 +1,18 @@
 """Synthetic marketplace whose preferences depend on segments (region, season), generated with numpy.
 
 What a model can learn from it, and why per-segment adapters have something real to learn:
-- user signal: each user has an anchor category and a preferred style; most sessions browse and buy in the
-  anchor, items of the preferred style are favoured. History text therefore predicts the held-out item,
-  which is what lets any text model beat popularity.
-- region signal: a user eventually *expands* into a second category, and which one depends on the region
-  (`vocab.REGION_EXPANSION`: the same anchor leads to a different category in every region). The first
-  expansion purchase is a category absent from the user's history, so only a model that knows the region
-  (a region adapter) can anticipate it; a global model can only spread its bet over the regions' choices.
+- user signal: each user has an anchor category and a preferred style; sessions keep coming back to the
+  anchor (and to the categories the user has branched into) and favour the preferred style. History text
+  therefore predicts the held-out item: the part one global model (and popularity, weakly) can get.
+- region signal: at a buying session a user often *branches out* along a chain anchor -> E_r(anchor) ->
+  E_r(E_r(anchor)) ..., where `vocab.REGION_EXPANSION` gives every region its own successor for every
+  category. The next branch is a category absent from the history, so the same history implies a different
+  next category per region; and in a category new to them users buy their region's favourite styles rather
+  than their own. Region is never written in the text: only a region-routed adapter can use it.
 - season signal: inside the black_friday / prime_day / holiday windows most sessions go to promoted items
-  (deals or gifts) in the user's anchor or the season's hot categories. The season is not in the history text,
-  so a season adapter can shift towards deals/gifts where a global model cannot tell when to.
-- sparsity: the niche region has few, less active users.
+  (deals or gifts) in the user's anchor or the season's hot categories. The history is mostly regular weeks
+  and the season is not in the text, so a season adapter can shift to deals/gifts where a global one cannot.
+- sparsity: the niche region has few, less active users; age_band is a control segment with no effect.
 All randomness comes from one `numpy.random.Generator(seed)`: same seed, same tables.
 """
 
