@@ -84,3 +84,16 @@ def test_mapping_syntax_errors() -> None:
     with pytest.raises(LoaderError, match="unknown target column 'uid'"):
         parse_mapping("uid=customer")
     assert parse_mapping("segment:tier=level") == {"segment:tier": "level"}
+
+
+def test_loaded_data_feeds_examples() -> None:
+    """Converted real data goes straight into the example builder, user columns becoming segments."""
+    from common.data.examples import ExampleConfig, build_examples
+
+    m = load_source("recbole", FIX / "recbole")
+    (rec,) = build_examples(m, ExampleConfig(min_positives=2, num_negatives=2))
+    assert (rec.user_id, rec.valid_item, rec.test_item) == ("1", "10", "12")
+    assert rec.segments == {"gender": "M", "occupation": "technician", "region": "US West", "age_band": "18-24",
+                            "season": "regular"}
+    assert "bought Toy Story (Animation)" in rec.context_text and "GoldenEye" in rec.context_text
+    assert sorted(rec.test_negatives) == ["13", "14"]
