@@ -155,3 +155,22 @@ def test_popularity_baseline_on_same_candidates() -> None:
     assert 0.0 <= overall["ndcg@10"] <= overall["hr@10"] <= 1.0
     assert overall["coverage"] == 0.0
     assert np.isfinite(overall["mrr"])
+
+
+def test_full_catalog_protocol_ranks_against_every_unseen_item() -> None:
+    """Full ranking encodes the catalog once and is never easier than 19 sampled negatives."""
+    # Prepare
+    records, items = make_dataset()
+    model = _model()
+    calls: list[int] = []
+    original = model.encode_items
+    model.encode_items = lambda t, r: calls.append(len(t)) or original(t, r)  # type: ignore[method-assign]
+    # Execute
+    full = evaluate(model, records, items, full_catalog=True)
+    sampled = evaluate(model, records, items)
+    # Assert
+    assert full["protocol"] == "full" and sampled["protocol"] == "sampled"
+    assert sum(calls) == len(items)  # the sampled run reused the cached catalog
+    full_overall, sampled_overall = full["overall"], sampled["overall"]
+    assert isinstance(full_overall, dict) and isinstance(sampled_overall, dict)
+    assert full_overall["mrr"] <= sampled_overall["mrr"] + 1e-9

@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from common.rec.metrics import PopularityScorer, aggregate, sampled_metrics, served_by_segment_adapter
+from common.rec.metrics import (
+    PopularityScorer,
+    aggregate,
+    full_ranking_metrics,
+    sampled_metrics,
+    served_by_segment_adapter,
+)
 from common.rec.model import RecModel, routing_signature
 
 if TYPE_CHECKING:
@@ -59,7 +65,7 @@ def _check(records: Sequence[RecordLike], item_texts: Mapping[str, str], split: 
 
 
 def _summarise(
-    per_user: dict[str, np.ndarray], records: Sequence[RecordLike], split: str, extra: dict[str, float]
+    per_user: dict[str, np.ndarray], records: Sequence[RecordLike], split: str, extra: dict[str, object]
 ) -> dict[str, object]:
     result = aggregate(per_user, [query_of(r, split)[1] for r in records])
     result["split"] = split
@@ -75,12 +81,15 @@ def evaluate(
     ks: Sequence[int] = (10,),
     split: str = "test",
     batch_size: int = 64,
+    full_catalog: bool = False,
 ) -> dict[str, object]:
     """Overall and per-segment hr@k, ndcg@k, precision@k, recall@k, mrr and coverage, plus latency.
 
-    Returns {"overall": {...}, "segments": {"region=EU": {..., "users": n}}, "users": U, "split": split,
-    "latency_ms_per_user": median single-request ms (user forward + 100 dot products), "batched_ms_per_user",
-    "item_encode_s": seconds spent encoding candidate items (once per routing)}.
+    Sampled protocol by default (held-out item vs its 99 negatives); `full_catalog` ranks it against every
+    catalog item the user never interacted with instead. Returns {"overall": {...}, "segments":
+    {"region=EU": {..., "users": n}}, "users": U, "split": split, "protocol", "latency_ms_per_user": median
+    single-request ms (user forward + scoring + top-k), "batched_ms_per_user", "item_encode_s": seconds spent
+    encoding items (once per item-tower routing)}.
     """
     cands = _check(records, item_texts, split)
     model.eval()
@@ -89,23 +98,29 @@ def evaluate(
     groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
     for u, (_, segs) in enumerate(queries):
         groups[routing_signature(model.item_routing([segs]), 0)].append(u)
-    item_vecs: dict[tuple[str, ...], dict[str, torch.Tensor]] = {}
+    catalog = sorted(item_texts)
+    tables: dict[tuple[str, ...], tuple[dict[str, int], torch.Tensor]] = {}
     for names, members in groups.items():
-        needed = sorted({i for u in members for i in cands[u]})
-        item_vecs[names] = model.item_embeddings(needed, item_texts, names, batch_size=batch_size)
+        needed = catalog if full_catalog else sorted({i for u in members for i in cands[u]})
+        vecs = model.item_embeddings(needed, item_texts, names, batch_size=batch_size)
+        tables[names] = ({item: row for row, item in enumerate(needed)}, torch.stack([vecs[i] for i in needed]))
     item_seconds = time.perf_counter() - item_start
     user_group = {u: names for names, members in groups.items() for u in members}
 
-    scores = np.zeros((len(records), len(cands[0])))
+    def rows_of(u: int) -> list[int]:
+        index = tables[user_group[u]][0]
+        return [index[i] for i in (catalog if full_catalog else cands[u])]
+
+    width = len(catalog) if full_catalog else len(cands[0])
+    scores = np.zeros((len(records), width))
     user_start = time.perf_counter()
     for start in range(0, len(records), batch_size):
         chunk = list(range(start, min(start + batch_size, len(records))))
         chunk_segs = [queries[u][1] for u in chunk]
         users = model.encode_users([queries[u][0] for u in chunk], model.user_routing(chunk_segs))
         for row, u in enumerate(chunk):
-            table = item_vecs[user_group[u]]
-            items = torch.stack([table[i] for i in cands[u]])  # (C, H)
-            scores[u] = model.score(users[row : row + 1], items)[0].numpy()
+            matrix = tables[user_group[u]][1]
+            scores[u] = model.score(users[row : row + 1], matrix[rows_of(u)])[0].numpy()
     batched_ms = (time.perf_counter() - user_start) * 1000 / len(records)
 
     latencies = []
@@ -113,21 +128,27 @@ def evaluate(
         t0 = time.perf_counter()
         text, segs_u = queries[u]
         vec = model.encode_users([text], model.user_routing([segs_u]))
-        table = item_vecs[user_group[u]]
-        model.score(vec, torch.stack([table[i] for i in cands[u]])).topk(max(ks))
+        model.score(vec, tables[user_group[u]][1][rows_of(u)]).topk(max(ks))
         latencies.append((time.perf_counter() - t0) * 1000)
 
-    per_user = sampled_metrics(scores, ks)
+    if full_catalog:
+        column = {item: c for c, item in enumerate(catalog)}
+        relevant = [[column[c[0]]] for c in cands]
+        seen = [[column[i] for i in getattr(r, "seen_items", r.train_positives) if i in column] for r in records]
+        per_user = full_ranking_metrics(scores, relevant, seen, ks)
+    else:
+        per_user = sampled_metrics(scores, ks)
     per_user["coverage"] = served_by_segment_adapter(
         [segs for _, segs in queries], model.segment_adapters(), model.plan.segment_keys
     )
-    extra = {
+    extra: dict[str, object] = {
+        "protocol": "full" if full_catalog else "sampled",
         "latency_ms_per_user": statistics.median(latencies),
         "batched_ms_per_user": batched_ms,
         "item_encode_s": item_seconds,
     }
     means = {k: round(float(v.mean()), 4) for k, v in per_user.items()}
-    log.info("evaluated %d users (%s): %s", len(records), split, means)
+    log.info("evaluated %d users (%s, %s): %s", len(records), split, extra["protocol"], means)
     return _summarise(per_user, records, split, extra)
 
 
@@ -143,4 +164,4 @@ def evaluate_popularity(
     scorer = PopularityScorer.fit(r.train_positives for r in (fit_records if fit_records is not None else records))
     per_user = sampled_metrics(scorer.score(cands), ks)
     per_user["coverage"] = np.zeros(len(records))
-    return _summarise(per_user, records, split, {})
+    return _summarise(per_user, records, split, {"protocol": "sampled"})
