@@ -121,20 +121,19 @@ def _render_events(m: Marketplace, cfg: ExampleConfig) -> pd.DataFrame:
     return events.reset_index(drop=True)
 
 
-def _context(times: list[int], texts: list[str], before: int, budget: int) -> str:
+def _context(times: list[int], texts: list[str], words: list[int], before: int, budget: int) -> str:
     """Most recent first, whole lines while they fit the word budget (the first line is cut if it alone is
     too long)."""
     end = bisect.bisect_left(times, before)
     out: list[str] = []
     used = 0
-    for text in reversed(texts[:end]):
-        words = len(text.split())
-        if used + words > budget:
+    for i in range(end - 1, -1, -1):
+        if used + words[i] > budget:
             if not out:
-                out.append(" ".join(text.split()[:budget]))
+                out.append(" ".join(texts[i].split()[:budget]))
             break
-        out.append(text)
-        used += words
+        out.append(texts[i])
+        used += words[i]
     return "; ".join(out)
 
 
@@ -147,26 +146,27 @@ def _negatives(rng: np.random.Generator, n_catalog: int, seen: np.ndarray, k: in
                          "(lower num_negatives or use a bigger catalog)")
     blocked = np.zeros(n_catalog, dtype=bool)
     blocked[seen] = True
-    out: list[int] = []
-    while len(out) < k:
-        for j in rng.integers(n_catalog, size=2 * k + len(seen)).tolist():
-            if not blocked[j]:
-                blocked[j] = True
-                out.append(j)
-                if len(out) == k:
-                    break
-    return out
+    picked: list[np.ndarray] = []
+    count = 0
+    while count < k:
+        draw = rng.integers(n_catalog, size=2 * k + len(seen))
+        draw = draw[~blocked[draw]]
+        _, first = np.unique(draw, return_index=True)
+        draw = draw[np.sort(first)][: k - count]
+        blocked[draw] = True
+        picked.append(draw)
+        count += len(draw)
+    return np.concatenate(picked).tolist()
 
 
 def _spans(keys: list[str]) -> dict[str, tuple[int, int]]:
     """(start, end) of each run of equal keys in an already grouped list."""
-    spans: dict[str, tuple[int, int]] = {}
-    start = 0
-    for i in range(1, len(keys) + 1):
-        if i == len(keys) or keys[i] != keys[start]:
-            spans[keys[start]] = (start, i)
-            start = i
-    return spans
+    if not keys:
+        return {}
+    arr = np.asarray(keys, dtype=object)
+    starts = np.r_[0, np.flatnonzero(arr[1:] != arr[:-1]) + 1]
+    ends = np.r_[starts[1:], len(keys)]
+    return {keys[a]: (int(a), int(b)) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)}
 
 
 def build_examples(m: Marketplace, cfg: ExampleConfig | None = None) -> list[UserRecord]:
@@ -184,6 +184,7 @@ def build_examples(m: Marketplace, cfg: ExampleConfig | None = None) -> list[Use
     user_segments = m.users.set_index("user_id")[seg_cols].astype(str).to_dict("index")
     events = _render_events(m, cfg)
     ev_user, ev_t, ev_text = events["user_id"].tolist(), events["t"].tolist(), events["text"].tolist()
+    ev_words = events["text"].str.split().str.len().tolist()
     ev_span = _spans(ev_user)
     seen_all = pd.concat([m.clicks[["user_id", "product_id"]], m.reviews[["user_id", "product_id"]]])
     seen_all = seen_all.sort_values("user_id", kind="stable")
@@ -198,10 +199,10 @@ def build_examples(m: Marketplace, cfg: ExampleConfig | None = None) -> list[Use
         if b - a < cfg.min_positives:
             continue
         e0, e1 = ev_span.get(user, (0, 0))
-        times, texts = ev_t[e0:e1], ev_text[e0:e1]
+        times, texts, words = ev_t[e0:e1], ev_text[e0:e1], ev_words[e0:e1]
         items, seasons = p_item[a:b], p_season[a:b]
         base = user_segments[user]
-        ctx = [_context(times, texts, t, cfg.context_words) for t in p_start[a:b]]
+        ctx = [_context(times, texts, words, t, cfg.context_words) for t in p_start[a:b]]
         train = [(c, i, s) for c, i, s in zip(ctx[:-2], items[:-2], seasons[:-2], strict=True) if c]
         if cfg.max_train_pairs is not None:
             train = train[len(train) - cfg.max_train_pairs:] if cfg.max_train_pairs else []
