@@ -10,12 +10,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from common.data import vocab as V
+from common.data.schema import EVENT_TYPES
 
 if TYPE_CHECKING:
     from common.data.synthetic import GeneratorConfig
 
+EVENT_NAMES: tuple[str, ...] = EVENT_TYPES
 P_CLICK_VIEWED = 0.3
 P_PURCHASE_AFTER_CART = 0.85
 MEAN_EXTRA_VIEWS = 1.5
@@ -35,6 +38,11 @@ CLOSERS = ("Would buy from {brand} again.", "Shipping was quick.", "Great for ev
 PII_SNIPPETS = ("Questions? email me at {handle}@example.com", "Call me on 555-013-{n:04d} if you want it",
                 "Full review on https://blog.example.net/{handle}", "Follow me @{handle} for more",
                 "Paid with card 4111 1111 1111 {n:04d}")
+
+
+def _take(values: np.ndarray, index: np.ndarray) -> pd.Series:
+    """values[index] as an Arrow-backed string column: ~10x faster than numpy strings for millions of rows."""
+    return pd.Series(pd.arrays.ArrowStringArray(pa.array(values).take(pa.array(index))))
 
 
 def build_events(cfg: GeneratorConfig, rng: np.random.Generator, p: dict[str, np.ndarray], u: dict[str, np.ndarray],
@@ -73,17 +81,17 @@ def build_events(cfg: GeneratorConfig, rng: np.random.Generator, p: dict[str, np
     ]
     sess = np.concatenate([x[0] for x in parts])
     item = np.concatenate([x[1] for x in parts])
-    etype = np.concatenate([np.full(len(x[0]), x[2]) for x in parts])
+    etype = np.concatenate([np.full(len(x[0]), EVENT_NAMES.index(x[2])) for x in parts])
     step = np.concatenate([x[3] for x in parts])
     ts = s["ts"][sess] + step * 40 + rng.integers(0, 30, size=len(sess))
     order = np.lexsort((step, ts, s["user"][sess]))
     session_ids = np.char.add("s", np.char.zfill(np.arange(1, n_s + 1).astype(str), 8))
     clicks = pd.DataFrame({
-        "user_id": users["user_id"].to_numpy()[s["user"][sess[order]]],
-        "session_id": session_ids[sess[order]],
+        "user_id": _take(users["user_id"].to_numpy(dtype=str), s["user"][sess[order]]),
+        "session_id": _take(session_ids, sess[order]),
         "timestamp": ts[order].astype(np.int64),
-        "event_type": etype[order],
-        "product_id": products["product_id"].to_numpy()[item[order]],
+        "event_type": _take(np.asarray(EVENT_NAMES), etype[order]),
+        "product_id": _take(products["product_id"].to_numpy(dtype=str), item[order]),
     })
     bought = buy[purchased]
     reviews = _reviews(cfg, rng, p, u, s["user"][bought], target[bought], s["ts"][bought], products, users)
