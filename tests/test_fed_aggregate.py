@@ -137,3 +137,23 @@ def test_optimizer_config_validates() -> None:
         OptimizerConfig("fedsgd")
     with pytest.raises(ValueError, match="server_lr"):
         OptimizerConfig(server_lr=0)
+
+
+def test_hyper_kind_hypernet_global_embeddings_per_segment() -> None:
+    """With the hyper kind, the hypernetwork (under "global::") averages over all clients while each segment
+    embedding averages only over its segment's clients."""
+    from client.task import initial_state
+    from common.protocol import FedConfig
+
+    state = initial_state(FedConfig(adapter_kind="hyper", data_dir="/x"), ["global", "region=EU", "region=NA"])
+    assert {k.split("::")[1] for k in state if not k.startswith("global::")} == {"hyper.segment_embedding"}
+    rng = _rng(4)
+    segs = ["region=EU", "region=EU", "region=NA"]
+    deltas = [{k: rng.normal(size=v.shape) for k, v in state.items() if k.split("::")[0] in ("global", s)}
+              for s in segs]
+    agg = aggregate_banks(deltas, [1, 2, 3])
+    hyper_key = next(k for k in state if "hypernet" in k)
+    np.testing.assert_allclose(agg.mean_deltas["global"][hyper_key],
+                               (deltas[0][hyper_key] + 2 * deltas[1][hyper_key] + 3 * deltas[2][hyper_key]) / 6)
+    emb = "region=EU::hyper.segment_embedding"
+    np.testing.assert_allclose(agg.mean_deltas["region=EU"][emb], (deltas[0][emb] + 2 * deltas[1][emb]) / 3)
