@@ -140,12 +140,12 @@ def _build_client(cfg: FedConfig, partition_id: int, num_partitions: int) -> Cli
     local = anonymize_marketplace(raw, AnonymizationConfig(key=client_key(cfg.seed, partition_id), k=1))
     records = build_examples(local, ExampleConfig(seed=cfg.seed))
     return ClientData(partition_id, list(records), build_item_texts(local.products),
-                      record_segment_names(records, cfg.segment_key_tuple))
+                      record_segment_names(records, cfg.adapter_segment_keys))
 
 
 def client_data(cfg: FedConfig, partition_id: int, num_partitions: int) -> ClientData:
     """This client's data, built once per process and partition."""
     if not cfg.data_dir:
         raise ValueError("run config data-dir is empty; every client needs the marketplace folder")
-    key = (cfg.data_dir, num_partitions, cfg.partition_mode, cfg.seed, cfg.segment_key_tuple, partition_id)
+    key = (cfg.data_dir, num_partitions, cfg.partition_mode, cfg.seed, cfg.adapter_segment_keys, partition_id)
     return CLIENTS.get(key, lambda: _build_client(cfg, partition_id, num_partitions))

@@ -67,10 +67,10 @@ def model_for(cfg: FedConfig) -> RecModel:
     Injection works on a shared-weight copy of the module tree, so several adapted models can share the one
     cached backbone without their adapters stacking. Adapters for segments are added on demand.
     """
-    key = (cfg.backbone, cfg.adapter_kind, cfg.segment_key_tuple, cfg.max_len, cfg.seed)
+    key = (cfg.backbone, cfg.adapter_kind, cfg.adapter_segment_keys, cfg.max_len, cfg.seed)
 
     def build() -> RecModel:
-        plan = RoutingPlan(user_levels=(GLOBAL, *cfg.segment_key_tuple), item_levels=(GLOBAL,))
+        plan = RoutingPlan(user_levels=(GLOBAL, *cfg.adapter_segment_keys), item_levels=(GLOBAL,))
         return RecModel(backbone_for(cfg.backbone), adapter_config(cfg), names=[GLOBAL], plan=plan, max_len=cfg.max_len)
 
     return MODELS.get(key, build)

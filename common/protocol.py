@@ -42,6 +42,9 @@ EVAL_USERS = "eval-users"
 
 GLOBAL = "global"
 OVERALL = "overall"
+# The mixture kind personalises through its learned gate: its experts and gate are one global adapter,
+# averaged across every client, rather than one mixture per segment.
+GLOBAL_ONLY_KINDS = frozenset({"mixture"})
 
 
 # Names of a Hugging Face encoder's own tensors; an adapter key always starts with "<adapter name>::".
@@ -135,7 +138,13 @@ class FedConfig:
 
     @property
     def segment_key_tuple(self) -> tuple[str, ...]:
+        """The segment keys metrics are reported by."""
         return tuple(k.strip() for k in self.segment_keys.split(",") if k.strip())
+
+    @property
+    def adapter_segment_keys(self) -> tuple[str, ...]:
+        """The segment keys that get their own adapters: none for GLOBAL_ONLY_KINDS."""
+        return () if self.adapter_kind in GLOBAL_ONLY_KINDS else self.segment_key_tuple
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> FedConfig:

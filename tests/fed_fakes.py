@@ -54,7 +54,7 @@ def fake_client_data(partition_id: int, segments: dict[str, str], users: int = 6
 
 def install_fake(cfg: FedConfig, partition_id: int, num_partitions: int, data: ClientData) -> None:
     """Put `data` into the per-process client-data cache under the key `client_data` looks up."""
-    key = (cfg.data_dir, num_partitions, cfg.partition_mode, cfg.seed, cfg.segment_key_tuple, partition_id)
+    key = (cfg.data_dir, num_partitions, cfg.partition_mode, cfg.seed, cfg.adapter_segment_keys, partition_id)
     CLIENTS.get(key, lambda: data)
 
 

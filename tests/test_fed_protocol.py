@@ -26,6 +26,8 @@ def test_run_config_round_trip_and_validation() -> None:
         FedConfig(fraction_train=1.5)
     with pytest.raises(ValueError, match="segment key"):
         FedConfig(segment_keys="region,bad key")
+    assert FedConfig(adapter_kind="mixture").adapter_segment_keys == ()
+    assert FedConfig(adapter_kind="lora").adapter_segment_keys == ("region", "season")
 
 
 def test_metric_keys_and_segment_names() -> None:
