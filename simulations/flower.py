@@ -74,6 +74,17 @@ def write_connection(flwr_home: Path, port: int) -> Path:
     return path
 
 
+def _die_with_parent() -> None:
+    """preexec_fn: the SuperLink gets SIGTERM if the process that started it dies (even by SIGKILL), so a
+    killed test or CLI never leaves a SuperLink behind (Linux prctl PR_SET_PDEATHSIG; elsewhere a no-op)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 @dataclass
 class SuperLink:
     """A simulation-mode SuperLink process on 127.0.0.1:port, owned by this object (stop() kills its PID)."""
@@ -93,7 +104,7 @@ class SuperLink:
                "--log-file", str(self.flwr_home / "superlink.log"), "--disable-runtime-dependency-installation"]
         out = open(self.flwr_home / "superlink.out", "ab")  # noqa: SIM115 - closed with the process
         self.process = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=_die_with_parent)
         out.close()
         (self.flwr_home / "superlink.pid").write_text(str(self.process.pid))
         deadline = time.monotonic() + timeout
