@@ -29,6 +29,8 @@ def test_train_config_rejects_bad_values() -> None:
         TrainConfig(prox_mu=-1.0)
     with pytest.raises(ValueError, match="pairs_per_user"):
         TrainConfig(pairs_per_user=0)
+    with pytest.raises(ValueError, match="negatives"):
+        TrainConfig(in_batch_negatives=False, negatives=0)
 
 
 def test_training_moves_only_the_named_adapters() -> None:

@@ -47,7 +47,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--max-len", type=int, default=64)
-    p.add_argument("--negatives", type=int, default=32)
+    p.add_argument("--negatives", type=int, default=32, help="uniformly sampled catalog negatives per step")
+    p.add_argument("--in-batch-negatives", action=argparse.BooleanOptionalAction, default=True,
+                   help="also use the other users' positives of the batch as negatives (popularity-skewed)")
     p.add_argument("--pairs-per-user", type=int, default=None, help="cap on training pairs per user per epoch")
     p.add_argument("--max-users", type=int, default=None, help="train on a seeded sample of this many users")
     p.add_argument("--eval-users", type=int, default=None, help="evaluate on a seeded sample of this many users")
@@ -124,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_len=args.max_len,
         negatives=args.negatives, pairs_per_user=args.pairs_per_user, seed=args.seed,
+        in_batch_negatives=args.in_batch_negatives,
     )
     keys = tuple(k.strip() for k in args.segments.split(",") if k.strip())
     adapter_kw: dict[str, object] = {"kind": args.adapter, "seed": args.seed}

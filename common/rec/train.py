@@ -87,6 +87,7 @@ class TrainConfig:
     lr: float = 1e-3  # adapters start at identity and are small: a higher rate than full fine-tuning
     max_len: int = 64  # tokens per text; user contexts are truncated from the right
     negatives: int = 32  # shared sampled catalog negatives per step, on top of the in-batch ones
+    in_batch_negatives: bool = True  # other users' positives as negatives (popularity-skewed, free)
     pairs_per_user: int | None = None  # cap on a user's pairs per epoch (seeded draw); None = all of them
     seed: int = 0
     prox_mu: float = 0.0  # FedProx: mu/2 * ||w - w_ref||^2, used only when a reference state is given
@@ -101,6 +102,8 @@ class TrainConfig:
             raise ValueError(f"pairs_per_user must be >= 1 or None, got {self.pairs_per_user}")
         if self.negatives < 0:
             raise ValueError(f"negatives must be >= 0, got {self.negatives}")
+        if not self.in_batch_negatives and self.negatives < 1:
+            raise ValueError("in_batch_negatives=False needs negatives >= 1, got 0")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if self.prox_mu < 0:
@@ -215,6 +218,8 @@ def train_epochs(
                 item_vecs = torch.stack([cached[i] for i in candidates])
             logits = model.score(user_vecs, item_vecs)  # (B, B + N)
             seen = torch.tensor([[c in positives[p.user] for c in candidates] for p in batch], dtype=torch.bool)
+            if not cfg.in_batch_negatives:
+                seen[:, : len(batch)] = True  # only the uniformly sampled catalog items compete
             seen.fill_diagonal_(False)  # (B, B+N): the labelled positive stays
             logits = logits.masked_fill(seen, float("-inf"))
             loss = F.cross_entropy(logits, torch.arange(len(batch)))
