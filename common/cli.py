@@ -1,6 +1,6 @@
 """`fedadapt` command line: one subcommand per job, each owned by the module that does the job.
 
-Each module in COMMANDS exposes `add_parser(subparsers) -> None`, which registers its subcommand and sets
+Each module named in COMMANDS exposes `add_parser(subparsers) -> None`, which registers its subcommand and sets
 `func=<callable(args) -> int>` as the parser default. Keeping the registry here, and the work in the modules,
 means `fedadapt --help` lists everything without this file knowing any option.
 """
@@ -13,32 +13,48 @@ import logging
 import sys
 from collections.abc import Sequence
 
-COMMANDS: tuple[str, ...] = (
-    "common.data.commands",
-    "common.rec.commands",
-    "simulations.commands",
-    "simulations.bench",
-)
+# Subcommand -> (module that owns it, one-line help). Only the chosen subcommand's module is imported, so
+# `fedadapt data ...` and `fedadapt --help` do not pay for importing torch and transformers.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("common.data.commands", "generate or load marketplace tables"),
+    "train": ("common.rec.commands", "train a centralized baseline and write RUN/summary.json"),
+    "simulate": ("simulations.commands", "run a federated simulation with Flower and write results"),
+    "bench": ("simulations.bench", "benchmarks (reported, not asserted)"),
+}
 
 
 class CliError(Exception):
     """A user mistake on the command line; printed as one line, exit status 2."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _chosen_command(argv: Sequence[str]) -> str | None:
+    """The first positional argument, if it names a subcommand."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser for `command` (every subcommand when None); the others are listed with their help only."""
     parser = argparse.ArgumentParser(
         prog="fedadapt",
         description="Federated adapter fine-tuning of a frozen transformer for personalized recommendation.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module_name in COMMANDS:
-        importlib.import_module(module_name).add_parser(subparsers)
+    for name, (module_name, help_text) in COMMANDS.items():
+        if command is None or name == command:
+            importlib.import_module(module_name).add_parser(subparsers)
+        else:
+            subparsers.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = _chosen_command(argv)
+    parser = build_parser(chosen) if chosen else build_parser("")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
