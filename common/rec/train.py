@@ -1,13 +1,21 @@
 """Central training and evaluation of a `RecModel`: what a client runs locally and the baselines run centrally.
 
-Training is a softmax over in-batch positives plus shared sampled negatives (each user's positive is the
-label; other users' positives and the sampled items are its negatives; items the user already interacted
-with are masked so they never act as negatives). Only the parameters of `trainable_names` enter the
-optimizer. When the item tower's adapters are not being trained (e.g. segment adapters on top of a fixed
-global one), item vectors come from the cache without gradients, which halves the cost of a step.
+Training is a softmax over each pair's positive against shared, uniformly sampled catalog negatives and,
+optionally, the other positives of the batch (items the user already interacted with are masked so they
+never act as negatives). Only the parameters of `trainable_names` enter the optimizer.
 
-Everything stays in eval mode: the backbone is frozen and dropout would make a fixed seed non-reproducible;
-adapters are small enough that we regularise them by the proximal term and early stopping instead.
+In-batch negatives are drawn in proportion to popularity (no log-Q correction), while the sampled protocol
+draws negatives uniformly; `in_batch_negatives=False` trains against uniform negatives only. Measured on
+MiniLM (synthetic 5k-user marketplace, 1,000 training users, one epoch = 60 steps, LoRA, frozen item tower,
+800 test users): test NDCG@10 0.139 untrained, 0.115 after in-batch + 16 sampled negatives (lr 1e-3), 0.109
+after 48 uniform negatives (lr 1e-3); valid 0.162 untrained vs 0.099 in-batch at lr 2e-4. Neither objective
+beat the untrained backbone at this budget, so the popularity skew is not what held it back.
+
+When the item tower's adapters are not being trained (e.g. segment adapters on top of a fixed global one),
+item vectors come from the cache without gradients, which halves the cost of a step.
+
+Everything stays in eval mode: the backbone is frozen, and dropout would make a fixed seed
+non-reproducible, so `AdapterConfig.dropout` has no effect here.
 """
 
 from __future__ import annotations
