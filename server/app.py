@@ -5,7 +5,8 @@ adapter plus its own segment adapters, so the loop drives `grid.send_and_receive
 strategy (server/strategy.py) free of Flower's grid. Per round it:
 
 1. samples a cohort (deterministic in seed and round), sends train messages, validates and aggregates;
-2. evaluates on a cohort of clients (federated evaluation: test items never leave the clients);
+2. evaluates on a fixed cohort of clients (federated evaluation: test items never leave the clients);
+   a fresh run first evaluates the untrained adapters as "round 0", the no-adapter baseline;
 3. appends one line to `<out-dir>/metrics.jsonl` and checkpoints atomically to `<out-dir>/checkpoints/`.
 
 `resume=true` continues after the last complete checkpoint; `stop-after-round=k` ends the run after round
@@ -144,6 +145,8 @@ class FederatedRun:
         banks, first = self._restore(clients)
         strategy = AdapterBankStrategy(banks, self.optimizer, ValidationConfig(cfg.max_delta_norm),
                                        cfg.min_segment_clients)
+        if first == 1 and cfg.fraction_evaluate > 0:
+            self.history.append(self._initial_evaluation(strategy, clients))
         self._write_history()
         for rnd in range(first, cfg.num_server_rounds + 1):
             self.history.append(self._round(strategy, clients, partition_of, rnd))
@@ -154,6 +157,21 @@ class FederatedRun:
                 log(INFO, "stopping after round %d as configured (stop-after-round)", rnd)
                 return
         self._marker(COMPLETE_FILE, cfg.num_server_rounds, t_start, len(clients))
+
+    def _evaluate(self, strategy: AdapterBankStrategy, clients: list[ClientInfo], rnd: int) -> dict[str, Any]:
+        # the same evaluation cohort every round, so that rounds are comparable
+        cohort = sample_clients(clients, self.cfg.fraction_evaluate, self.cfg.seed, 0, salt=1)
+        replies = self.grid.send_and_receive(strategy.evaluate_messages(cohort, rnd), timeout=self.cfg.round_timeout)
+        return pool_evaluation(replies)
+
+    def _initial_evaluation(self, strategy: AdapterBankStrategy, clients: list[ClientInfo]) -> dict[str, Any]:
+        """Round 0: the untrained adapters (identity at init), i.e. the frozen backbone alone, on the same
+        evaluation cohort: the no-adapter baseline of this very run."""
+        t0 = time.monotonic()
+        line = {"round": 0, **self._evaluate(strategy, clients, 0), "wall_s": time.monotonic() - t0}
+        log(INFO, "[fedadapt] round 0 (before training) ndcg@10=%s hr@10=%s", _fmt(line.get("ndcg@10")),
+            _fmt(line.get("hr@10")))
+        return line
 
     def _round(self, strategy: AdapterBankStrategy, clients: list[ClientInfo], partition_of: dict[int, int],
                rnd: int) -> dict[str, Any]:
@@ -171,10 +189,7 @@ class FederatedRun:
         t_train = time.monotonic() - t0
         evaluation: dict[str, Any] = {}
         if cfg.fraction_evaluate > 0:
-            # the same evaluation cohort every round, so that rounds are comparable
-            eval_cohort = sample_clients(clients, cfg.fraction_evaluate, cfg.seed, 0, salt=1)
-            evaluation = pool_evaluation(self.grid.send_and_receive(
-                strategy.evaluate_messages(eval_cohort, rnd), timeout=cfg.round_timeout))
+            evaluation = self._evaluate(strategy, clients, rnd)
         line = {"round": rnd, **evaluation, **stats.as_dict(), "train_s": t_train, "wall_s": time.monotonic() - t0}
         log(INFO, "[fedadapt] round %d/%d ndcg@10=%s hr@10=%s loss=%.4f sampled=%d rejected=%d dropped=%d "
             "up=%.0fB down=%.0fB (%.1fs)", rnd, cfg.num_server_rounds, _fmt(line.get("ndcg@10")),

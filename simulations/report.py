@@ -28,6 +28,8 @@ def _num(value: object) -> float:
 
 def summarize(rows: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Final metrics (last round), best round, and totals over all rounds."""
+    initial = next((r for r in rows if r.get("round") == 0), None)
+    rows = [r for r in rows if r.get("round", 0) >= 1]
     if not rows:
         raise ValueError("no rounds in metrics.jsonl")
     last = rows[-1]
@@ -37,6 +39,9 @@ def summarize(rows: list[dict[str, Any]], extra: dict[str, Any] | None = None) -
     summary: dict[str, Any] = {
         "rounds": len(rows),
         "final": {m: _num(last.get(m)) for m in METRICS},
+        "initial": {m: _num(initial.get(m)) for m in METRICS} if initial else {},
+        "initial_segments": {s: {m: _num(v.get(m)) for m in METRICS}
+                             for s, v in sorted((initial or {}).get("segments", {}).items())},
         "final_segments": {s: {m: _num(v.get(m)) for m in (*METRICS, "users")}
                            for s, v in sorted(last.get("segments", {}).items())},
         "best_ndcg@10": max((_num(r.get("ndcg@10")) for r in rows), default=float("nan")),
@@ -70,16 +75,24 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     lines = ["| round | NDCG@10 | HR@10 | loss | sampled | rejected | dropped | up B/client | down B/client | s |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        if r.get("round") == 0:
+            continue
         lines.append(
             f"| {r['round']} | {_f(r.get('ndcg@10'))} | {_f(r.get('hr@10'))} | {_f(r.get('train_loss'))} | "
             f"{r.get('clients_sampled', 0)} | {r.get('clients_rejected', 0)} | {r.get('clients_dropped', 0)} | "
             f"{_num(r.get('bytes_up_per_client')):.0f} | {_num(r.get('bytes_down_per_client')):.0f} | "
             f"{_f(r.get('wall_s'), 1)} |"
         )
-    lines += ["", "| segment | users | NDCG@10 | HR@10 |", "|---|---:|---:|---:|",
-              f"| overall | | {_f(summary['final'].get('ndcg@10'))} | {_f(summary['final'].get('hr@10'))} |"]
+    init, init_segs = summary.get("initial", {}), summary.get("initial_segments", {})
+    lines += ["", "Final round vs round 0 (untrained adapters = frozen backbone), same evaluation users:", "",
+              "| segment | users | NDCG@10 | HR@10 | NDCG@10 round 0 | HR@10 round 0 |",
+              "|---|---:|---:|---:|---:|---:|",
+              f"| overall | | {_f(summary['final'].get('ndcg@10'))} | {_f(summary['final'].get('hr@10'))} | "
+              f"{_f(init.get('ndcg@10'))} | {_f(init.get('hr@10'))} |"]
     for seg, v in summary["final_segments"].items():
-        lines.append(f"| {seg} | {v['users']:.0f} | {_f(v['ndcg@10'])} | {_f(v['hr@10'])} |")
+        i = init_segs.get(seg, {})
+        lines.append(f"| {seg} | {v['users']:.0f} | {_f(v['ndcg@10'])} | {_f(v['hr@10'])} | "
+                     f"{_f(i.get('ndcg@10'))} | {_f(i.get('hr@10'))} |")
     lines += ["", f"Client updates/minute: {_f(summary['client_updates_per_minute'], 1)}; mean round "
               f"{_f(summary['round_wall_s_mean'], 1)} s; bytes per client-round up "
               f"{summary['bytes_up_per_client_round']:.0f}, down {summary['bytes_down_per_client_round']:.0f}."]
@@ -94,7 +107,7 @@ def plot(rows: list[dict[str, Any]], plots_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     plots_dir.mkdir(parents=True, exist_ok=True)
-    rounds = [r["round"] for r in rows]
+    rounds = [r["round"] for r in rows]  # round 0: before training
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(rounds, [_num(r.get("ndcg@10")) for r in rows], "k-o", label="overall", linewidth=2)
     segments = sorted({s for r in rows for s in r.get("segments", {})})
@@ -108,9 +121,12 @@ def plot(rows: list[dict[str, Any]], plots_dir: Path) -> list[Path]:
     fig.tight_layout()
     fig.savefig(paths[0], dpi=110)
     plt.close(fig)
+    trained = [r for r in rows if r["round"] >= 1]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(rounds, [_num(r.get("bytes_up_per_client")) / 1024 for r in rows], "-o", label="up per client")
-    ax.plot(rounds, [_num(r.get("bytes_down_per_client")) / 1024 for r in rows], "-s", label="down per client")
+    ax.plot([r["round"] for r in trained], [_num(r.get("bytes_up_per_client")) / 1024 for r in trained], "-o",
+            label="up per client")
+    ax.plot([r["round"] for r in trained], [_num(r.get("bytes_down_per_client")) / 1024 for r in trained], "-s",
+            label="down per client")
     ax.set_xlabel("round")
     ax.set_ylabel("KiB")
     ax.set_title("Bytes per client per round (serialized messages)")
