@@ -13,6 +13,13 @@ Modes (all two-tower, same data, same evaluation):
   trains its own adapter from scratch on its own users only, used on both towers; no global adapter, no
   sharing. Users of silos too small for an adapter get the bare backbone. Per-user local adapters are not
   run: one user's handful of positives cannot train an adapter, and 5,000 adapters would not fit the budget.
+
+Measured on MiniLM (default synthetic data, 5,000 users; 1,000 training users, one epoch of 60 steps,
+800 test users, 2 CPU cores shared with other jobs): NDCG@10 frozen backbone 0.139, popularity 0.126,
+full fine-tune (both towers move together) 0.160, global LoRA adapter with a *frozen* item tower 0.109 to
+0.115. Moving only the query side away from the pretrained item space costs more than one epoch wins back,
+so the item tower defaults to "adapted"; "frozen" stays available for its cost (one item index for ever,
+a step ~2.5x cheaper). The adapted item tower was not measured on MiniLM within the CPU budget.
 """
 
 from __future__ import annotations
