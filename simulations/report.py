@@ -105,6 +105,7 @@ def plot(rows: list[dict[str, Any]], plots_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     plots_dir.mkdir(parents=True, exist_ok=True)
     rounds = [r["round"] for r in rows]  # round 0: before training
@@ -113,7 +114,8 @@ def plot(rows: list[dict[str, Any]], plots_dir: Path) -> list[Path]:
     segments = sorted({s for r in rows for s in r.get("segments", {})})
     for seg in segments:
         ax.plot(rounds, [_num(r.get("segments", {}).get(seg, {}).get("ndcg@10")) for r in rows], "-.", label=seg)
-    ax.set_xlabel("round")
+    ax.set_xlabel("round (0: before training)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("NDCG@10")
     ax.set_title("NDCG@10 per segment")
     ax.legend(fontsize=7, ncol=2)
@@ -128,6 +130,7 @@ def plot(rows: list[dict[str, Any]], plots_dir: Path) -> list[Path]:
     ax.plot([r["round"] for r in trained], [_num(r.get("bytes_down_per_client")) / 1024 for r in trained], "-s",
             label="down per client")
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("KiB")
     ax.set_title("Bytes per client per round (serialized messages)")
     ax.legend()
