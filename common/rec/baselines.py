@@ -20,7 +20,7 @@ full fine-tune (both towers move together) 0.160, global LoRA adapter with a *fr
 0.115, and segment adapters on top of that global one 0.164 (a second epoch and 9x the adapter
 parameters: no compute-matched global control was run). Moving only the query side away from the
 pretrained item space costs more than one epoch of a global adapter wins back, so the item tower defaults
-to "adapted"; "frozen" stays available for its cost (one item index for ever, a step ~2.5x cheaper).
+to "adapted"; "frozen" stays available for its cost (one item index for ever, no item backward pass).
 The adapted item tower was not measured on MiniLM within the CPU budget.
 """
 
