@@ -12,7 +12,7 @@ after 48 uniform negatives (lr 1e-3); valid 0.162 untrained vs 0.099 in-batch at
 beat the untrained backbone at this budget, so the popularity skew is not what held it back.
 
 When the item tower's adapters are not being trained (e.g. segment adapters on top of a fixed global one),
-item vectors come from the cache without gradients, which halves the cost of a step.
+item vectors come from the cache without gradients, saving the item tower's forward and backward pass.
 
 Everything stays in eval mode: the backbone is frozen, and dropout would make a fixed seed
 non-reproducible, so `AdapterConfig.dropout` has no effect here.
