@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from simulations.bench_adapters import AdapterBenchOptions, bench_adapters, format_table
+from simulations.bench_federation import FEDERATION_BENCHMARKS
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,10 @@ register_benchmark(
         run=_run_adapters,
     )
 )
+
+
+for _name, _help, _configure, _run in FEDERATION_BENCHMARKS:
+    register_benchmark(Benchmark(name=_name, help=_help, configure=_configure, run=_run))
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

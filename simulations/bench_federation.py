@@ -1,13 +1,13 @@
 """Federation benchmarks: figures to report, not assertions (timings and memory vary by machine and load).
 
     python -m simulations.bench_federation bytes [--backbone minilm|tiny] [--kinds lora,bottleneck]
-    python -m simulations.bench_federation demo  [--out results/bench-demo]
+    python -m simulations.bench_federation fed-demo [--out results/bench-demo]
     python -m simulations.bench_federation scale [--clients 10,1000] [--out results/bench-scale]
 
 bytes: serialized size of a train message (down) and its reply (up) for one client holding global + one
        region + one season adapter, measured with Flower's own serialization, against the backbone's fp32
        size (what full fine-tuning would ship each way).
-demo:  runs the demo preset and prints wall time per round and client updates per minute.
+fed-demo: runs the demo preset and prints wall time per round and client updates per minute.
 scale: runs the same tiny federation with N virtual clients (10% sampled per round) and samples the summed
        RSS of the SuperLink's whole process tree (SuperLink, simulation runtime, Ray workers) every 0.5 s.
 """
@@ -124,45 +124,71 @@ def bench_scale(clients: list[int], out: Path, rounds: int = 2) -> list[dict[str
     return rows
 
 
+def configure_bytes(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", default="minilm", help="minilm, tiny or a backbone folder")
+    parser.add_argument("--kinds", default="lora,bottleneck,parallel,hyper,mixture,prompt,task_attention")
+
+
+def run_bytes(args: argparse.Namespace) -> int:
+    backbone = "" if args.backbone == "minilm" else args.backbone
+    rows = bench_bytes(backbone, [k for k in args.kinds.split(",") if k])
+    print("| kind | adapter params | down B | up B | backbone fp32 B | up / backbone |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['kind']} | {r['adapter_params']} | {r['down_bytes']} | {r['up_bytes']} | "
+              f"{r['backbone_fp32_bytes']} | {r['ratio_vs_backbone']:.4f} |")
+    return 0
+
+
+def configure_demo(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="results/bench-demo")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from simulations.commands import PRESETS, SimOptions, simulate
+
+    p = PRESETS["demo"]
+    summary = simulate(SimOptions(out=Path(args.out), clients=p["clients"], rounds=p["rounds"],
+                                  users=p["users"], products=p["products"], backbone=p["backbone"],
+                                  fraction=p["fraction"], config=dict(p["config"])))
+    print(json.dumps({k: summary[k] for k in ("rounds", "round_wall_s_mean", "client_updates",
+                                              "client_updates_per_minute", "bytes_up_per_client_round",
+                                              "bytes_down_per_client_round", "final")}, indent=1))
+    return 0
+
+
+def configure_scale(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--clients", default="10,1000", help="comma-separated numbers of virtual clients")
+    parser.add_argument("--out", default="results/bench-scale")
+
+
+def run_scale(args: argparse.Namespace) -> int:
+    rows = bench_scale([int(c) for c in args.clients.split(",")], Path(args.out))
+    print("| virtual clients | sampled/round | peak RSS (MB, whole tree) | round s | total s |")
+    print("|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['clients']} | {r['sampled_per_round']:.0f} | {r['peak_rss_mb']:.0f} | "
+              f"{r['round_wall_s_mean']:.1f} | {r['wall_s']:.0f} |")
+    return 0
+
+
+# (name, help, configure, run): registered as `fedadapt bench NAME` by simulations/bench.py.
+FEDERATION_BENCHMARKS = (
+    ("bytes", "bytes per client-round up/down against the backbone's fp32 size", configure_bytes, run_bytes),
+    ("fed-demo", "the demo preset: wall time per round, client updates per minute", configure_demo, run_demo),
+    ("scale", "peak RSS of the whole simulation with N virtual clients (10%% sampled)", configure_scale, run_scale),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m simulations.bench_federation", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
-    b = sub.add_parser("bytes")
-    b.add_argument("--backbone", default="minilm")
-    b.add_argument("--kinds", default="lora,bottleneck,parallel,hyper,mixture,prompt,task_attention")
-    d = sub.add_parser("demo")
-    d.add_argument("--out", default="results/bench-demo")
-    s = sub.add_parser("scale")
-    s.add_argument("--clients", default="10,1000")
-    s.add_argument("--out", default="results/bench-scale")
+    for name, help_text, configure, runner in FEDERATION_BENCHMARKS:
+        configure(sub.add_parser(name, help=help_text))
+        sub.choices[name].set_defaults(func=runner)
     args = parser.parse_args(argv)
-    if args.what == "bytes":
-        backbone = "" if args.backbone == "minilm" else args.backbone
-        rows = bench_bytes(backbone, [k for k in args.kinds.split(",") if k])
-        print("| kind | adapter params | down B | up B | backbone fp32 B | up / backbone |")
-        print("|---|---:|---:|---:|---:|---:|")
-        for r in rows:
-            print(f"| {r['kind']} | {r['adapter_params']} | {r['down_bytes']} | {r['up_bytes']} | "
-                  f"{r['backbone_fp32_bytes']} | {r['ratio_vs_backbone']:.4f} |")
-    elif args.what == "demo":
-        from simulations.commands import PRESETS, SimOptions, simulate
-
-        p = PRESETS["demo"]
-        summary = simulate(SimOptions(out=Path(args.out), clients=p["clients"], rounds=p["rounds"],
-                                      users=p["users"], products=p["products"], backbone=p["backbone"],
-                                      config=dict(p["config"])))
-        print(json.dumps({k: summary[k] for k in ("rounds", "round_wall_s_mean", "client_updates",
-                                                  "client_updates_per_minute", "bytes_up_per_client_round",
-                                                  "bytes_down_per_client_round", "final")}, indent=1))
-    else:
-        rows = bench_scale([int(c) for c in args.clients.split(",")], Path(args.out))
-        print("| virtual clients | sampled/round | peak RSS (MB, whole tree) | round s | total s |")
-        print("|---:|---:|---:|---:|---:|")
-        for r in rows:
-            print(f"| {r['clients']} | {r['sampled_per_round']:.0f} | {r['peak_rss_mb']:.0f} | "
-                  f"{r['round_wall_s_mean']:.1f} | {r['wall_s']:.0f} |")
-    return 0
+    return int(args.func(args))
 
 
 if __name__ == "__main__":
