@@ -68,12 +68,13 @@ def model_for(cfg: FedConfig) -> RecModel:
     cached backbone without their adapters stacking. Adapters for segments are added on demand.
     """
     key = (cfg.backbone, cfg.adapter_kind, cfg.adapter_segment_keys, cfg.max_len, cfg.seed)
+    return MODELS.get(key, lambda: new_model(cfg, [GLOBAL]))
 
-    def build() -> RecModel:
-        plan = RoutingPlan(user_levels=(GLOBAL, *cfg.adapter_segment_keys), item_levels=(GLOBAL,))
-        return RecModel(backbone_for(cfg.backbone), adapter_config(cfg), names=[GLOBAL], plan=plan, max_len=cfg.max_len)
 
-    return MODELS.get(key, build)
+def new_model(cfg: FedConfig, names: Sequence[str]) -> RecModel:
+    """A fresh RecModel with untrained (seeded) adapters `names` on the cached backbone."""
+    plan = RoutingPlan(user_levels=(GLOBAL, *cfg.adapter_segment_keys), item_levels=(GLOBAL,))
+    return RecModel(backbone_for(cfg.backbone), adapter_config(cfg), names=list(names), plan=plan, max_len=cfg.max_len)
 
 
 def adapter_state(model: RecModel, names: Sequence[str]) -> Arrays:
@@ -103,12 +104,11 @@ def load_received(model: RecModel, names: Sequence[str], received: Mapping[str, 
 
 
 def initial_state(cfg: FedConfig, names: Sequence[str]) -> Arrays:
-    """The starting adapter state for `names` (identity at init; seeded, so every run starts the same)."""
-    model = model_for(cfg)
-    for name in names:
-        if name not in model.adapter_names:
-            model.add_adapter(name)
-    return adapter_state(model, names)
+    """The starting adapter state for `names` (identity at init; seeded, so every run starts the same).
+
+    Built on a fresh model, never the per-process cached one: that one holds whatever a client trained last.
+    """
+    return adapter_state(new_model(cfg, [GLOBAL, *[n for n in names if n != GLOBAL]]), names)
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,23 @@ def test_train_handler_returns_delta_of_sent_keys_only() -> None:
     assert list(reply.content.config_records[CONFIG][SEGMENTS]) == ["region=EU", "season=holiday"]
 
 
+def test_initial_state_ignores_what_the_cached_model_trained() -> None:
+    """The starting adapters are the same before and after a client trained the per-process cached model
+    (a server or test that builds banks in a process that also trained must not start from trained weights)."""
+    # Prepare
+    data = fake_client_data(1, {"region": "US", "season": "regular"})
+    install_fake(CFG, 1, 3, data)
+    before = task.initial_state(CFG, data.adapter_names)
+    # Execute
+    reply = client_app.app(_train_message(before), _context(1))
+    after = task.initial_state(CFG, data.adapter_names)
+    # Assert
+    assert not reply.has_error()
+    trained = task.adapter_state(task.model_for(CFG), data.adapter_names)
+    assert any(not np.array_equal(trained[k], before[k]) for k in before)
+    assert set(after) == set(before) and all(np.array_equal(after[k], before[k]) for k in before)
+
+
 def test_train_handler_refuses_to_send_a_backbone_tensor(monkeypatch: pytest.MonkeyPatch) -> None:
     """If local training ever returned a backbone tensor, the handler fails instead of sending it."""
     data = fake_client_data(1, {"region": "NA", "season": "regular"})
