@@ -2,36 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.data import CLIENTS, ClientData, record_segment_names
 from common.protocol import FedConfig
+from tests.rec_fixtures import FakeRecord
 
 WORDS = ["red", "blue", "green", "shoe", "lamp", "desk", "phone", "case", "tent", "bike", "cup", "pan"]
-
-
-@dataclass
-class FakeRecord:
-    """The fields of a user record that training and evaluation read (common.rec.train.RecordLike)."""
-
-    user_id: str
-    segments: dict[str, str]
-    context_text: str
-    train_pairs: list[tuple[str, str]]
-    train_segments: list[dict[str, str]]
-    valid_item: str
-    test_item: str
-    valid_negatives: list[str]
-    test_negatives: list[str]
-    valid_context_text: str = ""
-    valid_segments: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def train_positives(self) -> list[str]:
-        return [item for _, item in self.train_pairs]
 
 
 def fake_client_data(partition_id: int, segments: dict[str, str], users: int = 6, items: int = 24,
