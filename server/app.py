@@ -145,8 +145,11 @@ class FederatedRun:
         banks, first = self._restore(clients)
         strategy = AdapterBankStrategy(banks, self.optimizer, ValidationConfig(cfg.max_delta_norm),
                                        cfg.min_segment_clients)
-        if first == 1 and cfg.fraction_evaluate > 0:
-            self.history.append(self._initial_evaluation(strategy, clients))
+        if first == 1 and not self.history:
+            if cfg.fraction_evaluate > 0:
+                self.history.append(self._initial_evaluation(strategy, clients))
+            # round 0 = the starting adapters: what `bench fed-vs-central --round 0` scores, and a resume point
+            save_checkpoint(self.ckpt_dir, Checkpoint(0, strategy.banks, self._state(), self._opt_arrays()))
         self._write_history()
         for rnd in range(first, cfg.num_server_rounds + 1):
             self.history.append(self._round(strategy, clients, partition_of, rnd))

@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from simulations import compare
 from simulations.bench_adapters import AdapterBenchOptions, bench_adapters, format_table
 from simulations.bench_federation import FEDERATION_BENCHMARKS
 
@@ -71,6 +72,16 @@ register_benchmark(
         help="size, int8 size and step time of every adapter kind on a backbone",
         configure=_configure_adapters,
         run=_run_adapters,
+    )
+)
+
+
+register_benchmark(
+    Benchmark(
+        name="fed-vs-central",
+        help="score a federated run's adapters on the users and candidates of a `fedadapt train` run",
+        configure=compare.configure,
+        run=compare.run,
     )
 )
 

@@ -132,3 +132,28 @@ def test_run_writes_results(runs: dict[str, Path]) -> None:
     assert (full / "plots" / "bytes_per_round.png").stat().st_size > 1000
     assert latest_complete_round(full / "checkpoints") == ROUNDS
     assert split_banks({k: v for arrays in _ckpt(full, 1).banks.values() for k, v in arrays.items()})
+
+
+def test_fed_vs_central_scores_the_same_users(runs: dict[str, Path], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """bench fed-vs-central scores the checkpoint on fedadapt train's users; the round-0 adapters (identity)
+    rank exactly as the bare backbone does, and a mismatched evaluation sample is refused."""
+    from common.cli import main
+
+    data, central = runs["full"].parent / "data", tmp_path / "central"
+    assert main(["train", "--data", str(data), "--mode", "no-adapter", "--backbone", "tiny", "--eval-users", "40",
+                 "--max-len", "64", "--out", str(central)]) == 0
+    base = json.loads((central / "summary.json").read_text())["metrics"]["overall"]
+    argv = ["bench", "fed-vs-central", "--data", str(data), "--central", str(central), "--federated",
+            str(runs["full"]), "--eval-users", "40"]
+    assert main([*argv, "--round", "0", "--out", str(tmp_path / "r0")]) == 0
+    r0 = json.loads((tmp_path / "r0" / "comparison.json").read_text())
+    assert r0["eval_users"] == 40 and r0["federated"]["round"] == 0
+    assert r0["federated"]["metrics"]["overall"]["ndcg@10"] == pytest.approx(base["ndcg@10"], abs=1e-9)
+    assert main([*argv, "--out", str(tmp_path / "last")]) == 0
+    last = json.loads((tmp_path / "last" / "comparison.json").read_text())
+    assert last["federated"]["round"] == ROUNDS and "region=" in " ".join(last["federated"]["adapters"])
+    assert f"| federated (round {ROUNDS}) |" in (tmp_path / "last" / "table.md").read_text()
+    capsys.readouterr()
+    assert main([*argv[:-1], "30"]) == 2
+    assert "must match" in capsys.readouterr().err

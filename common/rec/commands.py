@@ -69,6 +69,12 @@ def _sample(items: Sequence[object], n: int | None, seed: int) -> list[int]:
     return sorted(int(i) for i in np.random.default_rng(seed).choice(len(items), size=n, replace=False))
 
 
+def eval_sample(records: Sequence[UserRecord], n: int | None, seed: int) -> list[UserRecord]:
+    """The evaluation users of a run with `seed` (a seeded sample of `n`, or all): shared with the
+    federated comparison so that every method is scored on the same people."""
+    return [records[i] for i in _sample(records, n, seed + 1)]
+
+
 def load_examples(folder: Path, seed: int) -> tuple[list[UserRecord], dict[str, str]]:
     """User records (leave-one-out, 99 seeded negatives) and item texts from a marketplace folder."""
     from common.data.examples import ExampleConfig, build_examples, build_item_texts
@@ -137,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     if not records:
         raise ValueError(f"{args.data}: no user has enough positives for a train/valid/test split")
     train_records = [records[i] for i in _sample(records, args.max_users, args.seed)]
-    eval_records = [records[i] for i in _sample(records, args.eval_users, args.seed + 1)]
+    eval_records = eval_sample(records, args.eval_users, args.seed)
     backbone = load_backbone(args.backbone)
     global_state = _global_from(args.init_global, adapter_cfg) if args.init_global is not None else None
     popularity = evaluate_popularity(eval_records, item_texts, fit_records=records)
@@ -162,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
             save_adapters(model.adapted, out / "adapters", model.adapter_names)
         summary = {
             "mode": mode,
+            "data": str(args.data),
             "adapter": adapter_cfg.to_dict() if mode not in ("no-adapter", "full-finetune") else None,
             "backbone": backbone.source,
             "segments": list(keys),

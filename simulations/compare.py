@@ -1,0 +1,107 @@
+"""Federated adapters against the centralized baselines, on the same data, seed and evaluation users.
+
+    fedadapt train --data DATA --mode all --seed S --eval-users N --out CENTRAL
+    fedadapt simulate --data DATA --seed S ... --out FED
+    fedadapt bench fed-vs-central --data DATA --central CENTRAL --federated FED --out TABLE_DIR
+
+Federated evaluation runs on the clients, on their own anonymized shards, whose pseudonyms seed different
+sampled negatives than the raw tables do: its figures are not comparable with `fedadapt train`'s. Here the
+federated run's last complete checkpoint is loaded into the same two-tower model the clients use and scored
+on exactly the users and candidates `fedadapt train` scored (same data folder, same seed, same sample of
+evaluation users), so every row of the table ranks the same 1 + 99 items for the same people.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+CENTRAL_FILE = "summary.json"
+
+
+def central_summaries(folder: Path) -> dict[str, dict[str, Any]]:
+    """mode -> summary.json of a `fedadapt train` run folder (one mode at the top, several in sub-folders)."""
+    files = [folder / CENTRAL_FILE] if (folder / CENTRAL_FILE).is_file() else sorted(folder.glob(f"*/{CENTRAL_FILE}"))
+    if not files:
+        raise ValueError(f"{folder}: no {CENTRAL_FILE} of a `fedadapt train` run (in it or in a sub-folder)")
+    out: dict[str, dict[str, Any]] = {}
+    for path in files:
+        try:
+            summary = json.loads(path.read_text())
+            out[str(summary["mode"])] = summary
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: not a fedadapt train summary ({exc})") from exc
+    return out
+
+
+def federated_model(run_folder: Path, data: Path, server_round: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """The RecModel a client would build, holding every adapter bank of the run's checkpoint."""
+    import torch
+
+    from client.task import new_model
+    from common.protocol import GLOBAL, FedConfig
+    from server.checkpoint import load_checkpoint
+
+    root = run_folder / "checkpoints" if (run_folder / "checkpoints").is_dir() else run_folder
+    ckpt = load_checkpoint(root, server_round)
+    cfg = FedConfig.from_run_config({**ckpt.state["run_config"], "data-dir": str(data)})
+    names = [GLOBAL, *sorted(n for n in ckpt.banks if n != GLOBAL)]
+    model = new_model(cfg, names)
+    assert model.adapted is not None
+    for bank in ckpt.banks.values():
+        model.adapted.load_adapter_state({k: torch.from_numpy(v.copy()) for k, v in bank.items()}, strict=False)
+    info = {"round": ckpt.round, "adapters": names, "run_config": ckpt.state["run_config"]}
+    return model, info
+
+
+def compare(data: Path, central: Path, federated: Path, eval_users: int | None, seed: int,
+            server_round: int | None = None) -> dict[str, Any]:
+    """Central summaries + the federated checkpoint scored on the same evaluation users."""
+    from common.rec.commands import eval_sample, load_examples
+    from common.rec.evaluate import evaluate
+
+    summaries = central_summaries(central)
+    for mode, summary in summaries.items():
+        users = summary.get("users", {}).get("eval")
+        run_seed = summary.get("train_config", {}).get("seed")
+        if run_seed != seed or (eval_users is not None and users != min(eval_users, summary["users"]["total"])):
+            raise ValueError(f"central run {mode} used seed {run_seed} and {users} evaluation users; this "
+                             f"comparison uses seed {seed} and --eval-users {eval_users}: they must match")
+    records, item_texts = load_examples(data, seed=seed)
+    eval_records = eval_sample(records, eval_users, seed)
+    model, info = federated_model(federated, data, server_round)
+    metrics = evaluate(model, eval_records, item_texts)
+    popularity = next(iter(summaries.values()))["popularity"]
+    rows = {mode: s["metrics"] for mode, s in summaries.items()}
+    rows[f"federated (round {info['round']})"] = metrics
+    return {"rows": rows, "popularity": popularity, "federated": {**info, "metrics": metrics},
+            "eval_users": len(eval_records)}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, type=Path, help="the marketplace folder both runs trained on")
+    parser.add_argument("--central", required=True, type=Path, help="a `fedadapt train` run folder")
+    parser.add_argument("--federated", required=True, type=Path, help="a `fedadapt simulate` run folder")
+    parser.add_argument("--eval-users", type=int, default=None, help="as given to fedadapt train")
+    parser.add_argument("--seed", type=int, default=0, help="as given to fedadapt train")
+    parser.add_argument("--round", type=int, default=None, help="checkpoint round (default: the last complete)")
+    parser.add_argument("--out", type=Path, default=None, help="folder for table.md and comparison.json")
+
+
+def run(args: argparse.Namespace) -> int:
+    from common.rec.commands import markdown_table
+
+    result = compare(args.data, args.central, args.federated, args.eval_users, args.seed, args.round)
+    table = markdown_table(result["rows"], result["popularity"])
+    print(table)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "table.md").write_text(table)
+        (args.out / "comparison.json").write_text(json.dumps(result, indent=1, sort_keys=True, default=str))
+        print(f"table: {args.out / 'table.md'}")
+    return 0
