@@ -67,6 +67,8 @@ class SimOptions:
             raise ValueError(f"--rounds must be >= 1, got {self.rounds}")
         if not 0 < self.fraction <= 1:
             raise ValueError(f"--fraction must be in (0, 1], got {self.fraction}")
+        if not self.cpus_per_client > 0:
+            raise ValueError(f"--cpus-per-client must be > 0, got {self.cpus_per_client}")
 
 
 def ensure_data(opts: SimOptions) -> Path:
@@ -181,7 +183,7 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
         data=Path(args.data) if args.data else None, users=pick("users"), products=pick("products"),
         seed=args.seed, adapter=args.adapter, segments=args.segments,
         backbone="" if backbone == "minilm" else backbone, fraction=pick("fraction"), resume=args.resume,
-        stop_after_round=args.stop_after_round, config=config,
+        stop_after_round=args.stop_after_round, cpus_per_client=args.cpus_per_client, config=config,
     )
 
 
@@ -216,6 +218,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--strategy", choices=["fedavg", "fedprox", "fedadam"], help="server update rule")
     p.add_argument("--proximal-mu", type=float, help="FedProx proximal weight (with --strategy fedprox)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any run-config key, e.g. lr=0.002")
+    p.add_argument("--cpus-per-client", type=float, default=1.0,
+                   help="CPUs Ray reserves per virtual client: with C cores, about C / this clients train at once")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints")
     p.add_argument("--stop-after-round", type=int, default=0, help="end the run after this round (0: never)")

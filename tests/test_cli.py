@@ -53,3 +53,15 @@ def test_user_error_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFix
     assert rc == 2
     assert "missing" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("flag", "value", "named"), [("--cpus-per-client", "0", "--cpus-per-client"),
+                                                      ("--fraction", "1.5", "--fraction"),
+                                                      ("--clients", "0", "--clients")])
+def test_simulate_rejects_bad_numbers_before_starting_flower(
+        flag: str, value: str, named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Bad simulation sizes are one-line errors naming the flag; nothing is started or written."""
+    rc = main(["simulate", "--out", str(tmp_path / "run"), flag, value])
+    err = capsys.readouterr().err
+    assert rc == 2 and named in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
