@@ -43,9 +43,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--backbone", default=None, help="local model folder, or 'tiny' (default: offline MiniLM)")
     p.add_argument("--segments", default="region,season", help="segment keys that get adapters, comma-separated")
     p.add_argument("--min-segment-users", type=int, default=20, help="fewer training users: no segment adapter")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=int, default=2, help="passes over the training pairs (per stage)")
+    p.add_argument("--batch-size", type=int, default=16, help="pairs per step (also the in-batch negatives)")
+    p.add_argument("--lr", type=float, default=3e-3, help="adapter learning rate (full-finetune uses 5e-5)")
     p.add_argument("--max-len", type=int, default=64)
     p.add_argument("--negatives", type=int, default=32, help="uniformly sampled catalog negatives per step")
     p.add_argument("--in-batch-negatives", action=argparse.BooleanOptionalAction, default=True,
