@@ -62,6 +62,7 @@ def federated_model(run_folder: Path, data: Path, server_round: int | None = Non
 def compare(data: Path, central: Path, federated: Path, eval_users: int | None, seed: int,
             server_round: int | None = None) -> dict[str, Any]:
     """Central summaries + the federated checkpoint scored on the same evaluation users."""
+    from common.rec.baselines import MODES
     from common.rec.commands import eval_sample, load_examples
     from common.rec.evaluate import evaluate
 
@@ -77,7 +78,8 @@ def compare(data: Path, central: Path, federated: Path, eval_users: int | None, 
     model, info = federated_model(federated, data, server_round)
     metrics = evaluate(model, eval_records, item_texts)
     popularity = next(iter(summaries.values()))["popularity"]
-    rows = {mode: s["metrics"] for mode, s in summaries.items()}
+    order = {mode: i for i, mode in enumerate(MODES)}
+    rows = {mode: summaries[mode]["metrics"] for mode in sorted(summaries, key=lambda m: (order.get(m, len(order)), m))}
     rows[f"federated (round {info['round']})"] = metrics
     return {"rows": rows, "popularity": popularity, "federated": {**info, "metrics": metrics},
             "eval_users": len(eval_records)}
