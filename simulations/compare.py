@@ -67,13 +67,15 @@ def compare(data: Path, central: Path, federated: Path, eval_users: int | None, 
     from common.rec.evaluate import evaluate
 
     summaries = central_summaries(central)
+    records, item_texts = load_examples(data, seed=seed)
     for mode, summary in summaries.items():
         users = summary.get("users", {}).get("eval")
         run_seed = summary.get("train_config", {}).get("seed")
-        if run_seed != seed or (eval_users is not None and users != min(eval_users, summary["users"]["total"])):
+        if eval_users is None:  # default: the central run's own sample size
+            eval_users = users
+        if run_seed != seed or users != min(eval_users or 0, len(records)):
             raise ValueError(f"central run {mode} used seed {run_seed} and {users} evaluation users; this "
                              f"comparison uses seed {seed} and --eval-users {eval_users}: they must match")
-    records, item_texts = load_examples(data, seed=seed)
     eval_records = eval_sample(records, eval_users, seed)
     model, info = federated_model(federated, data, server_round)
     metrics = evaluate(model, eval_records, item_texts)
@@ -89,7 +91,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, help="the marketplace folder both runs trained on")
     parser.add_argument("--central", required=True, type=Path, help="a `fedadapt train` run folder")
     parser.add_argument("--federated", required=True, type=Path, help="a `fedadapt simulate` run folder")
-    parser.add_argument("--eval-users", type=int, default=None, help="as given to fedadapt train")
+    parser.add_argument("--eval-users", type=int, default=None,
+                        help="as given to fedadapt train (default: the central run's number of evaluation users)")
     parser.add_argument("--seed", type=int, default=0, help="as given to fedadapt train")
     parser.add_argument("--round", type=int, default=None, help="checkpoint round (default: the last complete)")
     parser.add_argument("--out", type=Path, default=None, help="folder for table.md and comparison.json")

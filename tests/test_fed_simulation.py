@@ -150,9 +150,10 @@ def test_fed_vs_central_scores_the_same_users(runs: dict[str, Path], tmp_path: P
     r0 = json.loads((tmp_path / "r0" / "comparison.json").read_text())
     assert r0["eval_users"] == 40 and r0["federated"]["round"] == 0
     assert r0["federated"]["metrics"]["overall"]["ndcg@10"] == pytest.approx(base["ndcg@10"], abs=1e-9)
-    assert main([*argv, "--out", str(tmp_path / "last")]) == 0
+    assert main([*argv[:-2], "--out", str(tmp_path / "last")]) == 0  # --eval-users defaults to the central run's
     last = json.loads((tmp_path / "last" / "comparison.json").read_text())
-    assert last["federated"]["round"] == ROUNDS and "region=" in " ".join(last["federated"]["adapters"])
+    assert last["eval_users"] == 40 and last["federated"]["round"] == ROUNDS
+    assert "region=" in " ".join(last["federated"]["adapters"])
     assert f"| federated (round {ROUNDS}) |" in (tmp_path / "last" / "table.md").read_text()
     capsys.readouterr()
     assert main([*argv[:-1], "30"]) == 2
