@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from pathlib import Path
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 CENTRAL_FILE = "summary.json"
 
@@ -67,6 +64,10 @@ def compare(data: Path, central: Path, federated: Path, eval_users: int | None, 
     from common.rec.evaluate import evaluate
 
     summaries = central_summaries(central)
+    for mode, summary in summaries.items():
+        trained_on = summary.get("data")
+        if trained_on is not None and Path(trained_on).resolve() != data.resolve():
+            raise ValueError(f"central run {mode} was trained on {trained_on}, not on --data {data}")
     records, item_texts = load_examples(data, seed=seed)
     for mode, summary in summaries.items():
         users = summary.get("users", {}).get("eval")

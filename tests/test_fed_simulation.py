@@ -158,3 +158,7 @@ def test_fed_vs_central_scores_the_same_users(runs: dict[str, Path], tmp_path: P
     capsys.readouterr()
     assert main([*argv[:-1], "30"]) == 2
     assert "must match" in capsys.readouterr().err
+    other = argv.copy()
+    other[other.index("--data") + 1] = str(tmp_path)
+    assert main(other) == 2
+    assert "was trained on" in capsys.readouterr().err
