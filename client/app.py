@@ -1,4 +1,4 @@
-"""The ClientApp: thin Flower handlers around `client.task` (which holds the ML and never imports Flower).
+"""The ClientApp: thin Flower handlers around `common.federation.task` (which holds the ML and never imports Flower).
 
 Each handler reads the typed run config and its node's partition, gets the per-process cached model and
 data, runs one job, packs the reply and passes it through `check_outgoing` before returning it: a reply that
@@ -15,11 +15,12 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, MetricRecordValues, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, MetricRecordValues, RecordDict
 from flwr.clientapp import ClientApp
 
-from client import task
 from client.guard import check_outgoing
+from common.federation import task
+from common.federation.records import from_record, to_record
 from common.protocol import (
     ARRAYS,
     CONFIG,
@@ -49,14 +50,6 @@ def node_partition(context: Context) -> tuple[int, int]:
     return pid, num
 
 
-def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return {key: array.numpy() for key, array in record.items()}
-
-
-def arrays_to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({key: Array(np.ascontiguousarray(value)) for key, value in arrays.items()})
-
-
 def _reply(msg: Message, content: RecordDict, sent: dict[str, np.ndarray]) -> Message:
     check_outgoing(content, {key: tuple(value.shape) for key, value in sent.items()})
     return Message(content, reply_to=msg)
@@ -79,13 +72,13 @@ def train(msg: Message, context: Context) -> Message:
     cfg = FedConfig.from_run_config(context.run_config)
     pid, num = node_partition(context)
     data = task.client_data(cfg, pid, num)
-    sent = record_to_arrays(msg.content.array_records[ARRAYS])
+    sent = from_record(msg.content.array_records[ARRAYS])
     hparams = task.RoundHParams.from_config(dict(msg.content.config_records[CONFIG]), cfg)
     result = task.local_train(cfg, data, sent, hparams)
     metrics = MetricRecord({NUM_EXAMPLES: result.num_examples, **dict(result.metrics)})
     content = RecordDict(
         {
-            ARRAYS: arrays_to_record(result.delta),
+            ARRAYS: to_record(result.delta),
             METRICS: metrics,
             CONFIG: ConfigRecord({PARTITION_ID: pid, SEGMENTS: data.segment_names}),
         }
@@ -98,7 +91,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     cfg = FedConfig.from_run_config(context.run_config)
     pid, num = node_partition(context)
     data = task.client_data(cfg, pid, num)
-    sent = record_to_arrays(msg.content.array_records[ARRAYS])
+    sent = from_record(msg.content.array_records[ARRAYS])
     sums = task.local_evaluate(cfg, data, sent)
     content = RecordDict({METRICS: MetricRecord(dict[str, MetricRecordValues](sums))})
     return _reply(msg, content, sent)

@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from common.names import ADAPTER_KINDS, DEFAULT_SERVER_LR, KEY_SEP, PARTITION_MODES, STRATEGIES
+
 # Record names inside a message's RecordDict.
 ARRAYS = "arrays"
 CONFIG = "config"
@@ -40,8 +42,6 @@ PROXIMAL_MU = "proximal-mu"
 TRAIN_LOSS = "train-loss"
 EVAL_USERS = "eval-users"
 
-GLOBAL = "global"
-OVERALL = "overall"
 # The mixture kind personalises through its learned gate: its experts and gate are one global adapter,
 # averaged across every client, rather than one mixture per segment.
 GLOBAL_ONLY_KINDS = frozenset({"mixture"})
@@ -51,7 +51,6 @@ GLOBAL_ONLY_KINDS = frozenset({"mixture"})
 _BACKBONE_PATTERN = re.compile(
     r"^(bert\.|roberta\.|model\.)?(encoder\.layer\.|embeddings\.|pooler\.|word_embeddings|position_embeddings)"
 )
-KEY_SEP = "::"
 
 
 def looks_like_backbone(key: str) -> bool:
@@ -94,7 +93,7 @@ class FedConfig:
     segment_keys: str = "region,season"
     partition_mode: str = "per-segment"
     strategy: str = "fedavg"
-    server_lr: float = 1.0
+    server_lr: float = 0.0  # 0: the strategy's default (common.names.DEFAULT_SERVER_LR)
     proximal_mu: float = 0.0
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
@@ -122,7 +121,19 @@ class FedConfig:
                 raise ValueError(f"{name.replace('_', '-')} must be in [0, 1], got {value}")
         if self.fraction_train == 0:
             raise ValueError("fraction-train must be > 0, got 0")
-        for name in ("lr", "server_lr", "max_delta_norm", "round_timeout"):
+        if self.adapter_kind not in ADAPTER_KINDS:
+            raise ValueError(f"adapter-kind {self.adapter_kind!r} is not one of {', '.join(ADAPTER_KINDS)}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy {self.strategy!r} is not one of {', '.join(STRATEGIES)}")
+        if self.partition_mode not in PARTITION_MODES:
+            raise ValueError(f"partition-mode {self.partition_mode!r} is not one of {', '.join(PARTITION_MODES)}")
+        if self.strategy == "fedprox" and not self.proximal_mu > 0:
+            raise ValueError("strategy fedprox needs proximal-mu > 0 (with 0 it is FedAvg); set --proximal-mu")
+        if self.strategy != "fedprox" and self.proximal_mu != 0:
+            raise ValueError(f"proximal-mu={self.proximal_mu} is used only by strategy fedprox, not {self.strategy}")
+        if not (self.server_lr >= 0 and math.isfinite(self.server_lr)):
+            raise ValueError(f"server-lr must be >= 0 (0: the strategy's default), got {self.server_lr}")
+        for name in ("lr", "max_delta_norm", "round_timeout"):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name.replace('_', '-')} must be > 0, got {value}")
@@ -135,6 +146,11 @@ class FedConfig:
         for key in self.segment_key_tuple:
             if not key.isidentifier():
                 raise ValueError(f"segment key {key!r} in segment-keys={self.segment_keys!r} is not a column name")
+
+    @property
+    def effective_server_lr(self) -> float:
+        """server-lr, or the strategy's default when it is 0."""
+        return self.server_lr or DEFAULT_SERVER_LR[self.strategy]
 
     @property
     def segment_key_tuple(self) -> tuple[str, ...]:

@@ -25,20 +25,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from common.names import GLOBAL, bank_of
+
 log = logging.getLogger(__name__)
 
-GLOBAL = "global"
-SEP = "::"
-
 Arrays = dict[str, np.ndarray]
-
-
-def bank_of(key: str) -> str:
-    """The adapter (bank) name of a tensor key "<adapter name>::<param path>"."""
-    name, sep, path = key.partition(SEP)
-    if not sep or not name or not path:
-        raise ValueError(f"tensor key {key!r} is not of the form '<adapter name>::<param path>'")
-    return name
 
 
 def split_banks(arrays: Mapping[str, np.ndarray]) -> dict[str, Arrays]:

@@ -26,7 +26,8 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
-from common.protocol import GLOBAL, FedConfig
+from common.names import CHECKPOINTS_DIR, COMPLETE_FILE, GLOBAL, METRICS_FILE, STOPPED_FILE
+from common.protocol import FedConfig
 from server.aggregate import Arrays, split_banks
 from server.checkpoint import Checkpoint, latest_complete_round, load_checkpoint, save_checkpoint
 from server.optimizer import OptimizerConfig, ServerOptimizer
@@ -43,10 +44,6 @@ from server.validate import ValidationConfig
 
 app = ServerApp()
 
-METRICS_FILE = "metrics.jsonl"
-COMPLETE_FILE = "run-complete.json"
-STOPPED_FILE = "run-stopped.json"
-CHECKPOINTS = "checkpoints"
 
 
 def wait_for_nodes(grid: Grid, timeout: float = 120.0) -> list[int]:
@@ -89,7 +86,7 @@ def register_clients(grid: Grid, timeout: float) -> list[ClientInfo]:
 
 def initial_banks(cfg: FedConfig, segments: list[str]) -> dict[str, Arrays]:
     """Identity-at-init adapter banks for global + every segment (seeded: same on every run)."""
-    from client.task import initial_state  # torch + backbone: imported only when a run starts
+    from common.federation.task import initial_state  # torch + backbone: imported only when a run starts
 
     names = [GLOBAL, *segments]
     empty: dict[str, Arrays] = {name: {} for name in names}
@@ -105,9 +102,9 @@ class FederatedRun:
         self.cfg = cfg
         self.grid = grid
         self.out = Path(cfg.out_dir)
-        self.ckpt_dir = self.out / CHECKPOINTS
+        self.ckpt_dir = self.out / CHECKPOINTS_DIR
         self.history: list[dict[str, Any]] = []
-        self.optimizer = ServerOptimizer(OptimizerConfig(cfg.strategy, server_lr=cfg.server_lr))
+        self.optimizer = ServerOptimizer(OptimizerConfig(cfg.strategy, server_lr=cfg.effective_server_lr))
 
     def _restore(self, clients: list[ClientInfo]) -> tuple[dict[str, Arrays], int]:
         segments = sorted({s for c in clients for s in c.segments})

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from common.names import STRATEGIES
 from server.aggregate import Arrays, apply_delta
-
-STRATEGIES = ("fedavg", "fedprox", "fedadam")
 
 
 @dataclass(frozen=True)

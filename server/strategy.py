@@ -27,21 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
-from common.protocol import (
-    ARRAYS,
-    CONFIG,
-    GLOBAL,
-    METRICS,
-    NUM_EXAMPLES,
-    OVERALL,
-    PARTITION_ID,
-    SEGMENTS,
-    TRAIN_LOSS,
-    parse_metric_key,
-)
+from common.federation.records import from_record, message_bytes, to_record
+from common.names import GLOBAL, OVERALL
+from common.protocol import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, PARTITION_ID, SEGMENTS, TRAIN_LOSS, parse_metric_key
 from server.aggregate import Arrays, aggregate_banks, lora_factor_pairs
 from server.optimizer import ServerOptimizer
 from server.validate import ValidationConfig, validate_reply
@@ -61,19 +51,6 @@ class ClientInfo:
     @property
     def adapter_names(self) -> list[str]:
         return [GLOBAL, *self.segments]
-
-
-def message_bytes(msg: Message) -> int:
-    """Serialized size of a message: the sum of its deflated objects (what Flower puts on the wire)."""
-    return sum(len(obj.deflate()) for obj in get_all_nested_objects(msg).values())
-
-
-def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
-
-
-def from_record(record: ArrayRecord) -> Arrays:
-    return {k: a.numpy() for k, a in record.items()}
 
 
 def sample_clients(clients: list[ClientInfo], fraction: float, seed: int, server_round: int, salt: int = 0

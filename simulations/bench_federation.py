@@ -33,9 +33,9 @@ def bench_bytes(backbone: str, kinds: list[str]) -> list[dict[str, Any]]:
     from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
 
-    from client.task import backbone_for, initial_state
+    from common.federation.records import message_bytes, to_record
+    from common.federation.task import backbone_for, initial_state
     from common.protocol import FedConfig
-    from server.strategy import message_bytes, to_record
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
     names = ["global", "region=Europe", "season=holiday"]

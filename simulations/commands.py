@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.names import STRATEGIES
 from common.protocol import FedConfig
 from simulations.flower import PROJECT_ROOT, SuperLink, flwr_run
 from simulations.report import write_report
@@ -215,7 +216,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--segments", default="region,season", help="segment keys with their own adapters")
     p.add_argument("--backbone", help="'tiny', 'minilm' or a local model folder")
     p.add_argument("--fraction", type=float, help="fraction of clients sampled per round (default 1)")
-    p.add_argument("--strategy", choices=["fedavg", "fedprox", "fedadam"], help="server update rule")
+    p.add_argument("--strategy", choices=list(STRATEGIES), help="server update rule")
     p.add_argument("--proximal-mu", type=float, help="FedProx proximal weight (with --strategy fedprox)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any run-config key, e.g. lr=0.002")
     p.add_argument("--cpus-per-client", type=float, default=1.0,

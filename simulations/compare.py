@@ -40,8 +40,9 @@ def federated_model(run_folder: Path, data: Path, server_round: int | None = Non
     """The RecModel a client would build, holding every adapter bank of the run's checkpoint."""
     import torch
 
-    from client.task import new_model
-    from common.protocol import GLOBAL, FedConfig
+    from common.federation.task import new_model
+    from common.names import GLOBAL
+    from common.protocol import FedConfig
     from server.checkpoint import load_checkpoint
 
     root = run_folder / "checkpoints" if (run_folder / "checkpoints").is_dir() else run_folder

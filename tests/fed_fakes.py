@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.supercore.task_identity import TaskIdentity
 
-from client.data import CLIENTS, ClientData, record_segment_names
+from common.federation.client_data import CLIENTS, ClientData, record_segment_names
 from common.protocol import FedConfig
 from tests.rec_fixtures import FakeRecord
 

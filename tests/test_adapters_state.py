@@ -10,15 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from common.adapters import ADAPTER_KINDS, AdaptedModel, AdapterConfig, AdapterKind, register_adapter_kind
-from common.adapters.state import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
-    load_adapted_model,
-    load_adapters,
-    save_adapters,
-    split_key,
-)
+from common.adapters.state import CONFIG_FILE, WEIGHTS_FILE, load_adapted_model, load_adapters, save_adapters
 from common.backbone import tiny_backbone
+from common.names import split_key
 
 NAMES = ["global", "region=EU", "season=black.friday"]
 KIND_CONFIGS = [AdapterConfig(kind=kind, rank=4) for kind in ADAPTER_KINDS] + [

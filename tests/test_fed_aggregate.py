@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server.aggregate import aggregate_banks, apply_delta, bank_of, lora_factor_pairs, weighted_mean
+from common.names import bank_of
+from server.aggregate import aggregate_banks, apply_delta, lora_factor_pairs, weighted_mean
 from server.optimizer import OptimizerConfig, ServerOptimizer
 
 
@@ -142,7 +143,7 @@ def test_optimizer_config_validates() -> None:
 def test_hyper_kind_hypernet_global_embeddings_per_segment() -> None:
     """With the hyper kind, the hypernetwork (under "global::") averages over all clients while each segment
     embedding averages only over its segment's clients."""
-    from client.task import initial_state
+    from common.federation.task import initial_state
     from common.protocol import FedConfig
 
     state = initial_state(FedConfig(adapter_kind="hyper", data_dir="/x"), ["global", "region=EU", "region=NA"])

@@ -7,9 +7,9 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from client import app as client_app
-from client import task
-from client.cache import ProcessCache
 from client.guard import OutgoingMessageError, check_outgoing
+from common.federation import task
+from common.federation.cache import ProcessCache
 from common.protocol import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, SEGMENTS, FedConfig, metric_key
 from tests.fed_fakes import fake_client_data, install_fake, set_task_identity
 

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client import task
-from client.data import client_data, partition_user_ids
+from common.data.partition import partition_user_ids
 from common.data.schema import write_marketplace
 from common.data.synthetic import generate_marketplace
+from common.federation import task
+from common.federation.client_data import client_data
 from common.protocol import FedConfig, metric_key, parse_metric_key, segment_adapter_names
 from tests.fed_fakes import fake_client_data
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.task import RoundHParams, backbone_for, client_data, local_train
 from common.data.schema import write_marketplace
 from common.data.synthetic import generate_marketplace
+from common.federation.task import RoundHParams, backbone_for, client_data, local_train
 from common.protocol import FedConfig, looks_like_backbone
 from server.aggregate import aggregate_banks, split_banks
 from server.app import initial_banks

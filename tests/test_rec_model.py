@@ -7,7 +7,8 @@ import torch
 
 from common.adapters import AdapterConfig
 from common.backbone import tiny_backbone
-from common.rec.model import GLOBAL, RecModel, RoutingPlan, resolve_levels, routing_signature
+from common.names import GLOBAL
+from common.rec.model import RecModel, RoutingPlan, resolve_levels, routing_signature
 
 TEXTS = ["bought hiking boots", "garden tools and a long description of a rake", "coffee"]
 

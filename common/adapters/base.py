@@ -14,6 +14,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from common.names import KEY_SEP
+
 # How a wrapper feeds its adapters:
 #   "output":   y = base(x); y = y + a(y)            (sequential adapters, applied level after level)
 #   "input":    y = base(x) + sum_l a_l(x)           (LoRA; parallel adapters on a plain feed-forward module)
@@ -22,7 +24,6 @@ from torch import Tensor, nn
 WrapStyle = Literal["output", "input", "residual"]
 WRAP_STYLES: tuple[str, ...] = ("output", "input", "residual")
 
-KEY_SEPARATOR = "::"
 MAX_NAME_LENGTH = 200
 
 
@@ -56,8 +57,8 @@ def validate_adapter_name(name: object) -> str:
     """Adapter names become state keys `<name>::<path>`, so they must be non-empty and free of the separator."""
     if not isinstance(name, str) or not name or name != name.strip():
         raise ValueError(f"adapter name {name!r} must be a non-empty string without surrounding whitespace")
-    if KEY_SEPARATOR in name:
-        raise ValueError(f"adapter name {name!r} must not contain '{KEY_SEPARATOR}' (it separates state keys)")
+    if KEY_SEP in name:
+        raise ValueError(f"adapter name {name!r} must not contain '{KEY_SEP}' (it separates state keys)")
     if len(name) > MAX_NAME_LENGTH:
         raise ValueError(f"adapter name {name[:40]!r}... is longer than {MAX_NAME_LENGTH} characters")
     return name

@@ -18,9 +18,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from common.adapters.base import KEY_SEPARATOR
 from common.adapters.config import AdapterConfig
 from common.backbone import Backbone
+from common.names import make_key, split_key
 
 if TYPE_CHECKING:
     from common.adapters.model import AdaptedModel
@@ -30,18 +30,6 @@ log = logging.getLogger(__name__)
 WEIGHTS_FILE = "adapters.safetensors"
 CONFIG_FILE = "adapters.json"
 FORMAT_VERSION = 1
-
-
-def make_key(name: str, path: str) -> str:
-    return f"{name}{KEY_SEPARATOR}{path}"
-
-
-def split_key(key: str) -> tuple[str, str]:
-    """'region=EU::encoder.layer.0.output.dense.up.weight' -> ('region=EU', 'encoder.layer.0...')."""
-    name, sep, path = key.partition(KEY_SEPARATOR)
-    if not sep or not name or not path:
-        raise ValueError(f"state key {key!r} is not of the form '<adapter name>{KEY_SEPARATOR}<path>'")
-    return name, path
 
 
 def adapter_state(

@@ -33,7 +33,8 @@ import torch
 
 from common.adapters import AdapterConfig
 from common.backbone import Backbone
-from common.rec.model import GLOBAL, ItemCache, RecModel, RoutingPlan
+from common.names import GLOBAL
+from common.rec.model import ItemCache, RecModel, RoutingPlan
 from common.rec.train import RecordLike, TrainConfig, train_epochs, training_pairs
 
 log = logging.getLogger(__name__)

@@ -98,8 +98,8 @@ def parse_modes(text: str) -> list[str]:
 
 
 def _global_from(folder: Path, adapter_cfg: AdapterConfig) -> dict[str, torch.Tensor]:
-    from common.adapters.state import read_adapter_folder, split_key
-    from common.rec.model import GLOBAL
+    from common.adapters.state import read_adapter_folder
+    from common.names import GLOBAL, split_key
 
     saved_cfg, _, state = read_adapter_folder(folder / "adapters")
     if saved_cfg != adapter_cfg:
@@ -121,9 +121,10 @@ def run(args: argparse.Namespace) -> int:
     from common.adapters import AdapterConfig
     from common.adapters.state import save_adapters
     from common.backbone import load_backbone
+    from common.names import GLOBAL
     from common.rec.baselines import build_and_train
     from common.rec.evaluate import evaluate, evaluate_popularity
-    from common.rec.model import GLOBAL, ItemCache
+    from common.rec.model import ItemCache
     from common.rec.train import TrainConfig
 
     started = time.perf_counter()

@@ -33,10 +33,10 @@ from torch import nn
 
 from common.adapters import AdaptedModel, AdapterConfig
 from common.backbone import Backbone
+from common.names import GLOBAL
 
 log = logging.getLogger(__name__)
 
-GLOBAL = "global"
 Routing = list[str | list[str | None]]
 
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.adapters.state import make_key
+from common.names import make_key
 from common.rec.evaluate import evaluate, evaluate_popularity
 from common.rec.model import RecModel, Routing, routing_signature
 

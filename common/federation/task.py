@@ -5,8 +5,8 @@ boundary as `{"<adapter name>::<param path>": np.ndarray}`, the same flat keys A
 
 Routing on a client: each user (and each training pair, whose season is the season of that interaction) is
 routed through global + its own segment adapters. The client's adapter set is the union of those segments
-(client/data.py), all of which the server sends, so a worker process that serves several virtual clients
-never routes through another client's leftover adapter weights.
+(common/federation/client_data.py), all of which the server sends, so a worker process that serves several
+virtual clients never routes through another client's leftover adapter weights.
 """
 
 from __future__ import annotations
@@ -19,17 +19,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from client.cache import ProcessCache
-from client.data import ClientData, client_data
 from common.adapters import AdapterConfig
 from common.backbone import Backbone, load_backbone
+from common.federation.cache import ProcessCache
+from common.federation.client_data import ClientData, client_data
+from common.names import GLOBAL, OVERALL
 from common.protocol import (
     BATCH_SIZE,
     EVAL_USERS,
-    GLOBAL,
     LOCAL_EPOCHS,
     LR,
-    OVERALL,
     PROXIMAL_MU,
     SERVER_ROUND,
     TRAIN_LOSS,

@@ -5,12 +5,10 @@ keeps only its own shard (`partition-id` from its node config). The shard is ano
 exists only on the client (in simulation derived from the seed and partition id so runs are reproducible;
 a real device would draw and keep a random key), and turned into time-ordered leave-one-out user records.
 
-Why not common.data.partition: its per-user and per-segment modes fix the number of clients from the data,
-and its Dirichlet split cannot give 1,000 clients at least one user each, while a Flower federation has a
-given number of nodes; `partition_user_ids` splits the users table for any node count (per-segment silos
-or IID), before any example is built, so examples are only ever built from anonymized client tables.
+The partitioning (common/data/partition.py) splits the users table for any node count, before any example
+is built, so examples are only ever built from anonymized client tables.
 
-Caching (client/cache.py): the partitioning of a data folder is computed once per worker process, each
+Caching (common/federation/cache.py): the partitioning of a data folder is computed once per worker process, each
 client's anonymized records once per process as well (bounded LRU), so a worker serving many virtual
 clients pays the data cost once per client, not once per message.
 """
@@ -22,13 +20,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
-from client.cache import ProcessCache
 from common.data.anonymize import AnonymizationConfig, anonymize_marketplace
 from common.data.examples import ExampleConfig, build_examples, build_item_texts
+from common.data.partition import partition_user_ids, shard_marketplace
 from common.data.schema import Marketplace, read_marketplace
-from common.protocol import GLOBAL, FedConfig, segment_adapter_names
+from common.federation.cache import ProcessCache
+from common.names import GLOBAL
+from common.protocol import FedConfig, segment_adapter_names
 from common.rec.train import RecordLike
 
 log = logging.getLogger(__name__)
@@ -84,52 +82,6 @@ def _world(cfg: FedConfig, num_partitions: int) -> tuple[Marketplace, list[list[
         return market, partition_user_ids(market, num_partitions, cfg.partition_mode, cfg.seed)
 
     return WORLDS.get((cfg.data_dir, num_partitions, cfg.partition_mode, cfg.seed), build)
-
-
-PARTITION_MODES = ("per-segment", "iid")
-
-
-def partition_user_ids(market: Marketplace, num_partitions: int, mode: str, seed: int,
-                       segment_key: str = "region") -> list[list[str]]:
-    """Split the users into `num_partitions` disjoint, non-empty shards.
-
-    per-segment (cross-silo): clients are allotted to the values of `segment_key` in proportion to their
-    users (each value with users gets at least one client while clients last) and a value's users are split
-    among its clients, so a client holds one region's users. iid: a seeded shuffle dealt round-robin.
-    """
-    if mode not in PARTITION_MODES:
-        raise ValueError(f"partition-mode {mode!r} is not one of {', '.join(PARTITION_MODES)}")
-    users_df = market.users.sort_values("user_id")
-    if num_partitions > len(users_df):
-        raise ValueError(f"{num_partitions} partitions but only {len(users_df)} users in the data")
-    rng = np.random.default_rng(seed)
-    if mode == "iid" or segment_key not in users_df.columns:
-        users = [str(u) for u in users_df["user_id"]]
-        order = rng.permutation(len(users))
-        return [[users[i] for i in order[p::num_partitions]] for p in range(num_partitions)]
-    groups = {str(k): [str(u) for u in g["user_id"]] for k, g in users_df.groupby(segment_key, sort=True)}
-    sizes = {k: len(v) for k, v in groups.items()}
-    by_size = sorted(groups, key=lambda g: (-sizes[g], g))
-    alloc = {k: int(i < num_partitions) for i, k in enumerate(by_size)}
-    for _ in range(num_partitions - sum(alloc.values())):  # then the most users per client first
-        k = max(groups, key=lambda g: (sizes[g] / (alloc[g] + 1) if alloc[g] < sizes[g] else -1, g))
-        alloc[k] += 1
-    shards: list[list[str]] = []
-    for k in sorted(g for g in groups if alloc[g]):
-        members = [groups[k][i] for i in rng.permutation(len(groups[k]))]
-        shards.extend(members[j::alloc[k]] for j in range(alloc[k]))
-    return [s for s in shards if s]
-
-
-def shard_marketplace(market: Marketplace, user_ids: Sequence[str]) -> Marketplace:
-    """The client's own rows: its users, their events and reviews; the public catalog in full."""
-    keep = set(user_ids)
-    return Marketplace(
-        reviews=market.reviews[market.reviews["user_id"].isin(keep)].reset_index(drop=True),
-        products=market.products,
-        clicks=market.clicks[market.clicks["user_id"].isin(keep)].reset_index(drop=True),
-        users=market.users[market.users["user_id"].isin(keep)].reset_index(drop=True),
-    )
 
 
 def _build_client(cfg: FedConfig, partition_id: int, num_partitions: int) -> ClientData:

@@ -1,0 +1,52 @@
+"""The project's vocabulary, defined once: adapter and state-key names, strategy and partition names, run
+files, and the environment every Flower process runs with. Plain constants and two tiny functions, no imports
+beyond the standard library, so every layer (adapters, federation, server, CLI) can use them.
+"""
+
+from __future__ import annotations
+
+GLOBAL = "global"  # the shared adapter every example passes through
+KEY_SEP = "::"  # state keys are "<adapter name>::<param path>", e.g. "region=EU::encoder.layer.0...up.weight"
+OVERALL = "overall"  # the all-users row of per-segment metrics
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam")
+# Server learning rate when the run config leaves it at 0: plain averaging for FedAvg/FedProx; Flower's eta for
+# FedAdam, whose first step is about lr * sign(delta) (1.0 would move every weight by ~1 on the first round).
+DEFAULT_SERVER_LR = {"fedavg": 1.0, "fedprox": 1.0, "fedadam": 0.1}
+# The built-in adapter kinds, in the order tables list them (common/adapters registers one module per kind).
+ADAPTER_KINDS = ("bottleneck", "parallel", "lora", "hyper", "task_attention", "mixture", "prompt")
+PARTITION_MODES = ("per-segment", "iid")
+
+# Files a run folder holds (the ServerApp writes them; `fedadapt simulate` reads them).
+METRICS_FILE = "metrics.jsonl"
+COMPLETE_FILE = "run-complete.json"  # the ServerApp really finished every round (`flwr run` exits 0 regardless)
+STOPPED_FILE = "run-stopped.json"  # the ServerApp stopped early as configured (stop-after-round)
+CHECKPOINTS_DIR = "checkpoints"
+
+# Every Flower process we start: no runtime dependency installs (they pull a CUDA torch), no update check
+# (it reaches for the network), no model or data hub.
+FLOWER_ENV = {
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def make_key(name: str, path: str) -> str:
+    return f"{name}{KEY_SEP}{path}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """'region=EU::encoder.layer.0.output.dense.up.weight' -> ('region=EU', 'encoder.layer.0...')."""
+    name, sep, path = key.partition(KEY_SEP)
+    if not sep or not name or not path:
+        raise ValueError(f"state key {key!r} is not of the form '<adapter name>{KEY_SEP}<param path>'")
+    return name, path
+
+
+def bank_of(key: str) -> str:
+    """The adapter (bank) a state key belongs to."""
+    return split_key(key)[0]
