@@ -88,6 +88,7 @@ class FedConfig:
     seed: int = 0
     data_dir: str = ""
     out_dir: str = ""
+    client_state_dir: str = ""  # where each client keeps its own secrets (see common/federation/client_data.py)
     backbone: str = "tiny"
     adapter_kind: str = "lora"
     segment_keys: str = "region,season"
