@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from common.adapters import ADAPTER_KINDS, AdaptedModel, AdapterConfig, AdapterKind, register_adapter_kind
-from common.adapters.state import CONFIG_FILE, WEIGHTS_FILE, load_adapted_model, load_adapters, save_adapters
+from common.adapters.storage import CONFIG_FILE, WEIGHTS_FILE, load_adapted_model, load_adapters, save_adapters
 from common.backbone import tiny_backbone
 from common.names import split_key
 

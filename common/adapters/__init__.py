@@ -12,8 +12,8 @@ from common.adapters import bottleneck, hyper, lora, mixture, parallel, prompt, 
 from common.adapters.config import AdapterConfig
 from common.adapters.model import AdaptedModel
 from common.adapters.registry import AdapterKind, adapter_kinds, get_adapter_kind, register_adapter_kind
-from common.adapters.state import load_adapted_model, load_adapters, save_adapters, split_key
-from common.names import ADAPTER_KINDS
+from common.adapters.storage import load_adapted_model, load_adapters, save_adapters
+from common.names import ADAPTER_KINDS, split_key
 
 if not set(ADAPTER_KINDS) <= set(adapter_kinds()):  # pragma: no cover - a kind module failed to register
     raise ImportError(f"built-in adapter kinds missing from the registry: {set(ADAPTER_KINDS) - set(adapter_kinds())}")

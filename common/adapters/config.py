@@ -14,6 +14,7 @@ from typing import Any
 
 from common.adapters.base import ACTIVATIONS, validate_adapter_name
 from common.adapters.registry import adapter_kinds
+from common.names import GLOBAL
 
 PLACEMENTS = ("attn", "ffn")
 DEFAULT_PROMPT_TOKENS = 8
@@ -53,7 +54,7 @@ class AdapterConfig:
     hyper_embedding_dim: int = field(default=32, metadata={"help": "hyper: size of segment and site embeddings"})
     hyper_hidden_dim: int = field(default=64, metadata={"help": "hyper: hidden width of the hypernetwork"})
     hypernet_owner: str = field(
-        default="global", metadata={"help": "hyper: the adapter name that owns the shared hypernetwork"}
+        default=GLOBAL, metadata={"help": "hyper: the adapter name that owns the shared hypernetwork"}
     )
     prompt_tokens: int = field(
         default=0,

@@ -123,7 +123,7 @@ def _matches(name: str, targets: Sequence[str]) -> bool:
     return any(name == t or name.endswith("." + t) or re.fullmatch(t, name) for t in targets)
 
 
-def target_patterns(model: nn.Module, config: AdapterConfig, kind: AdapterKind) -> tuple[str, ...]:
+def target_patterns(model: nn.Module, config: AdapterConfig, kind: AdapterKind[AdapterConfig]) -> tuple[str, ...]:
     if config.target_modules is not None:
         return config.target_modules
     model_type = str(getattr(getattr(model, "config", None), "model_type", ""))
@@ -136,7 +136,9 @@ def target_patterns(model: nn.Module, config: AdapterConfig, kind: AdapterKind) 
     return tuple(table[site] for site in kind.default_sites(config))
 
 
-def find_targets(model: nn.Module, config: AdapterConfig, kind: AdapterKind) -> list[tuple[str, nn.Module]]:
+def find_targets(
+    model: nn.Module, config: AdapterConfig, kind: AdapterKind[AdapterConfig]
+) -> list[tuple[str, nn.Module]]:
     """Modules whose dotted names match the kind's targets, in model order; a clear error if none match."""
     targets = target_patterns(model, config, kind)
     found: list[tuple[str, nn.Module]] = []
@@ -157,7 +159,9 @@ def find_targets(model: nn.Module, config: AdapterConfig, kind: AdapterKind) -> 
     return found
 
 
-def inject(model: nn.Module, config: AdapterConfig, kind: AdapterKind, router: Router) -> list[AdapterWrapper]:
+def inject(
+    model: nn.Module, config: AdapterConfig, kind: AdapterKind[AdapterConfig], router: Router
+) -> list[AdapterWrapper]:
     """Wrap every target module of `model` in place; returns the wrappers in model order."""
     if kind.style is None:
         return []

@@ -22,9 +22,10 @@ from common.adapters.prompt import (
     prompt_inputs,
     prompt_mask,
 )
-from common.adapters.registry import get_adapter_kind
+from common.adapters.registry import AdapterKind, get_adapter_kind
 from common.adapters.routing import Router, Routing, RoutingPlan, build_plan
 from common.backbone import Backbone
+from common.names import GLOBAL, make_key, split_key
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +38,14 @@ class AdaptedModel(nn.Module):
     """
 
     def __init__(
-        self, backbone: Backbone | nn.Module, config: AdapterConfig, names: Sequence[str] = ("global",)
+        self, backbone: Backbone | nn.Module, config: AdapterConfig, names: Sequence[str] = (GLOBAL,)
     ) -> None:
         super().__init__()
         source = backbone.model if isinstance(backbone, Backbone) else backbone
         if not isinstance(source, nn.Module):
             raise ValueError(f"backbone must be a Backbone or an nn.Module, got {type(backbone).__name__}")
         self.config = config
-        self.kind = get_adapter_kind(config.kind)
+        self.kind: AdapterKind[AdapterConfig] = get_adapter_kind(config.kind)
         self._hidden_size = int(getattr(getattr(source, "config", None), "hidden_size", 0))
         self._router = Router()
         self.backbone = shared_weight_copy(source)
@@ -144,14 +145,56 @@ class AdaptedModel(nn.Module):
                 p.requires_grad_(name in chosen)
 
     def adapter_state(self, names: Sequence[str] | None = None, trainable_only: bool = True) -> dict[str, Tensor]:
-        from common.adapters.state import adapter_state
+        """Detached copies of the adapters' tensors as a flat {"<adapter name>::<path>": tensor}.
 
-        return adapter_state(self, names, trainable_only)
+        This flat dict is what crosses the wire and what aggregation averages; a backbone tensor can never
+        appear because only adapter modules are walked. trainable_only leaves out never-trained buffers
+        (FFA-LoRA's A).
+        """
+        selected = self.names if names is None else tuple(names)
+        state: dict[str, Tensor] = {}
+        for name in selected:
+            for path, tensor in self.adapter_tensors(name, trainable_only=trainable_only):
+                state[make_key(name, path)] = tensor.detach().clone()
+        return state
 
     def load_adapter_state(self, state: dict[str, Tensor], strict: bool = True) -> None:
-        from common.adapters.state import load_adapter_state
+        """Copy `state` into the adapters; adapters not named in `state` stay as they are.
 
-        load_adapter_state(self, state, strict)
+        strict: every key must exist in the model, and every trainable tensor of each adapter named in `state`
+        must be present. A shape mismatch is always an error. Nothing is copied unless the whole state is valid.
+        """
+        targets: dict[str, Tensor] = {}
+        required: set[str] = set()
+        unknown: list[str] = []
+        mentioned = []
+        for key in state:
+            name, _ = split_key(key)
+            if name not in self._names:
+                unknown.append(key)
+            elif name not in mentioned:
+                mentioned.append(name)
+        for name in mentioned:
+            required |= {make_key(name, p) for p, _ in self.adapter_tensors(name, trainable_only=True)}
+            targets.update((make_key(name, p), t) for p, t in self.adapter_tensors(name, trainable_only=False))
+        unknown += [key for key in state if key not in targets and key not in unknown]
+        missing = sorted(required - set(state))
+        problems = []
+        if strict and unknown:
+            here = ", ".join(self._names)
+            problems.append(f"unknown key(s) {', '.join(sorted(unknown)[:10])} (adapters here: {here})")
+        if strict and missing:
+            problems.append(f"missing key(s) {', '.join(missing[:10])}" + (" ..." if len(missing) > 10 else ""))
+        for key, value in state.items():
+            target = targets.get(key)
+            if target is not None and value.shape != target.shape:
+                problems.append(f"shape mismatch for {key}: got {tuple(value.shape)}, expected {tuple(target.shape)}")
+        if problems:
+            raise ValueError("cannot load adapter state: " + "; ".join(problems))
+        with torch.no_grad():
+            for key, value in state.items():
+                if key in targets:
+                    targets[key].copy_(value)
 
     def train(self, mode: bool = True) -> AdaptedModel:
         """Adapters follow `mode` (their dropout); the backbone's own modules always stay in eval mode."""

@@ -3,6 +3,10 @@
 A kind is a small record of functions (how to build its per-module adapter, its model-level module, and what
 to precompute once per forward pass) plus how its wrapper feeds it. Everything else (injection, routing, state,
 saving) is shared, so a new kind is one module that calls `register_adapter_kind`.
+
+The record is generic in the config its functions read. `AdapterConfig` checks its `kind` against this table,
+so the table must not know the config class; every built-in kind is an `AdapterKind[AdapterConfig]`, and code
+that calls a kind's functions (injection, the model) says so where it looks the kind up.
 """
 
 from __future__ import annotations
@@ -10,28 +14,27 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Generic, TypeVar
 
 from torch import nn
 
 from common.adapters.base import WRAP_STYLES, Site, WrapStyle
 
-if TYPE_CHECKING:
-    from common.adapters.config import AdapterConfig
-
 log = logging.getLogger(__name__)
+
+ConfigT = TypeVar("ConfigT")
 
 # (config, site, adapter name) -> the module placed in that site's ModuleDict; its forward is
 # `forward(x: Tensor, call: AdapterCall) -> Tensor` returning the delta of width site.dim_out.
-LayerFactory = Callable[["AdapterConfig", Site, str], nn.Module]
+LayerFactory = Callable[[ConfigT, Site, str], nn.Module]
 # (config, adapter name, all sites, names already present) -> a model-level module for this adapter name, or None.
-SharedFactory = Callable[["AdapterConfig", str, Sequence[Site], Sequence[str]], nn.Module | None]
+SharedFactory = Callable[[ConfigT, str, Sequence[Site], Sequence[str]], nn.Module | None]
 # (config, model-level modules by adapter name, adapter name) -> object handed to layer adapters as call.prepared.
-Prepare = Callable[["AdapterConfig", Mapping[str, nn.Module], str], object]
+Prepare = Callable[[ConfigT, Mapping[str, nn.Module], str], object]
 
 
 @dataclass(frozen=True)
-class AdapterKind:
+class AdapterKind(Generic[ConfigT]):
     """Everything the shared machinery needs to know about one kind of adapter.
 
     style: how a wrapper feeds the adapter (see base.WrapStyle), None for kinds without per-module adapters
@@ -43,10 +46,10 @@ class AdapterKind:
     name: str
     summary: str
     style: WrapStyle | None
-    default_sites: Callable[[AdapterConfig], tuple[str, ...]]
-    make_layer: LayerFactory | None = None
-    make_shared: SharedFactory | None = None
-    prepare: Prepare | None = None
+    default_sites: Callable[[ConfigT], tuple[str, ...]]
+    make_layer: LayerFactory[ConfigT] | None = None
+    make_shared: SharedFactory[ConfigT] | None = None
+    prepare: Prepare[ConfigT] | None = None
     identity_at_init: bool = True
     linear_only: bool = False  # the wrapped modules must be nn.Linear (LoRA)
 
@@ -59,10 +62,10 @@ class AdapterKind:
             raise ValueError(f"adapter kind {self.name!r}: a style needs make_layer and make_layer needs a style")
 
 
-_KINDS: dict[str, AdapterKind] = {}
+_KINDS: dict[str, AdapterKind[Any]] = {}
 
 
-def register_adapter_kind(kind: AdapterKind) -> AdapterKind:
+def register_adapter_kind(kind: AdapterKind[ConfigT]) -> AdapterKind[ConfigT]:
     """Add a kind; registering a name twice is an error, never a silent replacement."""
     if kind.name in _KINDS:
         raise ValueError(f"adapter kind {kind.name!r} is already registered")
@@ -71,7 +74,7 @@ def register_adapter_kind(kind: AdapterKind) -> AdapterKind:
     return kind
 
 
-def get_adapter_kind(name: str) -> AdapterKind:
+def get_adapter_kind(name: str) -> AdapterKind[Any]:
     try:
         return _KINDS[name]
     except KeyError:

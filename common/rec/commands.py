@@ -98,7 +98,7 @@ def parse_modes(text: str) -> list[str]:
 
 
 def _global_from(folder: Path, adapter_cfg: AdapterConfig) -> dict[str, torch.Tensor]:
-    from common.adapters.state import read_adapter_folder
+    from common.adapters.storage import read_adapter_folder
     from common.names import GLOBAL, split_key
 
     saved_cfg, _, state = read_adapter_folder(folder / "adapters")
@@ -119,7 +119,7 @@ def _line(mode: str, metrics: dict[str, object], popularity: dict[str, object]) 
 
 def run(args: argparse.Namespace) -> int:
     from common.adapters import AdapterConfig
-    from common.adapters.state import save_adapters
+    from common.adapters.storage import save_adapters
     from common.backbone import load_backbone
     from common.names import GLOBAL
     from common.rec.baselines import build_and_train
