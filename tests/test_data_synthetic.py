@@ -11,7 +11,8 @@ import pytest
 from common.data import vocab as V
 from common.data.examples import build_examples
 from common.data.seasons import season_of
-from common.data.synthetic import GeneratorConfig, generate_marketplace
+from common.data.synthetic import generate_marketplace
+from common.data.synthetic_config import GeneratorConfig
 
 
 @pytest.fixture(scope="module")

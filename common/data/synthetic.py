@@ -19,7 +19,6 @@ All randomness comes from one `numpy.random.Generator(seed)`: same seed, same ta
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields
 
 import numpy as np
 import pandas as pd
@@ -27,43 +26,13 @@ import pandas as pd
 from common.data import vocab as V
 from common.data.schema import Marketplace
 from common.data.seasons import SEASONS, season_of, season_window_days
+from common.data.synthetic_config import GeneratorConfig
 from common.data.synthetic_events import build_events
 
 log = logging.getLogger(__name__)
 DAY = 86_400
 YEAR = 2025
 MAX_CHAIN = 32
-
-
-@dataclass(frozen=True)
-class GeneratorConfig:
-    """Knobs of the generative process; defaults give the benchmark data set."""
-
-    users: int = 5000
-    products: int = 2000
-    seed: int = 0
-    mean_sessions: float = 4.0  # per user, on top of the 2 every user has
-    p_buy: float = 0.6  # a session ends in add_to_cart (and usually purchase)
-    p_expand: float = 0.5  # a non-seasonal buying session branches out into the region's next category
-    p_repeat_anchor: float = 0.5  # otherwise: back to the anchor, else the latest category branched into
-    p_explore: float = 0.1  # ... or a random category (noise every model must live with)
-    p_style: float = 0.55  # a bought item has the wanted style (else any style)
-    p_regional_style: float = 0.7  # in a new category the wanted style is a regional favourite, not the user's
-    p_season: float = 0.6  # a session inside a special season goes to the season's promoted items
-    p_review: float = 0.3
-    p_pii: float = 0.01  # reviews that leak an email/phone/url/handle, as real reviews do
-    last_session_mix: tuple[float, float, float, float] = (0.52, 0.14, 0.12, 0.22)  # regular, bf, prime, holiday
-
-    def __post_init__(self) -> None:
-        if self.users < 1 or self.products < len(V.CATEGORY_NAMES) * 2:
-            raise ValueError(f"need users >= 1 and products >= {len(V.CATEGORY_NAMES) * 2}, "
-                             f"got users={self.users}, products={self.products}")
-        for name in (f.name for f in fields(self) if f.name.startswith("p_")):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
-        if abs(sum(self.last_session_mix) - 1.0) > 1e-6:
-            raise ValueError(f"last_session_mix must sum to 1, got {self.last_session_mix}")
 
 
 def _ids(prefix: str, n: int, width: int) -> np.ndarray:
@@ -89,25 +58,6 @@ def _group_starts(group: np.ndarray) -> np.ndarray:
     """Index of the first row of each row's group, for rows sorted by group."""
     start = np.r_[0, np.flatnonzero(np.diff(group)) + 1]
     return np.repeat(start, np.diff(np.r_[start, len(group)]))
-
-
-class _Pools:
-    """Popularity-weighted item pools sampled in one vectorized `searchsorted` (pool p's CDF lies in (p, p+1])."""
-
-    def __init__(self, keys: np.ndarray, weights: np.ndarray, n_pools: int) -> None:
-        order = np.lexsort((np.arange(len(keys)), keys))
-        self.items = order
-        k, w = keys[order], weights[order]
-        totals = np.bincount(k, weights=w, minlength=n_pools)
-        counts = np.bincount(k, minlength=n_pools)
-        self.empty = counts == 0
-        cum = np.cumsum(w) - np.repeat(np.r_[0.0, np.cumsum(totals)[:-1]] if n_pools else [], counts)
-        self.cdf = k + cum / np.repeat(np.where(counts > 0, totals, 1.0), counts)
-
-    def sample(self, pool: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        u = pool + rng.random(len(pool)) * (1 - 1e-12)
-        pos = np.searchsorted(self.cdf, u, side="left")
-        return self.items[np.minimum(pos, len(self.items) - 1)]
 
 
 def _products(cfg: GeneratorConfig, rng: np.random.Generator) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:

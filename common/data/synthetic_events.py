@@ -6,22 +6,19 @@ writes *how it shows* in the logs and in review text.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from common.data import vocab as V
 from common.data.schema import EVENT_TYPES
-
-if TYPE_CHECKING:
-    from common.data.synthetic import GeneratorConfig
+from common.data.synthetic_config import GeneratorConfig
 
 EVENT_NAMES: tuple[str, ...] = EVENT_TYPES
 P_CLICK_VIEWED = 0.3
 P_PURCHASE_AFTER_CART = 0.85
 MEAN_EXTRA_VIEWS = 1.5
+DAYS_MIN, DAYS_MAX = 1, 15  # a review comes DAYS_MIN to DAYS_MAX - 1 days after its purchase
 
 OPENERS = {
     5: ("Absolutely love this {noun}.", "Five stars, the {noun} is perfect.", "Best {category} buy this year."),
@@ -45,12 +42,29 @@ def _take(values: np.ndarray, index: np.ndarray) -> pd.Series:
     return pd.Series(pd.arrays.ArrowStringArray(pa.array(values).take(pa.array(index))))
 
 
+class _Pools:
+    """Popularity-weighted item pools sampled in one vectorized `searchsorted` (pool p's CDF lies in (p, p+1])."""
+
+    def __init__(self, keys: np.ndarray, weights: np.ndarray, n_pools: int) -> None:
+        order = np.lexsort((np.arange(len(keys)), keys))
+        self.items = order
+        k, w = keys[order], weights[order]
+        totals = np.bincount(k, weights=w, minlength=n_pools)
+        counts = np.bincount(k, minlength=n_pools)
+        self.empty = counts == 0
+        cum = np.cumsum(w) - np.repeat(np.r_[0.0, np.cumsum(totals)[:-1]] if n_pools else [], counts)
+        self.cdf = k + cum / np.repeat(np.where(counts > 0, totals, 1.0), counts)
+
+    def sample(self, pool: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        u = pool + rng.random(len(pool)) * (1 - 1e-12)
+        pos = np.searchsorted(self.cdf, u, side="left")
+        return self.items[np.minimum(pos, len(self.items) - 1)]
+
+
 def build_events(cfg: GeneratorConfig, rng: np.random.Generator, p: dict[str, np.ndarray], u: dict[str, np.ndarray],
                  s: dict[str, np.ndarray], products: pd.DataFrame, users: pd.DataFrame
                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Return (clicks, reviews) tables for the sessions `s` (sorted by user then time)."""
-    from common.data.synthetic import _Pools
-
     n_cat, n_sty, n_pro = len(V.CATEGORY_NAMES), len(V.STYLE_NAMES), len(V.PROMOS)
     by_cat = _Pools(p["cat"], p["pop"], n_cat)
     by_style = _Pools(p["cat"] * n_sty + p["style"], p["pop"], n_cat * n_sty)
@@ -136,5 +150,3 @@ def _reviews(cfg: GeneratorConfig, rng: np.random.Generator, p: dict[str, np.nda
         "timestamp": (ts[order] + rng.integers(DAYS_MIN, DAYS_MAX, size=n) * 86_400).astype(np.int64),
     })
 
-
-DAYS_MIN, DAYS_MAX = 1, 15
