@@ -10,8 +10,9 @@ from rec_fixtures import make_dataset
 from common.adapters import AdapterConfig
 from common.backbone import tiny_backbone
 from common.names import GLOBAL
+from common.rec.evaluate import evaluate, evaluate_popularity
 from common.rec.model import RecModel, RoutingPlan
-from common.rec.train import TrainConfig, evaluate, evaluate_popularity, train_epochs
+from common.rec.train import TrainConfig, train_epochs
 
 SEGMENT_PLAN = RoutingPlan((GLOBAL, "region", "season"), (GLOBAL,))
 

@@ -27,7 +27,7 @@ from common.data.schema import Marketplace, read_marketplace
 from common.federation.cache import ProcessCache
 from common.names import GLOBAL
 from common.protocol import FedConfig, segment_adapter_names
-from common.rec.train import RecordLike
+from common.rec.user_record import RecordLike
 
 log = logging.getLogger(__name__)
 

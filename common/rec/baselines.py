@@ -35,7 +35,8 @@ from common.adapters import AdapterConfig
 from common.backbone import Backbone
 from common.names import GLOBAL
 from common.rec.model import ItemCache, RecModel, RoutingPlan
-from common.rec.train import RecordLike, TrainConfig, train_epochs, training_pairs
+from common.rec.train import TrainConfig, train_epochs, training_pairs
+from common.rec.user_record import RecordLike
 
 log = logging.getLogger(__name__)
 

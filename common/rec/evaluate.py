@@ -12,7 +12,6 @@ import statistics
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,9 +24,7 @@ from common.rec.metrics import (
     served_by_segment_adapter,
 )
 from common.rec.model import RecModel, routing_signature
-
-if TYPE_CHECKING:
-    from common.rec.train import RecordLike
+from common.rec.user_record import RecordLike
 
 log = logging.getLogger(__name__)
 

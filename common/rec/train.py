@@ -27,44 +27,18 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from common.names import make_key
-from common.rec.evaluate import evaluate, evaluate_popularity
 from common.rec.model import RecModel, Routing, routing_signature
+from common.rec.user_record import RecordLike
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "evaluate", "evaluate_popularity", "train_epochs"]
 LOG_EVERY = 20  # steps between progress lines
-
-
-class RecordLike(Protocol):
-    """The fields of `common.data.examples.UserRecord` that training and evaluation read.
-
-    Each training pair carries its own context (events before that target's session) and, in
-    `train_segments`, its own segments (the season of that interaction), so a pair is routed through the
-    season adapter of the time it happened, not of the user's test interaction.
-    """
-
-    user_id: str
-    segments: dict[str, str]
-    context_text: str
-    train_pairs: list[tuple[str, str]]
-    train_segments: list[dict[str, str]]
-    valid_item: str
-    test_item: str
-    valid_negatives: list[str]
-    test_negatives: list[str]
-    valid_context_text: str
-    valid_segments: dict[str, str]
-
-    @property
-    def train_positives(self) -> list[str]: ...
 
 
 @dataclass(frozen=True)
