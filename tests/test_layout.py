@@ -1,0 +1,164 @@
+"""The package layout keeps its boundaries: no import circles, client/ and server/ apart, flwr in one place.
+
+Every import statement counts, including those under `if TYPE_CHECKING:` and inside functions: the files are
+parsed, never imported. Importing `a.b.c` (or a name from it) also counts as importing the packages `a` and
+`a.b`, because Python runs their `__init__` first.
+"""
+
+from __future__ import annotations
+
+import ast
+from functools import cache
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SKIPPED_TOP = ("tests", "build", "results")  # not part of the installed packages
+FLWR_HOME_IN_COMMON = "common.federation.records"  # the one module of common/ that may import flwr
+
+
+def _module_name(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+@cache
+def module_imports() -> dict[str, frozenset[str]]:
+    """{module: every dotted name its import statements mention}; `from m import x` gives "m" and "m.x"."""
+    mods: dict[str, frozenset[str]] = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        top = path.relative_to(ROOT).parts[0]
+        if top.startswith(".") or top in SKIPPED_TOP:
+            continue
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                deps |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                deps.add(node.module)
+                deps |= {f"{node.module}.{alias.name}" for alias in node.names}
+        mods[_module_name(path)] = frozenset(deps)
+    return mods
+
+
+def _submodules(package: str) -> set[str]:
+    return {m[len(package) + 1 :].split(".")[0] for m in module_imports() if m.startswith(package + ".")}
+
+
+def imports(a: str, b: str) -> bool:
+    """Whether module `a` imports module `b`: names `b`, or a name inside `b` that is not one of its submodules."""
+    subs = _submodules(b)
+    return any(d == b or (d.startswith(b + ".") and d[len(b) + 1 :] not in subs) for d in module_imports()[a])
+
+
+def _related(a: str, b: str) -> bool:
+    """A package and the modules inside it import each other by design (`__init__` re-exports)."""
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+
+def import_graph() -> dict[str, set[str]]:
+    mods = module_imports()
+    return {a: {b for b in mods if not _related(a, b) and imports(a, b)} for a in mods}
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan's algorithm, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work: list[tuple[str, list[str]]] = [(root, sorted(graph[root]))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, todo = work[-1]
+            if todo:
+                nxt = todo.pop()
+                if nxt not in index:
+                    index[nxt] = low[nxt] = len(index)
+                    stack.append(nxt)
+                    on_stack.add(nxt)
+                    work.append((nxt, sorted(graph[nxt])))
+                elif nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    cycles.append(sorted(component))
+    return cycles
+
+
+def test_no_two_modules_import_each_other() -> None:
+    """No pair of modules imports each other, whatever the import is for (types included)."""
+    # Prepare
+    mods = sorted(module_imports())
+    # Execute
+    pairs = [(a, b) for a in mods for b in mods if a < b and not _related(a, b) and imports(a, b) and imports(b, a)]
+    # Assert
+    assert pairs == []
+
+
+def test_no_import_cycles() -> None:
+    """No longer circle either (a -> b -> c -> a): the modules can be read, and tested, bottom up."""
+    # Prepare
+    graph = import_graph()
+    # Execute
+    cycles = import_cycles(graph)
+    # Assert
+    assert cycles == []
+
+
+def test_cycle_finder_finds_a_three_module_circle() -> None:
+    """The cycle check itself: a circle of three is found, a chain is not."""
+    # Prepare
+    circle = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    chain = {"a": {"b"}, "b": {"c"}, "c": set()}
+    # Execute
+    found, none = import_cycles(circle), import_cycles(chain)
+    # Assert
+    assert found == [["a", "b", "c"]]
+    assert none == []
+
+
+def test_client_and_server_never_import_each_other() -> None:
+    """client/ and server/ are two thin Flower shells side by side; what both need lives in common/."""
+    # Prepare
+    mods = module_imports()
+    # Execute
+    crossing = sorted(
+        f"{module} imports {dep}"
+        for module, deps in mods.items()
+        for dep in deps
+        for this, other in (("client", "server"), ("server", "client"))
+        if (module == this or module.startswith(this + ".")) and (dep == other or dep.startswith(other + "."))
+    )
+    # Assert
+    assert crossing == []
+
+
+def test_common_imports_flwr_only_in_federation_records() -> None:
+    """common/ is the ML library and works without Flower; only the record conversion touches flwr."""
+    # Prepare
+    mods = module_imports()
+    # Execute
+    flwr_users = sorted(
+        module
+        for module, deps in mods.items()
+        if (module == "common" or module.startswith("common."))
+        and any(dep == "flwr" or dep.startswith("flwr.") for dep in deps)
+    )
+    # Assert
+    assert flwr_users == [FLWR_HOME_IN_COMMON]
