@@ -1,7 +1,7 @@
 """Injection: find target modules in a Hugging Face module tree by name and wrap them, the way PEFT does.
 
 Each matched module is replaced by an AdapterWrapper that keeps it as `base_layer` and holds one adapter per
-adapter name in an nn.ModuleDict, so many named adapters sit side by side and the routing plan picks which run.
+adapter name in an nn.ModuleDict, so many named adapters sit side by side and the batch plan picks which run.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from common.adapters.base import AdapterCall, Site, WrapStyle, module_key
 from common.adapters.config import AdapterConfig
 from common.adapters.registry import AdapterKind
-from common.adapters.routing import Level, Router, RoutingPlan
+from common.adapters.routing import BatchPlan, Level, Router
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ SITE_PATTERNS: dict[str, dict[str, str]] = {
 
 
 class AdapterWrapper(nn.Module):
-    """A backbone module plus named adapters; runs the adapters the current routing plan selects."""
+    """A backbone module plus named adapters; runs the adapters the current batch plan selects."""
 
     def __init__(self, base_layer: nn.Module, site: Site, style: WrapStyle, router: Router) -> None:
         super().__init__()
@@ -87,7 +87,7 @@ class AdapterWrapper(nn.Module):
         x = args[0] if args else next(iter(kwargs.values()))
         return self.base_layer(*args, **kwargs) + self._sum(plan, x)
 
-    def _sum(self, plan: RoutingPlan, x: Tensor) -> Tensor | float:
+    def _sum(self, plan: BatchPlan, x: Tensor) -> Tensor | float:
         total: Tensor | float = 0.0
         for level in plan.levels:
             delta = self._delta(level, x, plan)
@@ -95,7 +95,7 @@ class AdapterWrapper(nn.Module):
                 total = total + delta
         return total
 
-    def _delta(self, level: Level, x: Tensor, plan: RoutingPlan) -> Tensor | None:
+    def _delta(self, level: Level, x: Tensor, plan: BatchPlan) -> Tensor | None:
         """The level's adapter output for every row of x; rows that skip the level get zeros."""
         if level.name is not None:
             return self.adapters[module_key(level.name)](x, AdapterCall(plan.mask, plan.prepared.get(level.name)))

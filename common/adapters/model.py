@@ -23,7 +23,7 @@ from common.adapters.prompt import (
     prompt_mask,
 )
 from common.adapters.registry import AdapterKind, get_adapter_kind
-from common.adapters.routing import Router, Routing, RoutingPlan, build_plan
+from common.adapters.routing import BatchPlan, Router, Routing, build_plan
 from common.backbone import Backbone
 from common.names import GLOBAL, make_key, split_key
 
@@ -205,7 +205,7 @@ class AdaptedModel(nn.Module):
             wrapper.adapters.train(mode)
         return self
 
-    def plan(self, routing: Routing | None, batch_size: int) -> RoutingPlan | None:
+    def plan(self, routing: Routing | None, batch_size: int) -> BatchPlan | None:
         return build_plan(routing, batch_size, self._names, self._reference().device)
 
     def output_mask(self, attention_mask: Tensor, routing: Routing | None) -> Tensor:

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from common.adapters.base import module_key
 from common.adapters.registry import AdapterKind, register_adapter_kind
-from common.adapters.routing import Level, RoutingPlan
+from common.adapters.routing import BatchPlan, Level
 
 
 class PromptEmbedding(nn.Module):
@@ -84,7 +84,7 @@ def _level_prompts(level: Level, prompts: nn.ModuleDict, batch: int, like: Tenso
     return out
 
 
-def prompt_mask(attention_mask: Tensor, plan: RoutingPlan, tokens: int) -> Tensor:
+def prompt_mask(attention_mask: Tensor, plan: BatchPlan, tokens: int) -> Tensor:
     """(B, L*P + T) mask: a level's slots are on exactly for the examples that level routes."""
     slots = [level.covered.to(attention_mask.dtype)[:, None].expand(-1, tokens) for level in plan.levels]
     return torch.cat([*slots, attention_mask], dim=1)
@@ -95,7 +95,7 @@ def prompt_inputs(
     input_ids: Tensor,
     attention_mask: Tensor,
     token_type_ids: Tensor | None,
-    plan: RoutingPlan,
+    plan: BatchPlan,
     prompts: nn.ModuleDict,
     tokens: int,
 ) -> dict[str, Tensor]:

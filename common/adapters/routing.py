@@ -1,9 +1,10 @@
 """Routing: which named adapters each example of a batch passes through, compiled once per forward pass.
 
-`routing` is a list of levels applied in order (global, then segments). A level is either one adapter name for
-the whole batch or a per-example list of names, where None skips that level for that example. The plan groups
-the rows of each per-example level by name once, so every wrapped module runs each adapter on one gathered
-sub-batch and scatters the result back, instead of looping over examples.
+`Routing` is what a caller gives `AdaptedModel`: a list of levels applied in order (global, then segments), or
+one adapter name. A level is either one adapter name for the whole batch or a per-example list of names, where
+None skips that level for that example. `build_plan` compiles it into a `BatchPlan` that groups the rows of
+each per-example level by name once, so every wrapped module runs each adapter on one gathered sub-batch and
+scatters the result back, instead of looping over examples.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-Routing = str | Sequence[str | Sequence[str | None]]
+RoutingLevel = str | Sequence[str | None]  # one adapter name for the batch, or a name (or None) per example
+Routing = str | Sequence[RoutingLevel]
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,13 @@ class Level:
 
 
 @dataclass
-class RoutingPlan:
+class BatchPlan:
+    """`Routing` compiled for one batch: its levels, with the rows of each grouped by adapter name.
+
+    The forward pass adds what every wrapped module needs besides: the attention mask the encoder sees and each
+    kind's per-adapter precomputation (`AdapterKind.prepare`).
+    """
+
     levels: tuple[Level, ...]
     batch_size: int
     mask: Tensor | None = None  # (B, T) bool over the sequence the encoder sees (prompts included)
@@ -56,22 +64,22 @@ class Router:
     """
 
     def __init__(self) -> None:
-        self.plan: RoutingPlan | None = None
+        self.plan: BatchPlan | None = None
 
 
 def build_plan(
     routing: Routing | None, batch_size: int, known: Collection[str], device: torch.device
-) -> RoutingPlan | None:
+) -> BatchPlan | None:
     """Validate `routing` against the known adapter names and group per-example levels by name."""
     if routing is None:
         return None
-    levels_in: Sequence[str | Sequence[str | None]] = [routing] if isinstance(routing, str) else routing
+    levels_in: Sequence[RoutingLevel] = [routing] if isinstance(routing, str) else routing
     if not isinstance(levels_in, Sequence):
         raise ValueError(f"routing must be a list of levels, got {type(routing).__name__}")
     if len(levels_in) == 0:
         return None
     levels = tuple(_build_level(i, level, batch_size, known, device) for i, level in enumerate(levels_in))
-    return RoutingPlan(levels=levels, batch_size=batch_size)
+    return BatchPlan(levels=levels, batch_size=batch_size)
 
 
 def _check_name(name: str, where: str, known: Collection[str]) -> None:
@@ -80,7 +88,7 @@ def _check_name(name: str, where: str, known: Collection[str]) -> None:
 
 
 def _build_level(
-    index: int, level: str | Sequence[str | None], batch_size: int, known: Collection[str], device: torch.device
+    index: int, level: RoutingLevel, batch_size: int, known: Collection[str], device: torch.device
 ) -> Level:
     where = f"level {index}"
     if isinstance(level, str):

@@ -4,7 +4,7 @@ x -> z = act(down(x)) (B, T, r); a = softmax(q(z) k(z)^T / sqrt(r), padding mask
 delta = up(dropout(z + a)) * scaling. Mixing tokens inside the adapter lets a segment adapter move information
 between positions (e.g. from a user's recent items to the rest of the context), which a per-token bottleneck
 cannot. Sequential placement like the bottleneck kind. Identity at init: the up-projection starts at zero.
-The key-padding mask comes from the routing plan (it covers prompt slots when prompts are on).
+The key-padding mask comes from the batch plan (it covers prompt slots when prompts are on).
 """
 
 from __future__ import annotations
