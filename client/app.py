@@ -4,9 +4,11 @@ Each handler reads the typed run config and its node's partition, gets the per-p
 data, runs one job, packs the reply and passes it through `check_outgoing` before returning it: a reply that
 would carry anything but this round's adapter tensors raises instead of being sent.
 
-- query: reports the node's partition id and segment adapter names (the server needs them to route
-  segment adapters; see server/strategy.py for what that reveals).
-- train: loads the received global + segment adapters, trains locally, replies with the DELTA.
+- query: reports the node's partition id, segment adapter names and example counts per bank (the server needs
+  them to route segment adapters and to bound aggregation weights; see server/strategy.py for what that
+  reveals).
+- train: loads the received global + segment adapters, trains locally, replies with the DELTA and the
+  training pairs per bank.
 - evaluate: loads the received adapters, ranks each user's held-out item, replies with per-segment sums.
 """
 
@@ -30,6 +32,8 @@ from common.protocol import (
     PARTITION_ID,
     SEGMENTS,
     FedConfig,
+    RoundHParams,
+    bank_examples_key,
 )
 
 log = logging.getLogger(__name__)
@@ -60,11 +64,8 @@ def query(msg: Message, context: Context) -> Message:
     cfg = FedConfig.from_run_config(context.run_config)
     pid, num = node_partition(context)
     data = task.client_data(cfg, pid, num)
-    content = RecordDict(
-        {CONFIG: ConfigRecord({PARTITION_ID: pid, SEGMENTS: data.segment_names,
-                                NUM_EXAMPLES: len(data.train_records())})}
-    )
-    return _reply(msg, content, {})
+    config = ConfigRecord({PARTITION_ID: pid, SEGMENTS: data.segment_names, **task.registration(cfg, data)})
+    return _reply(msg, RecordDict({CONFIG: config}), {})
 
 
 @app.train()
@@ -73,17 +74,11 @@ def train(msg: Message, context: Context) -> Message:
     pid, num = node_partition(context)
     data = task.client_data(cfg, pid, num)
     sent = from_record(msg.content.array_records[ARRAYS])
-    hparams = task.RoundHParams.from_config(dict(msg.content.config_records[CONFIG]), cfg)
+    hparams = RoundHParams.from_config(dict(msg.content.config_records[CONFIG]), cfg)
     result = task.local_train(cfg, data, sent, hparams)
-    metrics = MetricRecord({NUM_EXAMPLES: result.num_examples, **dict(result.metrics)})
-    content = RecordDict(
-        {
-            ARRAYS: to_record(result.delta),
-            METRICS: metrics,
-            CONFIG: ConfigRecord({PARTITION_ID: pid, SEGMENTS: data.segment_names}),
-        }
-    )
-    return _reply(msg, content, sent)
+    counts = {bank_examples_key(bank): n for bank, n in result.bank_examples.items()}
+    metrics = MetricRecord({NUM_EXAMPLES: result.num_examples, **counts, **dict(result.metrics)})
+    return _reply(msg, RecordDict({ARRAYS: to_record(result.delta), METRICS: metrics}), sent)
 
 
 @app.evaluate()

@@ -5,12 +5,16 @@ without the federation stack. Record names and keys follow Flower's conventions 
 "metrics", "num-examples") so the messages read like any Flower app's.
 
 Messages (Flower Message API):
-- query   server -> every node once at start: "who are you?"; reply config record: partition-id + the
-          node's segment adapter names (see server/strategy.py on what this reveals).
+- query   server -> every node once at start: "who are you?"; reply config record: partition-id, the
+          node's segment adapter names, its training pairs per bank ("examples/<bank>") and its number of
+          evaluation users (see server/strategy.py on what this reveals).
 - train   server -> sampled node: arrays = current global + the node's segment adapters (full weights),
           config = round hyper-parameters; reply: arrays = DELTA for exactly those keys, metrics with
-          num-examples and training loss, config with the segment adapter names it trained.
-- evaluate server -> node: arrays as for train; reply metrics: per-segment sums of ndcg/hr and counts.
+          num-examples, the pairs it trained per bank ("examples/<bank>": each bank is weighted by the
+          client's examples in that bank) and the training loss.
+- evaluate server -> node: arrays = global + the segment banks the server serves; reply metrics: per-segment
+          sums of ndcg/hr/coverage and user counts.
+Every reply is untrusted: server/validate.py checks each against this contract and what the node registered.
 """
 
 from __future__ import annotations
@@ -41,6 +45,12 @@ LR = "lr"
 PROXIMAL_MU = "proximal-mu"
 TRAIN_LOSS = "train-loss"
 EVAL_USERS = "eval-users"
+BANK_EXAMPLES_PREFIX = "examples/"  # "examples/<bank>": training pairs routed through that bank
+EVAL_METRICS = ("ndcg@10", "hr@10", "coverage")  # what a client's evaluation reply sums per segment
+
+# A segment adapter name is "<segment key>=<value>"; values come from client data, so they are constrained to
+# what is safe inside state keys ("::"), metric keys ("/") and file metadata.
+_SEGMENT_VALUE = re.compile(r"^[\w .&'()+,-]{1,64}$")
 
 # The mixture kind personalises through its learned gate: its experts and gate are one global adapter,
 # averaged across every client, rather than one mixture per segment.
@@ -56,6 +66,62 @@ _BACKBONE_PATTERN = re.compile(
 def looks_like_backbone(key: str) -> bool:
     """True for keys that name backbone tensors rather than "<adapter name>::<param path>" adapter tensors."""
     return KEY_SEP not in key or bool(_BACKBONE_PATTERN.match(key))
+
+
+@dataclass(frozen=True)
+class RoundHParams:
+    """Per-round training hyper-parameters, sent by the server in the train message's config record."""
+
+    server_round: int
+    epochs: int
+    batch_size: int
+    lr: float
+    proximal_mu: float
+
+    @classmethod
+    def from_run(cls, cfg: FedConfig, server_round: int) -> RoundHParams:
+        """What the server sends in round `server_round` of a run with config `cfg`."""
+        return cls(server_round, cfg.local_epochs, cfg.batch_size, cfg.lr, cfg.proximal_mu)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], cfg: FedConfig) -> RoundHParams:
+        """Parse a train message's config record (the run config fills what it lacks); errors name the key."""
+        values: dict[str, Any] = {}
+        for key, name, cast, default in ((SERVER_ROUND, "server_round", int, 0),
+                                         (LOCAL_EPOCHS, "epochs", int, cfg.local_epochs),
+                                         (BATCH_SIZE, "batch_size", int, cfg.batch_size),
+                                         (LR, "lr", float, cfg.lr),
+                                         (PROXIMAL_MU, "proximal_mu", float, cfg.proximal_mu)):
+            raw = config.get(key, default)
+            if isinstance(raw, bool) or not isinstance(raw, int | float):
+                raise ValueError(f"train config {key}={raw!r} is not a number")
+            values[name] = cast(raw)
+        hp = cls(**values)
+        if hp.epochs < 1 or hp.batch_size < 1 or not (hp.lr > 0 and math.isfinite(hp.lr)) or not (
+                hp.proximal_mu >= 0 and math.isfinite(hp.proximal_mu)):
+            raise ValueError(f"train config out of range: {hp}")
+        return hp
+
+    def to_config(self) -> dict[str, int | float]:
+        return {SERVER_ROUND: self.server_round, LOCAL_EPOCHS: self.epochs, BATCH_SIZE: self.batch_size,
+                LR: self.lr, PROXIMAL_MU: self.proximal_mu}
+
+
+def bank_examples_key(bank: str) -> str:
+    return f"{BANK_EXAMPLES_PREFIX}{bank}"
+
+
+def check_segment_name(name: object, keys: tuple[str, ...]) -> str:
+    """`name` if it is "<key>=<value>" for one of `keys` with a safe value; ValueError naming the problem."""
+    if not isinstance(name, str):
+        raise ValueError(f"segment name {name!r} is not a string")
+    key, sep, value = name.partition("=")
+    if not sep or key not in keys:
+        raise ValueError(f"segment name {name[:80]!r} is not '<key>=<value>' for a segment key in {list(keys)}")
+    if not _SEGMENT_VALUE.match(value) or KEY_SEP in value:
+        raise ValueError(f"segment value {value[:80]!r} is empty, longer than 64 or has characters other than "
+                         "letters, digits, space and _.&'()+,-")
+    return name
 
 
 def metric_key(segment: str, name: str) -> str:
@@ -106,6 +172,7 @@ class FedConfig:
     max_train_users: int = 0
     max_eval_users: int = 0
     max_delta_norm: float = 100.0
+    max_client_examples: int = 1_000_000  # the most training pairs (or evaluation users) one client may register
     resume: bool = False
     stop_after_round: int = 0
     client_threads: int = 1
@@ -142,6 +209,8 @@ class FedConfig:
             raise ValueError(f"proximal-mu must be >= 0, got {self.proximal_mu}")
         if self.min_segment_clients < 1:
             raise ValueError(f"min-segment-clients must be >= 1, got {self.min_segment_clients}")
+        if self.max_client_examples < 1:
+            raise ValueError(f"max-client-examples must be >= 1, got {self.max_client_examples}")
         if self.stop_after_round < 0 or self.max_train_users < 0 or self.max_eval_users < 0:
             raise ValueError("stop-after-round, max-train-users and max-eval-users must be >= 0")
         for key in self.segment_key_tuple:

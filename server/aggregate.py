@@ -14,7 +14,9 @@ adapter they belong to, the kind-specific rules fall out of this one rule:
   and B of a module arrive (A trainable), averaging the factors separately is *not* the mean of the products;
   `lora_factor_pairs` lets the caller detect and log that.
 
-Weights are example counts: a client with more training examples moves the mean more (FedAvg).
+Weights are example counts per bank: a client's delta enters a bank's mean weighted by its training pairs in
+that bank (FedAvg), so a client with one prime_day pair weighs 1 in the prime_day bank however many pairs it
+has in all; a client with no pair in a bank is not in that bank's cohort.
 """
 
 from __future__ import annotations
@@ -74,8 +76,9 @@ class BankAggregate:
     """The outcome of one round's aggregation.
 
     mean_deltas: per bank, the weighted mean delta (only banks that had enough contributors);
-    contributors: per bank, how many clients sent it; fallback: segment banks left unchanged this round
-    because fewer than `min_clients` sent them (their clients still count towards the global bank).
+    contributors: per bank, how many clients trained it (weight > 0); examples: per bank, the summed weights;
+    fallback: segment banks held back this round because fewer than `min_clients` trained them (their clients
+    still count towards the global bank).
     """
 
     mean_deltas: dict[str, Arrays] = field(default_factory=dict)
@@ -85,25 +88,28 @@ class BankAggregate:
 
 
 def aggregate_banks(
-    deltas: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float], min_clients: int = 1
+    deltas: Sequence[Mapping[str, np.ndarray]], weights: Sequence[Mapping[str, float]], min_clients: int = 1
 ) -> BankAggregate:
-    """Weighted mean per bank: "global" across every client that sent it, each segment within its cohort.
+    """Weighted mean per bank over the clients with a positive weight in it: "global" across everyone, each
+    segment within its cohort. `weights[i]` maps bank -> client i's examples in that bank.
 
-    A segment bank with fewer than `min_clients` contributors is not updated this round: averaging one or two
-    clients' deltas would reveal them nearly verbatim, and a segment adapter trained on so little data is
-    better left where it was (its users are served by the global adapter for the round). The global bank is
-    never held back.
+    A segment bank with fewer than `min_clients` contributors is held back this round: averaging one or two
+    clients' deltas would reveal them nearly verbatim. The strategy then stops serving it (its users get the
+    global adapter alone) until a round releases it again. The global bank is never held back.
     """
     if len(deltas) != len(weights):
         raise ValueError(f"{len(deltas)} deltas but {len(weights)} weights")
     if min_clients < 1:
         raise ValueError(f"min_clients must be >= 1, got {min_clients}")
     cohorts: dict[str, tuple[list[Arrays], list[float]]] = {}
-    for delta, weight in zip(deltas, weights, strict=True):
+    for delta, bank_weights in zip(deltas, weights, strict=True):
         for bank, arrays in split_banks(delta).items():
+            weight = float(bank_weights.get(bank, 0.0))
+            if weight <= 0:
+                continue
             states, ws = cohorts.setdefault(bank, ([], []))
             states.append(arrays)
-            ws.append(float(weight))
+            ws.append(weight)
     result = BankAggregate()
     for bank in sorted(cohorts):
         states, ws = cohorts[bank]

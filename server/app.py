@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
@@ -26,21 +27,15 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
+from common.federation.records import message_bytes
 from common.names import CHECKPOINTS_DIR, COMPLETE_FILE, GLOBAL, METRICS_FILE, STOPPED_FILE
-from common.protocol import FedConfig
+from common.protocol import CONFIG, FedConfig, RoundHParams
 from server.aggregate import Arrays, split_banks
 from server.checkpoint import Checkpoint, latest_complete_round, load_checkpoint, save_checkpoint
+from server.clients import ClientInfo, sample_clients
 from server.optimizer import OptimizerConfig, ServerOptimizer
-from server.strategy import (
-    AdapterBankStrategy,
-    ClientInfo,
-    RoundStats,
-    client_info_from_reply,
-    message_bytes,
-    pool_evaluation,
-    sample_clients,
-)
-from server.validate import ValidationConfig
+from server.strategy import AdapterBankStrategy, RoundStats
+from server.validate import Rejected, ValidationConfig, parse_registration, screen_senders
 
 app = ServerApp()
 
@@ -61,27 +56,41 @@ def wait_for_nodes(grid: Grid, timeout: float = 120.0) -> list[int]:
     raise RuntimeError(f"no nodes connected within {timeout:.0f} s")
 
 
-def register_clients(grid: Grid, timeout: float) -> list[ClientInfo]:
-    """Ask every node for its partition id and segments (see server/strategy.py for the privacy trade-off)."""
+def register_clients(grid: Grid, timeout: float, validation: ValidationConfig
+                     ) -> tuple[list[ClientInfo], Counter[str]]:
+    """Ask every node for its partition id, segments and counts (see server/strategy.py for the privacy
+    trade-off); returns the valid registrations and the rejected ones counted by reason."""
     nodes = wait_for_nodes(grid)
-    messages = [Message(RecordDict({"config": ConfigRecord({})}), n, MessageType.QUERY, group_id="register")
+    messages = [Message(RecordDict({CONFIG: ConfigRecord({})}), n, MessageType.QUERY, group_id="register")
                 for n in nodes]
-    infos = [info for r in grid.send_and_receive(messages, timeout=timeout)
-             if (info := client_info_from_reply(r)) is not None]
+    single, reasons, _ = screen_senders(grid.send_and_receive(messages, timeout=timeout), nodes)
+    infos: list[ClientInfo] = []
+    for node, msg in sorted(single.items()):
+        if msg.has_error():
+            log(WARNING, "node %d failed the registration query: %s", node, msg.error.reason)
+            continue
+        try:
+            infos.append(parse_registration(msg, validation))
+        except Rejected as exc:
+            reasons[exc.reason] += 1
+            log(WARNING, "node %d: registration rejected (%s)", node, exc)
+    claimed = Counter(c.partition_id for c in infos)
+    for pid in sorted(p for p, n in claimed.items() if n > 1):
+        log(WARNING, "partition id %d claimed by %d nodes: all of them rejected", pid, claimed[pid])
+        reasons["partition-id"] += claimed[pid]
+    infos = [c for c in infos if claimed[c.partition_id] == 1]
     if not infos:
-        raise RuntimeError(f"none of {len(nodes)} nodes answered the registration query")
+        raise RuntimeError(f"none of {len(nodes)} nodes sent a valid registration (rejected: {dict(reasons)}); "
+                           "see the ClientApp log for the clients' errors")
     empty = [c.partition_id for c in infos if c.num_examples <= 0]
     if empty:
         log(WARNING, "partitions %s have no usable users and are left out of sampling", empty)
         infos = [c for c in infos if c.num_examples > 0]
         if not infos:
             raise RuntimeError("no client has any usable user")
-    ids = [c.partition_id for c in infos]
-    if len(set(ids)) != len(ids):
-        raise RuntimeError("two nodes reported the same partition id")
     log(INFO, "registered %d/%d clients, %d segment(s)", len(infos), len(nodes),
         len({s for c in infos for s in c.segments}))
-    return sorted(infos, key=lambda c: c.partition_id)
+    return sorted(infos, key=lambda c: c.partition_id), reasons
 
 
 def initial_banks(cfg: FedConfig, segments: list[str]) -> dict[str, Arrays]:
@@ -105,6 +114,9 @@ class FederatedRun:
         self.ckpt_dir = self.out / CHECKPOINTS_DIR
         self.history: list[dict[str, Any]] = []
         self.optimizer = ServerOptimizer(OptimizerConfig(cfg.strategy, server_lr=cfg.effective_server_lr))
+        self.validation = ValidationConfig(cfg.max_delta_norm, cfg.adapter_segment_keys, cfg.segment_key_tuple,
+                                           cfg.max_client_examples)
+        self.served: list[str] = []  # segments served after the last complete round (server/strategy.py)
 
     def _restore(self, clients: list[ClientInfo]) -> tuple[dict[str, Arrays], int]:
         segments = sorted({s for c in clients for s in c.segments})
@@ -115,6 +127,7 @@ class FederatedRun:
             return initial_banks(self.cfg, segments), 1
         ckpt = load_checkpoint(self.ckpt_dir, last)
         self.history = list(ckpt.state.get("history", []))
+        self.served = list(ckpt.state.get("served_segments", []))
         self.optimizer.load_state(ckpt.optimizer_arrays, ckpt.state.get("optimizer_steps", {}))
         missing = sorted(set(segments) - set(ckpt.banks))
         banks = ckpt.banks
@@ -137,21 +150,23 @@ class FederatedRun:
         for marker in (COMPLETE_FILE, STOPPED_FILE):
             (self.out / marker).unlink(missing_ok=True)
         t_start = time.monotonic()
-        clients = register_clients(self.grid, cfg.round_timeout)
-        partition_of = {c.node_id: c.partition_id for c in clients}
+        clients, rejected = register_clients(self.grid, cfg.round_timeout, self.validation)
         banks, first = self._restore(clients)
-        strategy = AdapterBankStrategy(banks, self.optimizer, ValidationConfig(cfg.max_delta_norm),
-                                       cfg.min_segment_clients)
+        strategy = AdapterBankStrategy(banks, self.optimizer, self.validation, cfg.min_segment_clients, self.served)
         if first == 1 and not self.history:
+            line: dict[str, Any] = {"round": 0, "clients_registered": len(clients),
+                                    "registration_rejected_reasons": dict(sorted(rejected.items()))}
             if cfg.fraction_evaluate > 0:
-                self.history.append(self._initial_evaluation(strategy, clients))
+                line.update(self._initial_evaluation(strategy, clients))
+            self.history.append(line)
             # round 0 = the starting adapters: what `bench fed-vs-central --round 0` scores, and a resume point
-            save_checkpoint(self.ckpt_dir, Checkpoint(0, strategy.banks, self._state(), self._opt_arrays()))
+            save_checkpoint(self.ckpt_dir, Checkpoint(0, strategy.banks, self._state(strategy), self._opt_arrays()))
         self._write_history()
         for rnd in range(first, cfg.num_server_rounds + 1):
-            self.history.append(self._round(strategy, clients, partition_of, rnd))
+            self.history.append(self._round(strategy, clients, rnd))
             self._write_history()
-            save_checkpoint(self.ckpt_dir, Checkpoint(rnd, strategy.banks, self._state(), self._opt_arrays()))
+            save_checkpoint(self.ckpt_dir, Checkpoint(rnd, strategy.banks, self._state(strategy),
+                                                      self._opt_arrays()))
             if cfg.stop_after_round and rnd >= cfg.stop_after_round and rnd < cfg.num_server_rounds:
                 self._marker(STOPPED_FILE, rnd, t_start, len(clients))
                 log(INFO, "stopping after round %d as configured (stop-after-round)", rnd)
@@ -162,30 +177,28 @@ class FederatedRun:
         # the same evaluation cohort every round, so that rounds are comparable
         cohort = sample_clients(clients, self.cfg.fraction_evaluate, self.cfg.seed, 0, salt=1)
         replies = self.grid.send_and_receive(strategy.evaluate_messages(cohort, rnd), timeout=self.cfg.round_timeout)
-        return pool_evaluation(replies)
+        return strategy.pool_evaluation(replies, {c.node_id: c for c in cohort})
 
     def _initial_evaluation(self, strategy: AdapterBankStrategy, clients: list[ClientInfo]) -> dict[str, Any]:
         """Round 0: the untrained adapters (identity at init), i.e. the frozen backbone alone, on the same
         evaluation cohort: the no-adapter baseline of this very run."""
         t0 = time.monotonic()
-        line = {"round": 0, **self._evaluate(strategy, clients, 0), "wall_s": time.monotonic() - t0}
+        line = {**self._evaluate(strategy, clients, 0), "wall_s": time.monotonic() - t0}
         log(INFO, "[fedadapt] round 0 (before training) ndcg@10=%s hr@10=%s", _fmt(line.get("ndcg@10")),
             _fmt(line.get("hr@10")))
         return line
 
-    def _round(self, strategy: AdapterBankStrategy, clients: list[ClientInfo], partition_of: dict[int, int],
-               rnd: int) -> dict[str, Any]:
+    def _round(self, strategy: AdapterBankStrategy, clients: list[ClientInfo], rnd: int) -> dict[str, Any]:
         cfg = self.cfg
         t0 = time.monotonic()
         stats = RoundStats()
         cohort = sample_clients(clients, cfg.fraction_train, cfg.seed, rnd)
         stats.sampled = len(cohort)
-        hp = {"server-round": rnd, "local-epochs": cfg.local_epochs, "batch-size": cfg.batch_size, "lr": cfg.lr,
-              "proximal-mu": cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0}
+        hp = RoundHParams.from_run(cfg, rnd).to_config()
         messages, sent = strategy.train_messages(cohort, hp, rnd)
         stats.bytes_down = [message_bytes(m) for m in messages]
         replies = list(self.grid.send_and_receive(messages, timeout=cfg.round_timeout))
-        strategy.aggregate_train(replies, sent, partition_of, stats)
+        strategy.aggregate_train(replies, sent, {c.node_id: c for c in cohort}, stats)
         t_train = time.monotonic() - t0
         evaluation: dict[str, Any] = {}
         if cfg.fraction_evaluate > 0:
@@ -197,10 +210,10 @@ class FederatedRun:
             line["bytes_up_per_client"], line["bytes_down_per_client"], line["wall_s"])
         return line
 
-    def _state(self) -> dict[str, Any]:
+    def _state(self, strategy: AdapterBankStrategy) -> dict[str, Any]:
         _, steps = self.optimizer.state()
         return {"seed": self.cfg.seed, "run_config": self.cfg.to_run_config(), "history": self.history,
-                "optimizer_steps": steps}
+                "optimizer_steps": steps, "served_segments": sorted(strategy.served)}
 
     def _opt_arrays(self) -> Arrays:
         arrays, _ = self.optimizer.state()

@@ -2,26 +2,31 @@
 
 Banks: one "global" adapter plus one adapter per segment value of the configured segment keys
 ("region=EU", "season=holiday", ...), each a flat `{key: ndarray}`. A sampled client receives the global
-bank and the banks of its own segments (full weights), trains them, and replies with the delta. Each reply
-is validated (server/validate.py); the valid ones are averaged per bank weighted by num-examples
-(server/aggregate.py) and applied by the server optimizer (FedAvg / FedProx / FedAdam).
+bank and the banks of its own segments (full weights), trains them, and replies with the delta and its
+training pairs per bank. Every reply is validated (server/validate.py); the valid ones are averaged per bank,
+each weighted by the client's examples in that bank (server/aggregate.py), and applied by the server
+optimizer (FedAvg / FedProx / FedAdam).
+
+Serving and held-back segments. A segment bank is *served* (sent for evaluation, routed through for its
+users, counted in coverage) once a round released it, i.e. updated it from at least `min_segment_clients`
+clients. In a round where it has contributors but fewer than that, it is held back: its bank is not updated,
+and it is no longer served, so its users get exactly the global adapter until a later round releases it.
+A round in which no client of the segment was sampled leaves its status as it was. Training messages still
+carry every segment bank a client holds, since training it is how a segment reaches the threshold.
 
 How the server learns a client's segments. Flower's server cannot read a node's `node_config`, and node
 ids are assigned per run, so at the start of a run the server sends one "query" message to every node and
-each replies with its partition id and its segment adapter names. Privacy trade-off: the server learns each
-client's segment membership (e.g. its region and season). It needs exactly that to route segment adapters;
-the alternatives are to register segments out of band (same knowledge, different channel) or to send every
-client all segment banks and let it pick locally (hides membership at #segments times the downlink bytes).
-Replies are still per client here; secure aggregation would hide individual deltas but not membership.
+each replies with its partition id, segment adapter names and example counts. Privacy trade-off: the server
+learns each client's segment membership (e.g. its region and season) and data size. It needs the first to
+route segment adapters and the second to bound each client's aggregation weight.
 
-Reproducibility: cohorts are drawn from rng(seed, round) over partition ids (not node ids, which change per
-run), and replies are aggregated in partition-id order, so a resumed run replays the same rounds.
+Reproducibility: cohorts are drawn from rng(seed, round) over partition ids (server/clients.py), and replies
+are aggregated in partition-id order, so a resumed run replays the same rounds.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,40 +34,15 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
-from common.federation.records import from_record, message_bytes, to_record
+from common.federation.records import message_bytes, to_record
 from common.names import GLOBAL, OVERALL
-from common.protocol import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, PARTITION_ID, SEGMENTS, TRAIN_LOSS, parse_metric_key
+from common.protocol import ARRAYS, CONFIG, SERVER_ROUND
 from server.aggregate import Arrays, aggregate_banks, lora_factor_pairs
+from server.clients import ClientInfo
 from server.optimizer import ServerOptimizer
-from server.validate import ValidationConfig, validate_reply
+from server.validate import Rejected, TrainUpdate, ValidationConfig, parse_eval_reply, parse_train_reply, screen_senders
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ClientInfo:
-    """What the server knows about a node: from its query reply."""
-
-    node_id: int
-    partition_id: int
-    segments: tuple[str, ...]
-    num_examples: int = 0
-
-    @property
-    def adapter_names(self) -> list[str]:
-        return [GLOBAL, *self.segments]
-
-
-def sample_clients(clients: list[ClientInfo], fraction: float, seed: int, server_round: int, salt: int = 0
-                   ) -> list[ClientInfo]:
-    """A deterministic cohort: ceil(fraction * N) clients (at least one) drawn from rng(seed, round, salt)."""
-    if not clients:
-        return []
-    ordered = sorted(clients, key=lambda c: c.partition_id)
-    k = min(len(ordered), max(1, int(np.ceil(fraction * len(ordered) - 1e-9))))
-    rng = np.random.default_rng([seed, server_round, salt])
-    picked = sorted(rng.choice(len(ordered), size=k, replace=False).tolist())
-    return [ordered[i] for i in picked]
 
 
 @dataclass
@@ -80,6 +60,7 @@ class RoundStats:
     num_examples: int = 0
     contributors: dict[str, int] = field(default_factory=dict)
     fallback: list[str] = field(default_factory=list)
+    served: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         mean = (lambda xs: float(np.mean(xs)) if xs else 0.0)  # noqa: E731
@@ -90,26 +71,29 @@ class RoundStats:
             "bytes_down_total": int(sum(self.bytes_down)), "bytes_up_total": int(sum(self.bytes_up)),
             "train_loss": self.train_loss, "num_examples": self.num_examples,
             "bank_contributors": dict(self.contributors), "segments_fallback": list(self.fallback),
+            "segments_served": list(self.served),
         }
 
 
 class AdapterBankStrategy:
-    """Keeps the banks and turns rounds into messages and replies into bank updates (no Flower grid here)."""
+    """Keeps the banks and the served segments; turns rounds into messages and replies into bank updates
+    (no Flower grid here, so every path is testable with hand-made replies)."""
 
     def __init__(self, banks: dict[str, Arrays], optimizer: ServerOptimizer, validation: ValidationConfig,
-                 min_segment_clients: int) -> None:
+                 min_segment_clients: int, served: Iterable[str] = ()) -> None:
         if GLOBAL not in banks:
             raise ValueError(f"banks must include {GLOBAL!r}, got {sorted(banks)}")
         self.banks = banks
         self.optimizer = optimizer
         self.validation = validation
         self.min_segment_clients = min_segment_clients
+        self.served = {s for s in served if s in banks and s != GLOBAL}
 
-    def payload(self, client: ClientInfo) -> Arrays:
-        """The arrays a client receives: global + its segment banks (segments without a bank are skipped)."""
-        out: Arrays = {}
-        for name in client.adapter_names:
-            if name in self.banks:
+    def payload(self, client: ClientInfo, served_only: bool = False) -> Arrays:
+        """Global + the client's segment banks (only the served ones with `served_only`)."""
+        out: Arrays = dict(self.banks[GLOBAL])
+        for name in client.segments:
+            if name in self.banks and (not served_only or name in self.served):
                 out.update(self.banks[name])
         return out
 
@@ -125,90 +109,86 @@ class AdapterBankStrategy:
         return messages, sent
 
     def evaluate_messages(self, clients: Iterable[ClientInfo], server_round: int) -> list[Message]:
+        """Global + served segment banks: a held-back segment's users are evaluated on the global adapter."""
         messages = []
         for c in clients:
-            config = ConfigRecord({"server-round": server_round})
-            content = RecordDict({ARRAYS: to_record(self.payload(c)), CONFIG: config})
+            content = RecordDict({ARRAYS: to_record(self.payload(c, served_only=True)),
+                                  CONFIG: ConfigRecord({SERVER_ROUND: server_round})})
             messages.append(Message(content, c.node_id, MessageType.EVALUATE, group_id=f"eval-{server_round}"))
         return messages
 
     def aggregate_train(self, replies: Iterable[Message], sent: Mapping[int, Arrays],
-                        partition_of: Mapping[int, int], stats: RoundStats) -> None:
-        """Validate every reply, drop and count the bad ones, update the banks from the rest."""
-        accepted: list[tuple[int, Arrays, float, float]] = []
-        reasons: Counter[str] = Counter()
-        seen: set[int] = set()
-        for msg in replies:
-            node = msg.metadata.src_node_id
-            if node not in sent or node in seen:
-                log.warning("ignoring reply from node %d that was not asked (or answered twice)", node)
-                continue
-            seen.add(node)
+                        clients: Mapping[int, ClientInfo], stats: RoundStats) -> None:
+        """Validate every reply, count the bad ones by reason, update the banks from the rest."""
+        single, reasons, answered = screen_senders(replies, sent)
+        accepted: list[TrainUpdate] = []
+        for node, msg in sorted(single.items()):
             if msg.has_error():
                 log.warning("node %d replied with an error: %s", node, msg.error.reason)
                 stats.dropped += 1
                 continue
             stats.replied += 1
-            stats.bytes_up.append(message_bytes(msg))
-            content = msg.content
             try:
-                delta = from_record(content.array_records[ARRAYS])
-                metrics = content.metric_records[METRICS]
-                n = metrics[NUM_EXAMPLES]
-                loss = float(metrics.get(TRAIN_LOSS, float("nan")))  # type: ignore[arg-type]
-            except (KeyError, TypeError, ValueError) as exc:
-                reasons["malformed"] += 1
-                log.warning("node %d: malformed reply (%s), dropped", node, exc)
-                continue
-            rejection = validate_reply(delta, sent[node], n, self.validation)  # type: ignore[arg-type]
-            if rejection is not None:
-                reasons[rejection.reason] += 1
-                log.warning("node %d: reply rejected (%s), dropped", node, rejection)
-                continue
-            accepted.append((partition_of.get(node, node), delta, float(n), loss))  # type: ignore[arg-type]
-        stats.dropped += len(set(sent) - seen)
+                stats.bytes_up.append(message_bytes(msg))
+                accepted.append(parse_train_reply(msg, sent[node], clients[node], self.validation))
+            except Rejected as exc:
+                reasons[exc.reason] += 1
+                log.warning("node %d: train reply rejected (%s)", node, exc)
+        stats.dropped += len(set(sent) - answered)
         stats.rejected = sum(reasons.values())
-        stats.rejected_reasons = dict(reasons)
+        stats.rejected_reasons = dict(sorted(reasons.items()))
+        stats.served = sorted(self.served)
         if not accepted:
             log.warning("no valid replies this round; banks unchanged")
             return
-        accepted.sort(key=lambda item: item[0])
-        deltas = [a[1] for a in accepted]
-        weights = [a[2] for a in accepted]
-        stats.num_examples = int(sum(weights))
-        losses = [(w, loss) for _, _, w, loss in accepted if np.isfinite(loss)]
-        if losses:
+        accepted.sort(key=lambda u: u.partition_id)
+        stats.num_examples = int(sum(u.bank_weights.get(GLOBAL, 0) for u in accepted))
+        losses = [(u.bank_weights.get(GLOBAL, 0), u.loss) for u in accepted if np.isfinite(u.loss)]
+        if losses and sum(w for w, _ in losses) > 0:
             stats.train_loss = float(sum(w * loss for w, loss in losses) / sum(w for w, _ in losses))
-        pairs = lora_factor_pairs(list(deltas[0]))
+        pairs = lora_factor_pairs(list(accepted[0].delta))
         if pairs:
             log.warning("LoRA A and B both trained (%d modules): averaging factors is not exact; use freeze_a",
                         len(pairs))
-        agg = aggregate_banks(deltas, weights, self.min_segment_clients)
+        agg = aggregate_banks([u.delta for u in accepted], [u.bank_weights for u in accepted],
+                              self.min_segment_clients)
         stats.contributors = agg.contributors
         stats.fallback = agg.fallback
         for bank, mean_delta in agg.mean_deltas.items():
-            if bank not in self.banks:
-                log.warning("ignoring aggregate for unknown bank %s", bank)
-                continue
             self.banks[bank] = self.optimizer.step(self.banks[bank], mean_delta)
+        self.served = (self.served - set(agg.fallback)) | (set(agg.mean_deltas) - {GLOBAL})
+        stats.served = sorted(self.served)
+
+    def pool_evaluation(self, replies: Iterable[Message], clients: Mapping[int, ClientInfo]) -> dict[str, Any]:
+        """Validate evaluation replies and pool the accepted per-segment sums into means."""
+        single, reasons, _ = screen_senders(replies, clients)
+        pooled: list[dict[str, dict[str, float]]] = []
+        for node, msg in sorted(single.items()):
+            if msg.has_error():
+                log.warning("evaluation error from node %d: %s", node, msg.error.reason)
+                continue
+            try:
+                pooled.append(parse_eval_reply(msg, clients[node], self.validation))
+            except Rejected as exc:
+                reasons[exc.reason] += 1
+                log.warning("node %d: evaluation reply rejected (%s)", node, exc)
+        out = pool_evaluation(pooled)
+        out["eval_rejected"] = sum(reasons.values())
+        out["eval_rejected_reasons"] = dict(sorted(reasons.items()))
+        return out
 
 
-def pool_evaluation(replies: Iterable[Message]) -> dict[str, Any]:
-    """Pool clients' per-segment sums into means: {"ndcg@10", "hr@10", "users", "segments": {...}}."""
+def pool_evaluation(rows: Iterable[Mapping[str, Mapping[str, float]]]) -> dict[str, Any]:
+    """Pool clients' validated per-segment sums into means: {"ndcg@10", "hr@10", "coverage", "users",
+    "eval_clients", "segments": {segment: {...}}}."""
     sums: dict[str, dict[str, float]] = {}
     clients = 0
-    for msg in replies:
-        if msg.has_error():
-            log.warning("evaluation error from node %d: %s", msg.metadata.src_node_id, msg.error.reason)
-            continue
+    for client_rows in rows:
         clients += 1
-        for key, value in msg.content.metric_records[METRICS].items():
-            parsed = parse_metric_key(key)
-            if parsed is None or not isinstance(value, int | float):
-                continue
-            seg, name = parsed
-            row = sums.setdefault(seg, {})
-            row[name] = row.get(name, 0.0) + float(value)
+        for seg, row in client_rows.items():
+            acc = sums.setdefault(seg, {})
+            for name, value in row.items():
+                acc[name] = acc.get(name, 0.0) + float(value)
     out: dict[str, Any] = {"eval_clients": clients, "segments": {}}
     for seg, row in sorted(sums.items()):
         users = row.get("users", 0.0)
@@ -219,18 +199,3 @@ def pool_evaluation(replies: Iterable[Message]) -> dict[str, Any]:
         else:
             out["segments"][seg] = means
     return out
-
-
-def client_info_from_reply(msg: Message) -> ClientInfo | None:
-    """Parse a query reply; None (and a warning) if it is malformed."""
-    if msg.has_error():
-        log.warning("node %d failed the query: %s", msg.metadata.src_node_id, msg.error.reason)
-        return None
-    try:
-        cfg = msg.content.config_records[CONFIG]
-        segments = tuple(str(s) for s in cfg[SEGMENTS])  # type: ignore[union-attr]
-        return ClientInfo(msg.metadata.src_node_id, int(cfg[PARTITION_ID]), segments,  # type: ignore[arg-type]
-                          int(cfg.get(NUM_EXAMPLES, 0)))  # type: ignore[arg-type]
-    except (KeyError, TypeError, ValueError) as exc:
-        log.warning("node %d: malformed query reply (%s)", msg.metadata.src_node_id, exc)
-        return None

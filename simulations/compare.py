@@ -37,7 +37,9 @@ def central_summaries(folder: Path) -> dict[str, dict[str, Any]]:
 
 
 def federated_model(run_folder: Path, data: Path, server_round: int | None = None) -> tuple[Any, dict[str, Any]]:
-    """The RecModel a client would build, holding every adapter bank of the run's checkpoint."""
+    """The RecModel a client would build, holding every adapter bank of the run's checkpoint and routing only
+    through the global adapter and the segments the server served after that round (held-back segments'
+    users get the global adapter, as in the federation's own evaluation)."""
     import torch
 
     from common.federation.task import new_model
@@ -53,7 +55,10 @@ def federated_model(run_folder: Path, data: Path, server_round: int | None = Non
     assert model.adapted is not None
     for bank in ckpt.banks.values():
         model.adapted.load_adapter_state({k: torch.from_numpy(v.copy()) for k, v in bank.items()}, strict=False)
-    info = {"round": ckpt.round, "adapters": names, "run_config": ckpt.state["run_config"]}
+    served = ckpt.state.get("served_segments")  # absent in checkpoints written before it was recorded: serve all
+    if served is not None:
+        model.serving = frozenset({GLOBAL, *served})
+    info = {"round": ckpt.round, "adapters": names, "served": served, "run_config": ckpt.state["run_config"]}
     return model, info
 
 

@@ -43,6 +43,26 @@ def test_bank_of_parses_keys() -> None:
         bank_of("encoder.layer.0.attention.self.query.weight")
 
 
+def _per_bank(deltas: list[dict[str, np.ndarray]], weights: list[float]) -> list[dict[str, float]]:
+    """The same weight for every bank a client sent."""
+    return [{bank_of(k): w for k in d} for d, w in zip(deltas, weights, strict=True)]
+
+
+def test_each_bank_is_weighted_by_the_clients_examples_in_that_bank() -> None:
+    """A client with 263 pairs of which 1 is prime_day weighs 263 in global but 1 in prime_day; a client
+    with no pair in a bank is not in that bank's cohort at all."""
+    a = {"global::w": np.full(2, 1.0), "season=prime_day::w": np.full(2, 1.0)}
+    b = {"global::w": np.full(2, 3.0), "season=prime_day::w": np.full(2, 3.0)}
+    c = {"global::w": np.full(2, 9.0), "season=prime_day::w": np.full(2, 100.0)}  # trained no prime_day pair
+    weights = [{"global": 263, "season=prime_day": 1}, {"global": 1, "season=prime_day": 3},
+               {"global": 1, "season=prime_day": 0}]
+    agg = aggregate_banks([a, b, c], weights)
+    np.testing.assert_allclose(agg.mean_deltas["season=prime_day"]["season=prime_day::w"], (1 + 9) / 4)
+    np.testing.assert_allclose(agg.mean_deltas["global"]["global::w"], (263 + 3 + 9) / 265)
+    assert agg.contributors == {"global": 3, "season=prime_day": 2}
+    assert agg.examples == {"global": 265, "season=prime_day": 4}
+
+
 def test_aggregate_banks_global_across_all_segments_per_cohort() -> None:
     """Global is averaged over everyone; each segment bank only over its own clients."""
     # Prepare: three clients, two in EU, one in NA
@@ -52,7 +72,7 @@ def test_aggregate_banks_global_across_all_segments_per_cohort() -> None:
     for seg in segs:
         deltas.append({"global::w": rng.normal(size=(3, 2)), f"{seg}::w": rng.normal(size=(3, 2))})
     # Execute
-    agg = aggregate_banks(deltas, weights, min_clients=1)
+    agg = aggregate_banks(deltas, _per_bank(deltas, weights), min_clients=1)
     # Assert
     expect_global = sum(w * d["global::w"] for w, d in zip(weights, deltas, strict=True)) / sum(weights)
     np.testing.assert_allclose(agg.mean_deltas["global"]["global::w"], expect_global)
@@ -70,7 +90,7 @@ def test_aggregate_banks_small_segment_falls_back() -> None:
         {"global::w": rng.normal(size=2), "region=EU::w": rng.normal(size=2)},
         {"global::w": rng.normal(size=2), "region=NA::w": rng.normal(size=2)},
     ]
-    agg = aggregate_banks(deltas, [1, 1, 1], min_clients=2)
+    agg = aggregate_banks(deltas, _per_bank(deltas, [1, 1, 1]), min_clients=2)
     assert agg.fallback == ["region=NA"]
     assert set(agg.mean_deltas) == {"global", "region=EU"}
 
@@ -84,7 +104,7 @@ def test_lora_ffa_averaging_b_is_exact() -> None:
     b_deltas = [{"global::q.lora_B": rng.normal(size=(16, 4))} for _ in weights]
     bank = {"global::q.lora_B": np.zeros((16, 4))}
     # Execute
-    agg = aggregate_banks(b_deltas, weights)
+    agg = aggregate_banks(b_deltas, _per_bank(b_deltas, weights))
     new_b = apply_delta(bank, agg.mean_deltas["global"])["global::q.lora_B"]
     # Assert
     mean_update = sum(w * d["global::q.lora_B"] @ a_shared for w, d in zip(weights, b_deltas, strict=True))
@@ -110,7 +130,7 @@ def test_fedavg_optimizer_is_plain_averaging() -> None:
     params = {"global::w": np.array([1.0, 1.0])}
     clients = [np.array([2.0, 0.0]), np.array([4.0, 4.0])]
     deltas = [{"global::w": c - params["global::w"]} for c in clients]
-    mean = aggregate_banks(deltas, [1, 3]).mean_deltas["global"]
+    mean = aggregate_banks(deltas, _per_bank(deltas, [1, 3])).mean_deltas["global"]
     new = ServerOptimizer(OptimizerConfig("fedavg")).step(params, mean)
     np.testing.assert_allclose(new["global::w"], (clients[0] + 3 * clients[1]) / 4)
 
@@ -152,7 +172,7 @@ def test_hyper_kind_hypernet_global_embeddings_per_segment() -> None:
     segs = ["region=EU", "region=EU", "region=NA"]
     deltas = [{k: rng.normal(size=v.shape) for k, v in state.items() if k.split("::")[0] in ("global", s)}
               for s in segs]
-    agg = aggregate_banks(deltas, [1, 2, 3])
+    agg = aggregate_banks(deltas, _per_bank(deltas, [1, 2, 3]))
     hyper_key = next(k for k in state if "hypernet" in k)
     np.testing.assert_allclose(agg.mean_deltas["global"][hyper_key],
                                (deltas[0][hyper_key] + 2 * deltas[1][hyper_key] + 3 * deltas[2][hyper_key]) / 6)

@@ -10,7 +10,7 @@ from client import app as client_app
 from client.guard import OutgoingMessageError, check_outgoing
 from common.federation import task
 from common.federation.cache import ProcessCache
-from common.protocol import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, SEGMENTS, FedConfig, metric_key
+from common.protocol import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, FedConfig, metric_key
 from tests.fed_fakes import fake_client_data, install_fake, set_task_identity
 
 
@@ -78,7 +78,7 @@ def test_guard_refuses_backbone_and_foreign_tensors() -> None:
 
 
 def test_train_handler_returns_delta_of_sent_keys_only() -> None:
-    """The ClientApp trains the received adapters and replies with their delta, num-examples and segments."""
+    """The ClientApp trains the received adapters and replies with their delta and its pairs per bank."""
     # Prepare
     data = fake_client_data(0, {"region": "EU", "season": "holiday"})
     install_fake(CFG, 0, 3, data)
@@ -91,8 +91,8 @@ def test_train_handler_returns_delta_of_sent_keys_only() -> None:
     assert set(delta) == set(sent)
     assert any(np.abs(v).sum() > 0 for v in delta.values())
     metrics = reply.content.metric_records[METRICS]
-    assert metrics[NUM_EXAMPLES] > 0
-    assert list(reply.content.config_records[CONFIG][SEGMENTS]) == ["region=EU", "season=holiday"]
+    assert metrics[NUM_EXAMPLES] == metrics["examples/global"] == 18  # 6 users x 3 pairs, all through global
+    assert metrics["examples/region=EU"] == metrics["examples/season=holiday"] == 18
 
 
 def test_initial_state_ignores_what_the_cached_model_trained() -> None:

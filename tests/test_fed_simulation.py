@@ -16,8 +16,8 @@ import pytest
 
 from common.data.schema import write_marketplace
 from common.data.synthetic import generate_marketplace
-from common.federation.task import RoundHParams, backbone_for, client_data, local_train
-from common.protocol import FedConfig, looks_like_backbone
+from common.federation.task import backbone_for, client_data, local_train
+from common.protocol import FedConfig, RoundHParams, looks_like_backbone
 from server.aggregate import aggregate_banks, split_banks
 from server.app import initial_banks
 from server.checkpoint import Checkpoint, latest_complete_round, load_checkpoint
@@ -57,7 +57,7 @@ def _metrics(run: Path) -> list[dict[str, object]]:
 
 def test_aggregated_adapters_equal_weighted_per_segment_mean(runs: dict[str, Path]) -> None:
     """Rounds 1 and 2 of the real run equal a direct recomputation: every client's local delta, averaged per
-    bank weighted by num-examples (global over all clients, each segment over its own)."""
+    bank weighted by the clients' examples in that bank (global over all clients, each segment over its own)."""
     full = runs["full"]
     cfg = FedConfig.from_run_config(_ckpt(full, 1).state["run_config"])
     banks = initial_banks(cfg, sorted(n for n in _ckpt(full, 1).banks if n != "global"))
@@ -69,7 +69,7 @@ def test_aggregated_adapters_equal_weighted_per_segment_mean(runs: dict[str, Pat
             hp = RoundHParams(rnd, cfg.local_epochs, cfg.batch_size, cfg.lr, 0.0)
             result = local_train(cfg, data, received, hp)
             deltas.append(result.delta)
-            weights.append(result.num_examples)
+            weights.append(result.bank_examples)
         agg = aggregate_banks(deltas, weights, cfg.min_segment_clients)
         expected = {name: dict(arrays) for name, arrays in banks.items()}
         for name, mean in agg.mean_deltas.items():

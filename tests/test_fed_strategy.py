@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Error, Message, RecordDict
 
-from common.protocol import ARRAYS, METRICS, NUM_EXAMPLES, metric_key
+from common.federation.records import message_bytes
+from common.protocol import ARRAYS
+from server.clients import ClientInfo, sample_clients
 from server.optimizer import OptimizerConfig, ServerOptimizer
-from server.strategy import AdapterBankStrategy, ClientInfo, RoundStats, message_bytes, pool_evaluation, sample_clients
+from server.strategy import AdapterBankStrategy, RoundStats
 from server.validate import ValidationConfig
 from tests.fed_fakes import set_task_identity
+from tests.fed_replies import client, eval_reply, eval_sums, train_reply
 
 
 @pytest.fixture(autouse=True)
@@ -23,9 +26,11 @@ def _banks() -> dict[str, dict[str, np.ndarray]]:
 
 
 def _reply(msg: Message, delta: dict[str, np.ndarray], n: int) -> Message:
-    content = RecordDict({ARRAYS: ArrayRecord({k: Array(v) for k, v in delta.items()}),
-                          METRICS: MetricRecord({NUM_EXAMPLES: n, "train-loss": 1.0})})
-    return Message(content, reply_to=msg)
+    """A reply whose every bank counts the same n pairs."""
+    return train_reply(msg, delta, {k.split("::")[0]: n for k in delta if "::" in k})
+
+
+VALIDATION = ValidationConfig(50.0, ("region",), ("region",))
 
 
 def test_sampling_is_deterministic_and_sized() -> None:
@@ -41,10 +46,10 @@ def test_sampling_is_deterministic_and_sized() -> None:
 def test_round_aggregates_per_segment_and_drops_bad_replies() -> None:
     """Each client gets global + its segment; valid deltas are averaged per bank; bad replies are counted."""
     # Prepare: 4 clients, EU x2, NA x1, one EU client that sneaks a backbone tensor, one that errors
-    strategy = AdapterBankStrategy(_banks(), ServerOptimizer(OptimizerConfig()), ValidationConfig(50.0), 1)
-    clients = [ClientInfo(11, 0, ("region=EU",)), ClientInfo(12, 1, ("region=EU",)),
-               ClientInfo(13, 2, ("region=NA",)), ClientInfo(14, 3, ("region=EU",)),
-               ClientInfo(15, 4, ("region=NA",))]
+    strategy = AdapterBankStrategy(_banks(), ServerOptimizer(OptimizerConfig()), VALIDATION, 1)
+    clients = [client(11, 0, ("region=EU",)), client(12, 1, ("region=EU",)),
+               client(13, 2, ("region=NA",)), client(14, 3, ("region=EU",)),
+               client(15, 4, ("region=NA",))]
     messages, sent = strategy.train_messages(clients, {"lr": 0.1}, 1)
     assert set(sent[11]) == {"global::w", "region=EU::w"} and set(sent[13]) == {"global::w", "region=NA::w"}
     rng = np.random.default_rng(0)
@@ -56,7 +61,7 @@ def test_round_aggregates_per_segment_and_drops_bad_replies() -> None:
     replies.append(Message(Error(code=0, reason="boom"), reply_to=messages[4]))
     stats = RoundStats(sampled=5)
     # Execute
-    strategy.aggregate_train(replies, sent, {c.node_id: c.partition_id for c in clients}, stats)
+    strategy.aggregate_train(replies, sent, {c.node_id: c for c in clients}, stats)
     # Assert
     good = [11, 12, 13]
     expect_global = sum(weights[n] * deltas[n]["global::w"] for n in good) / sum(weights[n] for n in good)
@@ -69,32 +74,48 @@ def test_round_aggregates_per_segment_and_drops_bad_replies() -> None:
     assert stats.num_examples == 60
 
 
-def test_small_segment_falls_back_and_keeps_its_bank() -> None:
-    """With min 2 clients per segment, a lone NA client updates global but not the NA bank."""
-    strategy = AdapterBankStrategy(_banks(), ServerOptimizer(OptimizerConfig()), ValidationConfig(), 2)
-    clients = [ClientInfo(11, 0, ("region=EU",)), ClientInfo(12, 1, ("region=EU",)),
-               ClientInfo(13, 2, ("region=NA",))]
-    messages, sent = strategy.train_messages(clients, {}, 1)
-    replies = [_reply(m, {k: np.ones((2, 3), np.float32) for k in sent[m.metadata.dst_node_id]}, 1)
-               for m in messages]
-    stats = RoundStats()
-    strategy.aggregate_train(replies, sent, {}, stats)
-    assert stats.fallback == ["region=NA"]
+def test_held_back_segment_is_not_served_until_released() -> None:
+    """With min 2 clients per segment, a lone NA client updates global but not the NA bank, and NA users are
+    evaluated on the global adapter alone (NA is not sent) until a round releases NA."""
+    strategy = AdapterBankStrategy(_banks(), ServerOptimizer(OptimizerConfig()), VALIDATION, 2)
+    clients = [client(11, 0, ("region=EU",)), client(12, 1, ("region=EU",)), client(13, 2, ("region=NA",))]
+    by_node = {c.node_id: c for c in clients}
+
+    def round_with(cohort: list[ClientInfo]) -> RoundStats:
+        messages, sent = strategy.train_messages(cohort, {}, 1)
+        assert all(set(sent[c.node_id]) == {"global::w", f"{c.segments[0]}::w"} for c in cohort)  # trains all
+        replies = [_reply(m, {k: np.ones((2, 3), np.float32) for k in sent[m.metadata.dst_node_id]}, 1)
+                   for m in messages]
+        stats = RoundStats()
+        strategy.aggregate_train(replies, sent, by_node, stats)
+        return stats
+
+    stats = round_with(clients)
+    assert stats.fallback == ["region=NA"] and stats.served == ["region=EU"]
     assert np.all(strategy.banks["region=NA"]["region=NA::w"] == 0)
     assert np.all(strategy.banks["region=EU"]["region=EU::w"] == 1)
+    sent_eval = {m.metadata.dst_node_id: set(m.content["arrays"]) for m in strategy.evaluate_messages(clients, 1)}
+    assert sent_eval == {11: {"global::w", "region=EU::w"}, 12: {"global::w", "region=EU::w"}, 13: {"global::w"}}
+    round_with(clients[:2])  # NA not sampled: its status stays as it was
+    assert strategy.served == {"region=EU"}
+    strategy.min_segment_clients = 1
+    assert round_with(clients).served == ["region=EU", "region=NA"]
+    strategy.min_segment_clients = 2
+    assert round_with(clients).served == ["region=EU"]  # held back again: a stale NA bank is not served
 
 
-def test_pool_evaluation_weights_by_users() -> None:
-    """Per-segment means pool clients' sums exactly (not a mean of means)."""
-    set_task_identity()
-    base = Message(RecordDict(), 1, "evaluate")
-    sums = [{metric_key("overall", "users"): 2.0, metric_key("overall", "ndcg@10"): 1.0,
-             metric_key("region=EU", "users"): 2.0, metric_key("region=EU", "ndcg@10"): 1.0},
-            {metric_key("overall", "users"): 8.0, metric_key("overall", "ndcg@10"): 2.0}]
-    replies = [Message(RecordDict({METRICS: MetricRecord(s)}), reply_to=base) for s in sums]
-    pooled = pool_evaluation(replies)
+def test_pool_evaluation_weights_by_users_and_drops_forged_replies() -> None:
+    """Per-segment means pool clients' sums exactly (not a mean of means); a forged reply is left out."""
+    strategy = AdapterBankStrategy(_banks(), ServerOptimizer(OptimizerConfig()), VALIDATION, 1)
+    clients = {1: client(1, 0, ("region=EU",), eval_users=2), 2: client(2, 1, eval_users=8),
+               3: client(3, 2, eval_users=5)}
+    messages = strategy.evaluate_messages(clients.values(), 1)
+    sums = [eval_sums({"overall": (2, 0.5), "region=EU": (2, 0.5)}, 2), eval_sums({"overall": (8, 0.25)}, 8),
+            dict(eval_sums({"overall": (5, 0.1)}, 5), **{"seg/overall/ndcg@10": 1e6})]
+    pooled = strategy.pool_evaluation([eval_reply(m, s) for m, s in zip(messages, sums, strict=True)], clients)
     assert pooled["ndcg@10"] == pytest.approx(0.3) and pooled["users"] == 10
     assert pooled["segments"]["region=EU"]["ndcg@10"] == pytest.approx(0.5)
+    assert pooled["eval_rejected_reasons"] == {"eval-metrics": 1} and pooled["eval_clients"] == 2
 
 
 def test_message_bytes_tracks_payload() -> None:

@@ -4,17 +4,18 @@ The Flower handlers in client/app.py call these functions; tests call them direc
 boundary as `{"<adapter name>::<param path>": np.ndarray}`, the same flat keys A's adapter library uses.
 
 Routing on a client: each user (and each training pair, whose season is the season of that interaction) is
-routed through global + its own segment adapters. The client's adapter set is the union of those segments
-(common/federation/client_data.py), all of which the server sends, so a worker process that serves several
-virtual clients never routes through another client's leftover adapter weights.
+routed through global + its own segment adapters among those the server sent. The client's adapter set is the
+union of those segments (common/federation/client_data.py); the server sends all of them for training and only
+the ones it serves for evaluation, and routing never uses an adapter that is not in the message, so a worker
+process that serves several virtual clients never routes through another client's leftover adapter weights.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -23,21 +24,20 @@ from common.adapters import AdapterConfig
 from common.backbone import Backbone, load_backbone
 from common.federation.cache import ProcessCache
 from common.federation.client_data import ClientData, client_data
-from common.names import GLOBAL, OVERALL
+from common.names import GLOBAL, OVERALL, bank_of
 from common.protocol import (
-    BATCH_SIZE,
+    EVAL_METRICS,
     EVAL_USERS,
-    LOCAL_EPOCHS,
-    LR,
-    PROXIMAL_MU,
-    SERVER_ROUND,
     TRAIN_LOSS,
     FedConfig,
+    RoundHParams,
+    bank_examples_key,
     metric_key,
+    segment_adapter_names,
 )
 from common.rec.evaluate import evaluate
 from common.rec.model import RecModel, RoutingPlan
-from common.rec.train import TrainConfig, train_epochs
+from common.rec.train import RecordLike, TrainConfig, train_epochs, training_pairs
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +83,47 @@ def adapter_state(model: RecModel, names: Sequence[str]) -> Arrays:
     return {k: v.detach().cpu().numpy().copy() for k, v in state.items()}
 
 
+def received_banks(data: ClientData, received: Mapping[str, np.ndarray]) -> list[str]:
+    """The banks a server message carries: global plus some of this client's own segments, nothing else.
+
+    The server sends only the segment banks it serves (a held-back segment is left out, so its users are
+    routed through the global adapter alone); a bank this client does not hold means a broken or hostile
+    message, refused with the names.
+    """
+    banks = sorted({bank_of(k) for k in received})
+    if GLOBAL not in banks:
+        raise ValueError(f"server message lacks the {GLOBAL!r} adapter (banks: {banks[:5]})")
+    foreign = sorted(set(banks) - set(data.adapter_names))
+    if foreign:
+        raise ValueError(f"server message carries adapters this client does not hold: {foreign[:5]}")
+    return [GLOBAL, *[b for b in banks if b != GLOBAL]]
+
+
+def bank_example_counts(records: Sequence[RecordLike], keys: tuple[str, ...]) -> dict[str, int]:
+    """Training pairs per bank: every pair passes through global and the segment adapters of its own segments
+    (a pair's season is the season of that interaction), so each bank is weighted by its own examples."""
+    counts: Counter[str] = Counter()
+    for pair in training_pairs(records):
+        counts[GLOBAL] += 1
+        counts.update(segment_adapter_names(pair.segments, keys))
+    return dict(counts)
+
+
+def registration(cfg: FedConfig, data: ClientData) -> dict[str, int]:
+    """What a client registers: its training pairs per bank (the most any train reply may claim) and its
+    evaluation users, both for the records it really uses under max-train-users / max-eval-users."""
+    counts = bank_example_counts(data.train_records(cfg.max_train_users), cfg.adapter_segment_keys)
+    out = {bank_examples_key(b): counts.get(b, 0) for b in data.adapter_names}
+    out[EVAL_USERS] = len(data.eval_records(cfg.max_eval_users))
+    return out
+
+
 def load_received(model: RecModel, names: Sequence[str], received: Mapping[str, np.ndarray]) -> None:
-    """Make sure `names` exist, then load exactly their trainable tensors from `received`.
+    """Make sure `names` exist, load exactly their trainable tensors from `received`, route only through them.
 
     The received keys must be the complete trainable state of `names`: a partial load would leave a stale
-    tensor from another virtual client in place.
+    tensor from another virtual client in place. Adapters not in `names` (another virtual client's, or a
+    segment the server held back) are not routed through.
     """
     assert model.adapted is not None
     for name in names:
@@ -99,6 +135,7 @@ def load_received(model: RecModel, names: Sequence[str], received: Mapping[str, 
         raise ValueError(f"received adapter state does not match adapters {list(names)}: "
                          f"unexpected {extra[:3]}, missing {missing[:3]}")
     model.adapted.load_adapter_state({k: torch.from_numpy(np.array(v)) for k, v in received.items()}, strict=True)
+    model.serving = frozenset(names)
     model.item_cache.clear()
 
 
@@ -110,35 +147,13 @@ def initial_state(cfg: FedConfig, names: Sequence[str]) -> Arrays:
     return adapter_state(new_model(cfg, [GLOBAL, *[n for n in names if n != GLOBAL]]), names)
 
 
-@dataclass(frozen=True)
-class RoundHParams:
-    """Per-round training hyper-parameters, sent by the server in the train message's config record."""
-
-    server_round: int
-    epochs: int
-    batch_size: int
-    lr: float
-    proximal_mu: float
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any], cfg: FedConfig) -> RoundHParams:
-        return cls(
-            server_round=int(config.get(SERVER_ROUND, 0)),
-            epochs=int(config.get(LOCAL_EPOCHS, cfg.local_epochs)),
-            batch_size=int(config.get(BATCH_SIZE, cfg.batch_size)),
-            lr=float(config.get(LR, cfg.lr)),
-            proximal_mu=float(config.get(PROXIMAL_MU, cfg.proximal_mu)),
-        )
-
-    def to_config(self) -> dict[str, int | float]:
-        return {SERVER_ROUND: self.server_round, LOCAL_EPOCHS: self.epochs, BATCH_SIZE: self.batch_size,
-                LR: self.lr, PROXIMAL_MU: self.proximal_mu}
-
-
 @dataclass
 class TrainResult:
+    """delta: trained - received per key; bank_examples: training pairs per bank (the aggregation weights)."""
+
     delta: Arrays
     num_examples: int
+    bank_examples: dict[str, int] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -151,7 +166,7 @@ def local_train(cfg: FedConfig, data: ClientData, received: Mapping[str, np.ndar
     """Load the received adapters, train them on the client's users, return trained - received."""
     torch.set_num_threads(cfg.client_threads)
     model = model_for(cfg)
-    names = data.adapter_names
+    names = received_banks(data, received)
     load_received(model, names, received)
     records = data.train_records(cfg.max_train_users)
     tcfg = TrainConfig(epochs=hp.epochs, batch_size=hp.batch_size, lr=hp.lr, max_len=cfg.max_len,
@@ -160,10 +175,11 @@ def local_train(cfg: FedConfig, data: ClientData, received: Mapping[str, np.ndar
     stats = train_epochs(model, records, data.item_texts, tcfg, names, reference_state=reference)
     trained = adapter_state(model, names)
     delta = {k: (trained[k] - np.asarray(received[k])).astype(np.asarray(received[k]).dtype) for k in received}
-    num_examples = int(stats.get("num_examples", len(records)))
+    counts = bank_example_counts(records, cfg.adapter_segment_keys)
     metrics = {TRAIN_LOSS: float(stats["loss"]), "train-steps": float(stats.get("steps", 0.0)),
                "train-seconds": float(stats.get("seconds", 0.0))}
-    return TrainResult(delta=delta, num_examples=max(num_examples, 1), metrics=metrics)
+    return TrainResult(delta=delta, num_examples=counts.get(GLOBAL, 0),
+                       bank_examples={b: counts.get(b, 0) for b in names}, metrics=metrics)
 
 
 def local_evaluate(cfg: FedConfig, data: ClientData, received: Mapping[str, np.ndarray]) -> dict[str, float]:
@@ -173,7 +189,7 @@ def local_evaluate(cfg: FedConfig, data: ClientData, received: Mapping[str, np.n
     """
     torch.set_num_threads(cfg.client_threads)
     model = model_for(cfg)
-    load_received(model, data.adapter_names, received)
+    load_received(model, received_banks(data, received), received)
     records = data.eval_records(cfg.max_eval_users)
     result = evaluate(model, records, data.item_texts, ks=EVAL_KS)
     sums: dict[str, float] = {EVAL_USERS: float(len(records))}
@@ -184,6 +200,6 @@ def local_evaluate(cfg: FedConfig, data: ClientData, received: Mapping[str, np.n
     for segment, row in rows.items():
         users = float(row["users"])
         sums[metric_key(segment, "users")] = users
-        for name in ("ndcg@10", "hr@10"):
+        for name in EVAL_METRICS:
             sums[metric_key(segment, name)] = float(row[name]) * users
     return sums

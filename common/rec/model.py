@@ -156,6 +156,9 @@ class RecModel(nn.Module):
         self.max_len = max_len
         self.finetune_backbone = finetune_backbone
         self.item_cache = item_cache if item_cache is not None else ItemCache()
+        # Adapters requests may be routed through; None: all of them. A federated client sets it to the banks
+        # the server sent, so a segment the server held back serves its users exactly like the global adapter.
+        self.serving: frozenset[str] | None = None
         self.eval()
 
     # -- adapters ---------------------------------------------------------------------------------------
@@ -168,9 +171,14 @@ class RecModel(nn.Module):
             raise ValueError(f"cannot add adapter {name!r}: this model has no adapter config")
         self.adapted.add_adapter(name)
 
+    def routable(self) -> set[str]:
+        """The adapters routing may use: all of them, or only `serving` when it is set."""
+        names = set(self.adapter_names)
+        return names if self.serving is None else names & self.serving
+
     def segment_adapters(self) -> list[str]:
-        """Adapters that serve a segment (everything but the global one)."""
-        return [n for n in self.adapter_names if n != GLOBAL]
+        """Adapters that serve a segment (everything routable but the global one): what coverage counts."""
+        return sorted(self.routable() - {GLOBAL})
 
     def trainable_parameters(self, names: Sequence[str]) -> list[nn.Parameter]:
         """Adapter parameters of `names` (and the backbone copy's, when fine-tuning it) for the optimizer."""
@@ -197,10 +205,10 @@ class RecModel(nn.Module):
 
     # -- routing ------------------------------------------------------------------------------------------
     def user_routing(self, segments: Sequence[Mapping[str, str]]) -> Routing | None:
-        return resolve_levels(self.plan.user_levels, segments, set(self.adapter_names))
+        return resolve_levels(self.plan.user_levels, segments, self.routable())
 
     def item_routing(self, segments: Sequence[Mapping[str, str]]) -> Routing | None:
-        return resolve_levels(self.plan.item_levels, segments, set(self.adapter_names))
+        return resolve_levels(self.plan.item_levels, segments, self.routable())
 
     # -- encoding -----------------------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str], max_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
