@@ -1,9 +1,11 @@
-"""Anonymization: planted PII never survives, raw user ids never reach an example, rare values generalise."""
+"""Anonymization: planted PII never survives, raw user ids never reach an example, the users table is
+k-anonymous over the combination of its quasi-identifiers (routing segments kept, counted, never generalised)."""
 
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -12,10 +14,12 @@ from common.data.anonymize import (
     anonymize_marketplace,
     coarsen_timestamps,
     generalize_rare,
+    k_anonymize,
     pseudonym,
     scrub_pii,
 )
 from common.data.examples import build_examples
+from common.data.schema import Marketplace
 from common.data.synthetic import generate_marketplace
 
 KEY = b"k" * 32
@@ -62,6 +66,10 @@ def test_config_hides_key_and_validates() -> None:
         AnonymizationConfig(key=b"short")
     with pytest.raises(ValueError, match="fortnight"):
         dataclasses.replace(cfg, time_granularity="fortnight")
+    with pytest.raises(ValueError, match="k must be >= 1, got 0"):
+        dataclasses.replace(cfg, k=0)
+    with pytest.raises(ValueError, match="user_id"):
+        dataclasses.replace(cfg, keep_columns=("user_id",))
 
 
 def test_coarsen_and_generalize() -> None:
@@ -85,3 +93,84 @@ def test_no_raw_id_or_pii_in_examples() -> None:
     assert not set(anon.clicks["session_id"]) & set(m.clicks["session_id"])
     assert (anon.clicks["timestamp"] % 86_400 == 0).all()
     assert all(r.user_id.startswith("anon-") for r in records)
+
+
+QI = ["age_band", "gender", "occupation"]
+
+
+def _random_users(rng: np.random.Generator, n: int) -> pd.DataFrame:
+    """Skewed random users: a routing region plus three quasi-identifiers with few to many values."""
+    def skewed(values: int) -> np.ndarray:
+        p = rng.dirichlet(np.full(values, 0.5))
+        return rng.choice(values, size=n, p=p)
+
+    return pd.DataFrame({"user_id": [f"u{i}" for i in range(n)],
+                         "region": [f"r{v}" for v in skewed(int(rng.integers(1, 5)))],
+                         "age_band": [f"a{v}" for v in skewed(6)], "gender": [f"g{v}" for v in skewed(3)],
+                         "occupation": [f"o{v}" for v in skewed(int(rng.integers(2, 25)))]})
+
+
+def test_k_anonymity_holds_over_the_combination_on_random_tables() -> None:
+    """Property over 300 random tables and k in 2..7: every remaining combination of region + QIs is shared by
+    >= k users; region is never generalised; QI values are the original or "other"; a user is dropped only
+    when fewer than k users share its region."""
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        users, k = _random_users(rng, int(rng.integers(1, 120))), int(rng.integers(2, 8))
+        out = k_anonymize(users, k, QI, keep_columns=("region",))
+        sizes = out.groupby(["region", *QI]).size()
+        assert (sizes >= k).all(), (trial, k, sizes[sizes < k])
+        before = users.loc[out.index]
+        assert out["region"].equals(before["region"]), trial
+        assert ((out[QI] == before[QI]) | (out[QI] == "other")).all().all(), trial
+        region_size = users.groupby("region")["user_id"].transform("size")
+        assert set(out.index) == set(users.index[region_size >= k]), trial
+
+
+@pytest.mark.parametrize(("members", "kept"), [(4, 0), (5, 5)])
+def test_k_anonymity_boundary_at_k_users(members: int, kept: int) -> None:
+    """With k=5 a region of 4 users with distinct age bands is dropped; with 5 users it stays, age bands "other"."""
+    users = pd.DataFrame({"user_id": [f"u{i}" for i in range(members)], "region": "EU",
+                          "age_band": [f"a{i}" for i in range(members)], "gender": "f", "occupation": "x"})
+    out = k_anonymize(users, 5, QI, keep_columns=("region",))
+    assert len(out) == kept
+    assert (out["age_band"] == "other").all() and (out["gender"] == "f").all()
+
+
+def test_small_classes_borrow_from_large_ones_before_collapsing() -> None:
+    """8 users of one age band and 2 of others (k=5): the 2 and 3 of the 8 share an all-"other" class, the
+    other 5 keep their age band, nobody is dropped."""
+    users = pd.DataFrame({"user_id": [f"u{i}" for i in range(10)], "region": "EU",
+                          "age_band": ["25-34"] * 8 + ["18-24", "55+"], "gender": "f", "occupation": "x"})
+    out = k_anonymize(users, 5, QI, keep_columns=("region",))
+    assert len(out) == 10
+    assert sorted(out["age_band"].value_counts().to_dict().items()) == [("25-34", 5), ("other", 5)]
+
+
+def test_single_columns_are_not_enough() -> None:
+    """Each value held by >= k users column by column, yet unique combinations: the combination rule still
+    generalises (column-by-column generalisation alone would leave 4 singled-out users)."""
+    users = pd.DataFrame({"user_id": [f"u{i}" for i in range(8)], "region": "EU",
+                          "age_band": ["a", "a", "a", "a", "b", "b", "b", "b"],
+                          "gender": ["f", "m", "f", "m", "f", "m", "f", "m"], "occupation": "x"})
+    assert (users.groupby(QI).size() < 4).any()
+    out = k_anonymize(users, 4, QI, keep_columns=("region",))
+    assert (out.groupby(QI).size() >= 4).all() and len(out) == 8
+
+
+def test_marketplace_drops_suppressed_users_everywhere() -> None:
+    """A region with fewer than k users loses its users, their clicks and reviews; other regions keep theirs
+    and their region values, and an all-suppressing k is a clear error."""
+    m = generate_marketplace(120, 300, seed=4)
+    users = m.users.copy()
+    users.loc[users.index[:3], "region"] = "Tiny Island"
+    m = Marketplace(reviews=m.reviews, products=m.products, clicks=m.clicks, users=users)
+    anon = anonymize_marketplace(m, AnonymizationConfig(key=KEY, k=5, keep_columns=("region",)))
+    region_size = users.groupby("region")["user_id"].transform("size")
+    assert "Tiny Island" not in set(anon.users["region"])
+    assert len(anon.users) == int((region_size >= 5).sum())
+    assert set(anon.clicks["user_id"]) == set(anon.users["user_id"]) >= set(anon.reviews["user_id"])
+    assert len(anon.clicks) == int(m.clicks["user_id"].isin(users["user_id"][region_size >= 5]).sum())
+    assert anon.users["region"].value_counts().to_dict() == users["region"][region_size >= 5].value_counts().to_dict()
+    with pytest.raises(ValueError, match="suppressed all 120 users"):
+        anonymize_marketplace(m, AnonymizationConfig(key=KEY, k=121))
