@@ -1,5 +1,5 @@
 """The project's vocabulary, defined once: adapter and state-key names, strategy and partition names, run
-files, and the environment every Flower process runs with. Plain constants and two tiny functions, no imports
+files, and the environment every Flower process runs with. Plain constants and a few tiny functions, no imports
 beyond the standard library, so every layer (adapters, federation, server, CLI) can use them.
 """
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 GLOBAL = "global"  # the shared adapter every example passes through
 KEY_SEP = "::"  # state keys are "<adapter name>::<param path>", e.g. "region=EU::encoder.layer.0...up.weight"
+SEGMENT_SEP = "="  # a segment adapter is "<segment key>=<value>", e.g. "region=EU"
 OVERALL = "overall"  # the all-users row of per-segment metrics
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
@@ -45,6 +46,19 @@ def split_key(key: str) -> tuple[str, str]:
     if not sep or not name or not path:
         raise ValueError(f"state key {key!r} is not of the form '<adapter name>{KEY_SEP}<param path>'")
     return name, path
+
+
+def segment_name(key: str, value: str) -> str:
+    """The adapter (and metrics label) of one segment value: ('region', 'EU') -> 'region=EU'."""
+    return f"{key}{SEGMENT_SEP}{value}"
+
+
+def split_segment_name(name: str) -> tuple[str, str]:
+    """'region=EU' -> ('region', 'EU'); a value may itself contain '='."""
+    key, sep, value = name.partition(SEGMENT_SEP)
+    if not sep or not key:
+        raise ValueError(f"segment name {name!r} is not of the form '<segment key>{SEGMENT_SEP}<value>'")
+    return key, value
 
 
 def bank_of(key: str) -> str:

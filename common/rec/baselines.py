@@ -33,7 +33,7 @@ import torch
 
 from common.adapters import AdapterConfig
 from common.backbone import Backbone
-from common.names import GLOBAL
+from common.names import GLOBAL, segment_name, split_segment_name
 from common.rec.model import ItemCache, RecModel, RoutingPlan
 from common.rec.train import TrainConfig, train_epochs, training_pairs
 from common.rec.user_record import RecordLike
@@ -45,7 +45,7 @@ ITEM_TOWERS = ("adapted", "frozen")  # item tower through the mode's shared adap
 FULL_FINETUNE_LR = 5e-5  # the whole backbone moves: the usual BERT fine-tuning rate, not the adapter rate
 
 
-def segment_adapter_names(
+def populated_segment_names(
     records: Sequence[RecordLike], keys: Sequence[str], min_users: int
 ) -> list[str]:
     """Adapter names "key=value" for segment values with at least `min_users` training users, sorted.
@@ -56,7 +56,7 @@ def segment_adapter_names(
     for pair in training_pairs(records):
         for key in keys:
             if key in pair.segments:
-                members.add((f"{key}={pair.segments[key]}", pair.user))
+                members.add((segment_name(key, pair.segments[key]), pair.user))
     counts = Counter(name for name, _ in members)
     skipped = sorted(name for name, n in counts.items() if n < min_users)
     if skipped:
@@ -102,27 +102,27 @@ def build_and_train(
     if mode == "global-adapter":
         plan = RoutingPlan((GLOBAL,), (GLOBAL,) if shared else ())
         model = RecModel(backbone, adapter_cfg, [GLOBAL], plan, max_len=cfg.max_len, item_cache=item_cache)
-        report["global"] = train_epochs(model, records, item_texts, cfg, [GLOBAL])
+        report[GLOBAL] = train_epochs(model, records, item_texts, cfg, [GLOBAL])
         return model, report
     if mode == "segment-adapters":
-        names = segment_adapter_names(records, segment_keys, min_segment_users)
+        names = populated_segment_names(records, segment_keys, min_segment_users)
         plan = RoutingPlan((GLOBAL, *segment_keys), (GLOBAL,) if shared else ())
         model = RecModel(backbone, adapter_cfg, [GLOBAL, *names], plan, max_len=cfg.max_len, item_cache=item_cache)
         if global_state is not None:
             assert model.adapted is not None
             model.adapted.load_adapter_state(dict(global_state), strict=False)
-            report["global"] = {"loaded": 1.0}
+            report[GLOBAL] = {"loaded": 1.0}
         else:
-            report["global"] = train_epochs(model, records, item_texts, cfg, [GLOBAL])
+            report[GLOBAL] = train_epochs(model, records, item_texts, cfg, [GLOBAL])
         if names:
             report["segments"] = train_epochs(model, records, item_texts, cfg, names)
         return model, report
     silo_key = segment_keys[0]
-    names = segment_adapter_names(records, [silo_key], min_segment_users)
+    names = populated_segment_names(records, [silo_key], min_segment_users)
     plan = RoutingPlan((silo_key,), (silo_key,) if shared else ())
     model = RecModel(backbone, adapter_cfg, names, plan, max_len=cfg.max_len, item_cache=item_cache)
     for name in names:
-        value = name.split("=", 1)[1]
+        value = split_segment_name(name)[1]
         local = [r for r in records if r.segments.get(silo_key) == value]
         report[name] = train_epochs(model, local, item_texts, cfg, [name])
     return model, report

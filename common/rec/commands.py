@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from common.names import OVERALL
+
 if TYPE_CHECKING:
     from common.adapters import AdapterConfig
     from common.data.examples import UserRecord
@@ -111,7 +113,7 @@ def _global_from(folder: Path, adapter_cfg: AdapterConfig) -> dict[str, torch.Te
 
 
 def _line(mode: str, metrics: dict[str, object], popularity: dict[str, object]) -> str:
-    overall, pop = metrics["overall"], popularity["overall"]
+    overall, pop = metrics[OVERALL], popularity[OVERALL]
     assert isinstance(overall, dict) and isinstance(pop, dict)
     return (f"{mode}: ndcg@10 {overall['ndcg@10']:.4f}  hr@10 {overall['hr@10']:.4f}  "
             f"(popularity ndcg@10 {pop['ndcg@10']:.4f}  hr@10 {pop['hr@10']:.4f})")
@@ -198,12 +200,12 @@ def markdown_table(results: dict[str, dict[str, object]], popularity: dict[str, 
     """Mode x (overall, each segment) NDCG@10 / HR@10, popularity as the last row."""
     rows: dict[str, dict[str, Any]] = {**results, "popularity": popularity}
     segments = sorted({label for r in rows.values() for label in r["segments"]})
-    header = ["mode", "overall", *segments]
+    header = ["mode", OVERALL, *segments]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for mode, result in rows.items():
         cells = [mode]
-        for label in ["overall", *segments]:
-            row = result["overall"] if label == "overall" else result["segments"].get(label)
+        for label in [OVERALL, *segments]:
+            row = result[OVERALL] if label == OVERALL else result["segments"].get(label)
             cells.append("-" if row is None else f"{row['ndcg@10']:.3f} / {row['hr@10']:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
     users = {label: int(row["users"]) for label, row in rows["popularity"]["segments"].items()}

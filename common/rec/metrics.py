@@ -17,6 +17,8 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from common.names import OVERALL, segment_name
+
 METRIC_NAMES = ("hr", "ndcg", "precision", "recall")
 
 
@@ -117,9 +119,9 @@ def full_ranking_metrics(
     return out
 
 
-def segment_keys(segments: Mapping[str, str]) -> list[str]:
+def segment_names(segments: Mapping[str, str]) -> list[str]:
     """Segment labels of one user in the adapter naming scheme: {"region": "EU"} -> ["region=EU"]."""
-    return [f"{key}={value}" for key, value in sorted(segments.items())]
+    return [segment_name(key, value) for key, value in sorted(segments.items())]
 
 
 def aggregate(
@@ -137,7 +139,7 @@ def aggregate(
     overall = {name: float(np.mean(values)) if n_users else float("nan") for name, values in per_user.items()}
     members: dict[str, list[int]] = defaultdict(list)
     for u, segs in enumerate(user_segments):
-        for label in segment_keys(segs):
+        for label in segment_names(segs):
             members[label].append(u)
     by_segment: dict[str, dict[str, float]] = {}
     for label in sorted(members):
@@ -145,7 +147,7 @@ def aggregate(
         row = {name: float(np.mean(np.asarray(values)[idx])) for name, values in per_user.items()}
         row["users"] = float(len(idx))
         by_segment[label] = row
-    return {"overall": overall, "segments": by_segment, "users": n_users}
+    return {OVERALL: overall, "segments": by_segment, "users": n_users}
 
 
 def served_by_segment_adapter(
@@ -160,7 +162,7 @@ def served_by_segment_adapter(
     served = []
     for segs in user_segments:
         chosen = {k: v for k, v in segs.items() if keys is None or k in keys}
-        served.append(float(any(label in trained_set for label in segment_keys(chosen))))
+        served.append(float(any(label in trained_set for label in segment_names(chosen))))
     return np.array(served, dtype=float)
 
 

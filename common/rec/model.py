@@ -32,13 +32,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.adapters import AdaptedModel, AdapterConfig
+from common.adapters.routing import Routing
 from common.backbone import Backbone
-from common.names import GLOBAL
+from common.names import GLOBAL, KEY_SEP, SEGMENT_SEP, segment_name
 
 log = logging.getLogger(__name__)
-
-Routing = list[str | list[str | None]]
-
 
 
 @dataclass(frozen=True)
@@ -55,8 +53,8 @@ class RoutingPlan:
 
     def __post_init__(self) -> None:
         for level in (*self.user_levels, *self.item_levels):
-            if not level or "=" in level or "::" in level:
-                raise ValueError(f"routing level {level!r} must be 'global' or a segment key like 'region'")
+            if not level or SEGMENT_SEP in level or KEY_SEP in level:
+                raise ValueError(f"routing level {level!r} must be '{GLOBAL}' or a segment key like 'region'")
 
     @property
     def segment_keys(self) -> tuple[str, ...]:
@@ -68,7 +66,7 @@ def resolve_levels(
     levels: Sequence[str], segments: Sequence[Mapping[str, str]], available: set[str]
 ) -> Routing | None:
     """Turn levels into AdaptedModel routing for a batch: one entry per level, per-example names or None."""
-    routing: Routing = []
+    routing: list[str | list[str | None]] = []
     for level in levels:
         if level == GLOBAL:
             if GLOBAL in available:
@@ -76,7 +74,7 @@ def resolve_levels(
             continue
         names: list[str | None] = []
         for segs in segments:
-            name = f"{level}={segs[level]}" if level in segs else None
+            name = segment_name(level, segs[level]) if level in segs else None
             names.append(name if name in available else None)
         if any(n is not None for n in names):
             routing.append(names)
@@ -88,7 +86,7 @@ def routing_signature(routing: Routing | None, index: int) -> tuple[str, ...]:
     if routing is None:
         return ()
     names: list[str] = []
-    for level in routing:
+    for level in [routing] if isinstance(routing, str) else routing:
         name = level if isinstance(level, str) else level[index]
         if name is not None:
             names.append(name)

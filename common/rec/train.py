@@ -32,8 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.adapters.routing import Routing
 from common.names import make_key
-from common.rec.model import RecModel, Routing, routing_signature
+from common.rec.model import RecModel, routing_signature
 from common.rec.user_record import RecordLike
 
 log = logging.getLogger(__name__)
