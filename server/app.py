@@ -31,7 +31,7 @@ from common.federation.records import message_bytes
 from common.names import CHECKPOINTS_DIR, COMPLETE_FILE, GLOBAL, METRICS_FILE, STOPPED_FILE
 from common.protocol import CONFIG, FedConfig, RoundHParams
 from server.aggregate import Arrays, split_banks
-from server.checkpoint import Checkpoint, latest_complete_round, load_checkpoint, save_checkpoint
+from server.checkpoint import Checkpoint, check_resumable, latest_complete_round, load_checkpoint, save_checkpoint
 from server.clients import ClientInfo, sample_clients
 from server.optimizer import OptimizerConfig, ServerOptimizer
 from server.strategy import AdapterBankStrategy, RoundStats
@@ -125,7 +125,8 @@ class FederatedRun:
             if self.cfg.resume:
                 log(WARNING, "resume requested but no checkpoint under %s: starting fresh", self.ckpt_dir)
             return initial_banks(self.cfg, segments), 1
-        ckpt = load_checkpoint(self.ckpt_dir, last)
+        ckpt = load_checkpoint(self.ckpt_dir, last)  # CheckpointError names a damaged file
+        check_resumable(ckpt, self.cfg, self.ckpt_dir)  # another experiment must not continue this one's rounds
         self.history = list(ckpt.state.get("history", []))
         self.served = list(ckpt.state.get("served_segments", []))
         self.optimizer.load_state(ckpt.optimizer_arrays, ckpt.state.get("optimizer_steps", {}))
