@@ -16,7 +16,9 @@ STRATEGIES = ("fedavg", "fedprox", "fedadam")
 DEFAULT_SERVER_LR = {"fedavg": 1.0, "fedprox": 1.0, "fedadam": 0.1}
 # The built-in adapter kinds, in the order tables list them (common/adapters registers one module per kind).
 ADAPTER_KINDS = ("bottleneck", "parallel", "lora", "hyper", "task_attention", "mixture", "prompt")
-PARTITION_MODES = ("per-segment", "iid")
+PER_SEGMENT = "per-segment"  # cross-silo: a client holds the users of one segment value (e.g. one region)
+IID = "iid"  # a seeded shuffle of all users dealt round-robin
+PARTITION_MODES = (PER_SEGMENT, IID)
 
 # Files a run folder holds (the ServerApp writes them; `fedadapt simulate` reads them).
 METRICS_FILE = "metrics.jsonl"

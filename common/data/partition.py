@@ -14,8 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from common.data.schema import Marketplace
-
-PARTITION_MODES = ("per-segment", "iid")
+from common.names import IID, PARTITION_MODES
 
 
 def partition_user_ids(market: Marketplace, num_partitions: int, mode: str, seed: int,
@@ -32,7 +31,7 @@ def partition_user_ids(market: Marketplace, num_partitions: int, mode: str, seed
     if num_partitions > len(users_df):
         raise ValueError(f"{num_partitions} partitions but only {len(users_df)} users in the data")
     rng = np.random.default_rng(seed)
-    if mode == "iid" or segment_key not in users_df.columns:
+    if mode == IID or segment_key not in users_df.columns:
         users = [str(u) for u in users_df["user_id"]]
         order = rng.permutation(len(users))
         return [[users[i] for i in order[p::num_partitions]] for p in range(num_partitions)]
