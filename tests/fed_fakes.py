@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.supercore.task_identity import TaskIdentity
 
-from common.federation.client_data import CLIENTS, ClientData, record_segment_names
+from common.federation.client_data import CLIENTS, ClientData, cache_key, record_segment_names
 from common.protocol import FedConfig
 from tests.rec_fixtures import FakeRecord
 
@@ -32,8 +32,7 @@ def fake_client_data(partition_id: int, segments: dict[str, str], users: int = 6
 
 def install_fake(cfg: FedConfig, partition_id: int, num_partitions: int, data: ClientData) -> None:
     """Put `data` into the per-process client-data cache under the key `client_data` looks up."""
-    key = (cfg.data_dir, num_partitions, cfg.partition_mode, cfg.seed, cfg.adapter_segment_keys, partition_id)
-    CLIENTS.get(key, lambda: data)
+    CLIENTS.get(cache_key(cfg, partition_id, num_partitions), lambda: data)
 
 
 def set_task_identity() -> None:
