@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from common.data.loaders import LoaderError, parse_mapping
-from common.data.loaders_formats import load_source
+from common.data.interactions import LoaderError
 from common.data.schema import DataError
+from common.data.sources import load_source, parse_mapping
 
 FIX = Path(__file__).parent / "fixtures"
 FLAT_MAPPING = ("user_id=customer,product_id=sku,timestamp=when,rating=stars,product_name=item_title,"

@@ -6,9 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
-from common.data.loaders import parse_mapping
-from common.data.loaders_formats import SOURCE_FORMATS, load_source
 from common.data.schema import FORMATS, Marketplace, write_marketplace
+from common.data.sources import SOURCE_FORMATS, load_source, parse_mapping
 from common.data.synthetic import generate_marketplace
 
 

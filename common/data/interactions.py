@@ -1,6 +1,7 @@
-"""Real data into the four tables: shared conversion rules plus the plain CSV/Parquet loader.
+"""Real data into the four tables: the rules every source format shares, and the generic table-file reader.
 
-Every format ends in `interactions_to_marketplace`, so one set of rules holds everywhere:
+The per-format loaders (`sources.py`) read their files (`read_frame` for CSV, TSV, Parquet, JSON lines) and end
+in `interactions_to_marketplace`, so one set of rules holds everywhere:
 - an explicit rating becomes an event: rating >= 4 is a purchase (a positive), 3 a click, lower a view
   (seen but not liked); without ratings or event types every interaction is a purchase (implicit feedback);
 - a session is a user's day when the source has no sessions;
@@ -22,8 +23,6 @@ from common.data.schema import EVENT_TYPES, DataError, Marketplace
 log = logging.getLogger(__name__)
 
 UNKNOWN = "unknown"
-FLAT_COLUMNS = ("user_id", "product_id", "timestamp", "event_type", "rating", "session_id", "product_name",
-                "product_description", "category", "review_text", "region")
 
 
 class LoaderError(DataError):
@@ -128,20 +127,6 @@ def _complete_users(users: pd.DataFrame | None, referenced: pd.Series) -> pd.Dat
     return users.reset_index(drop=True)
 
 
-def parse_mapping(text: str | None) -> dict[str, str]:
-    """`col=src,col2=src2` -> {col: src}; targets must be known schema names (or `segment:<name>`)."""
-    mapping: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in (text or "").split(","))):
-        target, sep, source = part.partition("=")
-        if not sep or not target or not source:
-            raise LoaderError(f"--mapping: {part!r} is not col=source")
-        if target not in FLAT_COLUMNS and not target.startswith("segment:"):
-            raise LoaderError(f"--mapping: unknown target column {target!r}; known: {', '.join(FLAT_COLUMNS)} "
-                              f"or segment:<name>")
-        mapping[target] = source
-    return mapping
-
-
 def read_frame(path: Path) -> pd.DataFrame:
     """CSV, TSV, Parquet or JSON lines, chosen by suffix; unreadable files raise LoaderError naming the file."""
     if not path.exists():
@@ -158,34 +143,3 @@ def read_frame(path: Path) -> pd.DataFrame:
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise LoaderError(f"{path}: cannot parse ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from exc
     raise LoaderError(f"{path}: unsupported file type {suffix!r} (use .csv, .tsv, .parquet or .jsonl)")
-
-
-def load_flat(path: Path, mapping: dict[str, str] | None = None) -> Marketplace:
-    """One flat CSV/Parquet/JSONL table of interactions (one row each), columns renamed by `mapping`."""
-    df = read_frame(path)
-    mapping = mapping or {}
-    absent = [f"{t}={s}" for t, s in mapping.items() if s not in df.columns]
-    if absent:
-        raise LoaderError(f"{path}: mapped column(s) not in the file: {', '.join(absent)} "
-                          f"(file has {', '.join(map(str, df.columns))})")
-    df = df.rename(columns={s: t for t, s in mapping.items()})
-    where = str(path)
-    require_columns(df, ("user_id", "product_id", "timestamp"), where)
-    product_cols = [c for c in ("product_name", "product_description", "category") if c in df.columns]
-    products = df[["product_id", *product_cols]].astype(str).drop_duplicates("product_id")
-    user_cols = [c for c in df.columns if c == "region" or c.startswith("segment:")]
-    users = df[["user_id", *user_cols]].astype(str).drop_duplicates("user_id")
-    users = users.rename(columns={c: c.removeprefix("segment:") for c in user_cols})
-    reviews = None
-    if "review_text" in df.columns:
-        has = df["review_text"].notna() & (df["review_text"].astype(str).str.strip() != "")
-        if "rating" not in df.columns:
-            raise LoaderError(f"{where}: column 'rating' is needed with 'review_text' (it becomes star_rating)")
-        r = df[has]
-        reviews = pd.DataFrame({"review_id": [f"r{i}" for i in range(len(r))], "product_id": r["product_id"],
-                                "user_id": r["user_id"], "review_text": r["review_text"],
-                                "star_rating": r["rating"], "timestamp": to_seconds(r["timestamp"], where,
-                                                                                    "timestamp")})
-    inter = df[[c for c in ("user_id", "product_id", "timestamp", "event_type", "rating", "session_id")
-                if c in df.columns]]
-    return interactions_to_marketplace(inter, where, products=products, users=users, reviews=reviews)

@@ -1,5 +1,8 @@
-"""RecBole atomic files and Amazon Reviews 2023 JSON lines, converted through `loaders.interactions_to_marketplace`.
+"""One loader per source format (a flat CSV/Parquet/JSONL table, RecBole atomic files, Amazon Reviews 2023 JSON
+lines), each converted through `interactions.interactions_to_marketplace`; `load_source` picks one by name.
 
+Flat table: one row per interaction; `--mapping col=source,...` renames the file's columns to schema names
+(`segment:<name>` makes a user column a segment).
 RecBole: `<name>.inter` (required), `<name>.item`, `<name>.user`, tab-separated, headers typed `field:type`.
 Item text comes from title-like, category-like (genre, class, categories) and the remaining item columns; user
 columns become segment candidates (age -> age_band, zip code -> a coarse region).
@@ -16,11 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.data.loaders import (
+from common.data.interactions import (
     UNKNOWN,
     LoaderError,
     interactions_to_marketplace,
-    load_flat,
     read_frame,
     require_columns,
     to_seconds,
@@ -33,6 +35,53 @@ ZIP_REGIONS = {"0": "US Northeast", "1": "US Northeast", "2": "US Southeast", "3
                "8": "US West", "9": "US West"}
 AGE_BINS = (0, 18, 25, 35, 45, 55, 200)
 AGE_LABELS = ("<18", "18-24", "25-34", "35-44", "45-54", "55+")
+FLAT_COLUMNS = ("user_id", "product_id", "timestamp", "event_type", "rating", "session_id", "product_name",
+                "product_description", "category", "review_text", "region")
+
+
+def parse_mapping(text: str | None) -> dict[str, str]:
+    """`col=src,col2=src2` -> {col: src}; targets must be known schema names (or `segment:<name>`)."""
+    mapping: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in (text or "").split(","))):
+        target, sep, source = part.partition("=")
+        if not sep or not target or not source:
+            raise LoaderError(f"--mapping: {part!r} is not col=source")
+        if target not in FLAT_COLUMNS and not target.startswith("segment:"):
+            raise LoaderError(f"--mapping: unknown target column {target!r}; known: {', '.join(FLAT_COLUMNS)} "
+                              f"or segment:<name>")
+        mapping[target] = source
+    return mapping
+
+
+def load_flat(path: Path, mapping: dict[str, str] | None = None) -> Marketplace:
+    """One flat CSV/Parquet/JSONL table of interactions (one row each), columns renamed by `mapping`."""
+    df = read_frame(path)
+    mapping = mapping or {}
+    absent = [f"{t}={s}" for t, s in mapping.items() if s not in df.columns]
+    if absent:
+        raise LoaderError(f"{path}: mapped column(s) not in the file: {', '.join(absent)} "
+                          f"(file has {', '.join(map(str, df.columns))})")
+    df = df.rename(columns={s: t for t, s in mapping.items()})
+    where = str(path)
+    require_columns(df, ("user_id", "product_id", "timestamp"), where)
+    product_cols = [c for c in ("product_name", "product_description", "category") if c in df.columns]
+    products = df[["product_id", *product_cols]].astype(str).drop_duplicates("product_id")
+    user_cols = [c for c in df.columns if c == "region" or c.startswith("segment:")]
+    users = df[["user_id", *user_cols]].astype(str).drop_duplicates("user_id")
+    users = users.rename(columns={c: c.removeprefix("segment:") for c in user_cols})
+    reviews = None
+    if "review_text" in df.columns:
+        has = df["review_text"].notna() & (df["review_text"].astype(str).str.strip() != "")
+        if "rating" not in df.columns:
+            raise LoaderError(f"{where}: column 'rating' is needed with 'review_text' (it becomes star_rating)")
+        r = df[has]
+        reviews = pd.DataFrame({"review_id": [f"r{i}" for i in range(len(r))], "product_id": r["product_id"],
+                                "user_id": r["user_id"], "review_text": r["review_text"],
+                                "star_rating": r["rating"], "timestamp": to_seconds(r["timestamp"], where,
+                                                                                    "timestamp")})
+    inter = df[[c for c in ("user_id", "product_id", "timestamp", "event_type", "rating", "session_id")
+                if c in df.columns]]
+    return interactions_to_marketplace(inter, where, products=products, users=users, reviews=reviews)
 
 
 def read_atomic(path: Path) -> pd.DataFrame:
