@@ -9,6 +9,7 @@ GLOBAL = "global"  # the shared adapter every example passes through
 KEY_SEP = "::"  # state keys are "<adapter name>::<param path>", e.g. "region=EU::encoder.layer.0...up.weight"
 SEGMENT_SEP = "="  # a segment adapter is "<segment key>=<value>", e.g. "region=EU"
 OVERALL = "overall"  # the all-users row of per-segment metrics
+DEFAULT_SEGMENT_KEYS = ("region", "season")  # the segment keys that get adapters unless a run names others
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
 # Server learning rate when the run config leaves it at 0: plain averaging for FedAvg/FedProx; Flower's eta for
@@ -25,6 +26,7 @@ METRICS_FILE = "metrics.jsonl"
 COMPLETE_FILE = "run-complete.json"  # the ServerApp really finished every round (`flwr run` exits 0 regardless)
 STOPPED_FILE = "run-stopped.json"  # the ServerApp stopped early as configured (stop-after-round)
 CHECKPOINTS_DIR = "checkpoints"
+SUMMARY_FILE = "summary.json"  # a run's results: `fedadapt train` writes it per mode, `simulate` per run
 
 # Every Flower process we start: no runtime dependency installs (they pull a CUDA torch), no update check
 # (it reaches for the network), no model or data hub.

@@ -33,7 +33,7 @@ import torch
 
 from common.adapters import AdapterConfig
 from common.backbone import Backbone
-from common.names import GLOBAL, segment_name, split_segment_name
+from common.names import DEFAULT_SEGMENT_KEYS, GLOBAL, segment_name, split_segment_name
 from common.rec.model import ItemCache, RecModel, RoutingPlan
 from common.rec.train import TrainConfig, train_epochs, training_pairs
 from common.rec.user_record import RecordLike
@@ -71,7 +71,7 @@ def build_and_train(
     records: Sequence[RecordLike],
     item_texts: Mapping[str, str],
     cfg: TrainConfig,
-    segment_keys: Sequence[str] = ("region", "season"),
+    segment_keys: Sequence[str] = DEFAULT_SEGMENT_KEYS,
     min_segment_users: int = 20,
     global_state: Mapping[str, torch.Tensor] | None = None,
     item_tower: str = "adapted",

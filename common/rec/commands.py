@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from common.names import OVERALL
+from common.names import DEFAULT_SEGMENT_KEYS, OVERALL, SUMMARY_FILE
 
 if TYPE_CHECKING:
     from common.adapters import AdapterConfig
@@ -41,9 +41,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help=f"one or more of {', '.join(MODES)}; several run in one process (RUN/<mode>/)")
     p.add_argument("--adapter", default="lora", help="adapter kind (common.adapters.ADAPTER_KINDS)")
     p.add_argument("--rank", type=int, default=None, help="adapter rank / bottleneck width (kind default if unset)")
-    p.add_argument("--out", required=True, type=Path, help="run folder; summary.json goes there")
+    p.add_argument("--out", required=True, type=Path, help=f"run folder; {SUMMARY_FILE} goes there")
     p.add_argument("--backbone", default=None, help="local model folder, or 'tiny' (default: offline MiniLM)")
-    p.add_argument("--segments", default="region,season", help="segment keys that get adapters, comma-separated")
+    p.add_argument("--segments", default=",".join(DEFAULT_SEGMENT_KEYS),
+                   help="segment keys that get adapters, comma-separated")
     p.add_argument("--min-segment-users", type=int, default=20, help="fewer training users: no segment adapter")
     p.add_argument("--epochs", type=int, default=2, help="passes over the training pairs (per stage)")
     p.add_argument("--batch-size", type=int, default=16, help="pairs per step (also the in-batch negatives)")
@@ -187,9 +188,9 @@ def run(args: argparse.Namespace) -> int:
             "popularity": popularity,
             "seconds": {"train": train_s, "eval": eval_s, "total": time.perf_counter() - mode_start},
         }
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True))
         table[mode] = metrics
-        print(f"{_line(mode, metrics, popularity)}  -> {out / 'summary.json'}", flush=True)
+        print(f"{_line(mode, metrics, popularity)}  -> {out / SUMMARY_FILE}", flush=True)
     if len(modes) > 1:
         (args.out / "table.md").write_text(markdown_table(table, popularity))
         log.info("all modes done in %.0f s; table in %s", time.perf_counter() - started, args.out / "table.md")
