@@ -27,16 +27,12 @@ from common.data import vocab as V
 from common.data.schema import Marketplace
 from common.data.seasons import SEASONS, season_of, season_window_days
 from common.data.synthetic_config import GeneratorConfig
-from common.data.synthetic_events import build_events
+from common.data.synthetic_events import build_events, numbered_ids
 
 log = logging.getLogger(__name__)
 DAY = 86_400
 YEAR = 2025
 MAX_CHAIN = 32
-
-
-def _ids(prefix: str, n: int, width: int) -> np.ndarray:
-    return np.char.add(prefix, np.char.zfill(np.arange(1, n + 1).astype(str), width))
 
 
 def _expansion_powers() -> np.ndarray:
@@ -85,7 +81,7 @@ def _products(cfg: GeneratorConfig, rng: np.random.Generator) -> tuple[pd.DataFr
                              f"{b} brings {f1} to your {cname} routine; {phrase}. {promo_text}")[tmpl[i, 1]].strip())
     brands = [V.BRANDS[c][b] for c, b in zip(cat, brand, strict=True)]
     table = pd.DataFrame({
-        "product_id": _ids("p", m, 6), "product_name": names, "product_description": descriptions,
+        "product_id": numbered_ids("p", m, 6), "product_name": names, "product_description": descriptions,
         "category": np.asarray(V.CATEGORY_NAMES)[cat], "brand": brands,
         "style": np.asarray(V.STYLE_NAMES)[style], "promo": np.asarray(V.PROMOS)[promo],
     })
@@ -103,7 +99,7 @@ def _users(cfg: GeneratorConfig, rng: np.random.Generator) -> tuple[pd.DataFrame
     activity = cfg.mean_sessions * np.exp(rng.normal(-0.125, 0.5, size=n))
     activity[region == len(V.REGIONS) - 1] *= 0.6  # the niche region is also less active
     n_sessions = 2 + rng.poisson(activity)
-    table = pd.DataFrame({"user_id": _ids("u", n, 7), "region": np.asarray(V.REGIONS)[region],
+    table = pd.DataFrame({"user_id": numbered_ids("u", n, 7), "region": np.asarray(V.REGIONS)[region],
                           "age_band": np.asarray(V.AGE_BANDS)[rng.integers(len(V.AGE_BANDS), size=n)]})
     return table, {"region": region, "anchor": anchor, "style": style, "n_sessions": n_sessions}
 
