@@ -37,7 +37,8 @@ from common.protocol import (
 )
 from common.rec.evaluate import evaluate
 from common.rec.model import RecModel, RoutingPlan
-from common.rec.train import RecordLike, TrainConfig, train_epochs, training_pairs
+from common.rec.train import TrainConfig, train_epochs, training_pairs
+from common.rec.user_record import RecordLike
 
 log = logging.getLogger(__name__)
 
