@@ -11,6 +11,7 @@ from client.guard import OutgoingMessageError, check_outgoing
 from common.federation import task
 from common.federation.cache import ProcessCache
 from common.protocol import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, FedConfig, metric_key
+from common.rec.evaluate import evaluate
 from tests.fed_fakes import fake_client_data, install_fake, set_task_identity
 
 
@@ -136,3 +137,31 @@ def test_evaluate_handler_returns_per_segment_sums() -> None:
     assert metrics[metric_key("region=EU", "users")] == len(data.records)
     assert 0 <= metrics[metric_key("overall", "ndcg@10")] <= len(data.records)
     assert ARRAYS not in reply.content
+
+
+def test_held_back_segment_serves_exactly_the_global_adapter() -> None:
+    """Evaluated with only the global bank (the server held the segment back), a client ranks exactly like a
+    model that has no segment adapter at all, whatever its cached model trained before, and covers nobody."""
+    # Prepare: a segment adapter far from identity, so that using it would change every score
+    cfg = CFG
+    data = fake_client_data(1, {"region": "EU", "season": "regular"})
+    install_fake(cfg, 1, 3, data)
+    sent = task.initial_state(cfg, data.adapter_names)
+    rng = np.random.default_rng(0)
+    sent = {k: (v + rng.normal(size=v.shape).astype(v.dtype) if not k.startswith("global::") else v)
+            for k, v in sent.items()}
+    global_only = {k: v for k, v in sent.items() if k.startswith("global::")}
+    # Execute
+    served = task.local_evaluate(cfg, data, sent)
+    held_back = task.local_evaluate(cfg, data, global_only)
+    reference = task.new_model(cfg, ["global"])
+    task.load_received(reference, ["global"], global_only)
+    expected = evaluate(reference, data.eval_records(), data.item_texts, ks=(10,))
+    # Assert
+    users = len(data.records)
+    assert held_back[metric_key("overall", "ndcg@10")] == pytest.approx(expected["overall"]["ndcg@10"] * users)
+    assert held_back[metric_key("overall", "coverage")] == 0
+    assert served[metric_key("overall", "coverage")] == users
+    assert served[metric_key("overall", "ndcg@10")] != held_back[metric_key("overall", "ndcg@10")]
+    with pytest.raises(ValueError, match="does not hold"):
+        task.local_evaluate(cfg, data, {**sent, "region=NA::x": np.zeros(1, np.float32)})

@@ -12,7 +12,7 @@ from common.data.schema import write_marketplace
 from common.data.synthetic import generate_marketplace
 from common.federation import task
 from common.federation.client_data import client_data
-from common.protocol import FedConfig, metric_key, parse_metric_key, segment_adapter_names
+from common.protocol import FedConfig, RoundHParams, metric_key, parse_metric_key, segment_adapter_names
 from tests.fed_fakes import fake_client_data
 
 
@@ -31,6 +31,20 @@ def test_run_config_round_trip_and_validation() -> None:
     assert FedConfig(adapter_kind="lora").adapter_segment_keys == ("region", "season")
 
 
+def test_config_refuses_what_would_silently_run_something_else() -> None:
+    """Unknown kinds and strategies, FedProx without mu (which is FedAvg) and mu without FedProx are refused;
+    FedAdam's server learning rate defaults to Flower's 0.1, not 1.0 (its first step is ~lr * sign(delta))."""
+    for kwargs, match in (({"adapter_kind": "nosuchkind"}, "adapter-kind"), ({"strategy": "foo"}, "strategy"),
+                          ({"partition_mode": "x"}, "partition-mode"), ({"strategy": "fedprox"}, "proximal-mu"),
+                          ({"proximal_mu": 0.1}, "proximal-mu")):
+        with pytest.raises(ValueError, match=match):
+            FedConfig(**kwargs)  # type: ignore[arg-type]
+    assert FedConfig(strategy="fedadam").effective_server_lr == 0.1
+    assert FedConfig(strategy="fedavg").effective_server_lr == 1.0
+    assert FedConfig(strategy="fedadam", server_lr=0.02).effective_server_lr == 0.02
+    assert FedConfig(strategy="fedprox", proximal_mu=0.01).proximal_mu == 0.01
+
+
 def test_metric_keys_and_segment_names() -> None:
     """Per-segment metric keys parse back; a client's segment adapters follow the configured keys only."""
     assert parse_metric_key(metric_key("region=Middle East & Africa", "ndcg@10")) == (
@@ -43,12 +57,12 @@ def test_metric_keys_and_segment_names() -> None:
 def test_round_config_carries_fedprox_mu() -> None:
     """The proximal weight travels in the round config and pulls local training towards the received state."""
     cfg = FedConfig(data_dir="/fake/prox", backbone="tiny", batch_size=4, lr=0.05)
-    hp = task.RoundHParams.from_config({"server-round": 2, "proximal-mu": 0.5}, cfg)
+    hp = RoundHParams.from_config({"server-round": 2, "proximal-mu": 0.5}, cfg)
     assert hp.proximal_mu == 0.5 and hp.server_round == 2 and hp.lr == 0.05
     data = fake_client_data(7, {"region": "EU", "season": "regular"}, users=8)
     received = task.initial_state(cfg, data.adapter_names)
-    free = task.local_train(cfg, data, received, task.RoundHParams(1, 3, 4, 0.05, 0.0))
-    prox = task.local_train(cfg, data, received, task.RoundHParams(1, 3, 4, 0.05, 1000.0))
+    free = task.local_train(cfg, data, received, RoundHParams(1, 3, 4, 0.05, 0.0))
+    prox = task.local_train(cfg, data, received, RoundHParams(1, 3, 4, 0.05, 1000.0))
     norm = lambda d: float(np.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in d.values())))  # noqa: E731
     assert 0 < norm(prox.delta) < norm(free.delta)
 
