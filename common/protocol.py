@@ -244,10 +244,12 @@ class FedConfig:
             default = known[name].default
             if isinstance(default, bool):
                 kwargs[name] = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
-            elif isinstance(default, int):
-                kwargs[name] = int(value)
-            elif isinstance(default, float):
-                kwargs[name] = float(value)
+            elif isinstance(default, int | float):
+                try:
+                    kwargs[name] = type(default)(value)
+                except (TypeError, ValueError):
+                    kind = "an integer" if type(default) is int else "a number"
+                    raise ValueError(f"run-config {key}={value!r} is not {kind}") from None
             else:
                 kwargs[name] = str(value)
         return cls(**kwargs)
