@@ -86,7 +86,7 @@ def test_state_dir_defaults_to_the_data_folder_only_if_writable(tmp_path: Path,
         raise OSError(errno.EROFS, "Read-only file system")
 
     monkeypatch.setattr(Path, "mkdir", read_only)
-    with pytest.raises(ValueError, match="set client-state-dir"):
+    with pytest.raises(ValueError, match="set the run config.s client-state-dir"):
         resolve_state_dir("", str(tmp_path / "ro-data"))
 
 

@@ -12,8 +12,9 @@ the run config's `client-state-dir`; when that is empty, `<data dir>/.fedadapt-c
 writable, otherwise an error asks for `client-state-dir` (a read-only data folder is common on a device and a
 secret must never silently land in a temporary folder that a reboot wipes, which would change every pseudonym).
 Honesty about simulation: all virtual clients share one machine, so "its own disk" is one folder per
-partition that the server process could read too; in a deployment each node keeps its own folder (set
-`client-state-dir` per node) and the server has no access to it.
+partition that the server process could read too; in a deployment each node resolves the same
+`client-state-dir` on its own disk, so each keeps its own folder and the server has no access to it. (The
+ClientApp reads only the run config; a per-node `client-state-dir` in the node config is not consulted.)
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ def resolve_state_dir(client_state_dir: str, data_dir: str) -> Path:
             pass
     except OSError as exc:
         raise ValueError(f"client-state-dir is empty and {default} cannot be written ({exc.strerror or exc}); "
-                         f"set client-state-dir (run config, or per node in its node config) to a folder where "
-                         f"each client may keep its secret") from exc
+                         f"set the run config's client-state-dir to a folder where each client may keep its "
+                         f"secret, e.g. --run-config \"client-state-dir='/var/lib/fedadapt'\"") from exc
     return default
 
 
