@@ -11,10 +11,11 @@ SEGMENT_SEP = "="  # a segment adapter is "<segment key>=<value>", e.g. "region=
 OVERALL = "overall"  # the all-users row of per-segment metrics
 DEFAULT_SEGMENT_KEYS = ("region", "season")  # the segment keys that get adapters unless a run names others
 
-STRATEGIES = ("fedavg", "fedprox", "fedadam")
+FEDAVG, FEDPROX, FEDADAM = "fedavg", "fedprox", "fedadam"
+STRATEGIES = (FEDAVG, FEDPROX, FEDADAM)
 # Server learning rate when the run config leaves it at 0: plain averaging for FedAvg/FedProx; Flower's eta for
 # FedAdam, whose first step is about lr * sign(delta) (1.0 would move every weight by ~1 on the first round).
-DEFAULT_SERVER_LR = {"fedavg": 1.0, "fedprox": 1.0, "fedadam": 0.1}
+DEFAULT_SERVER_LR = {FEDAVG: 1.0, FEDPROX: 1.0, FEDADAM: 0.1}
 # The built-in adapter kinds, in the order tables list them (common/adapters registers one module per kind).
 ADAPTER_KINDS = ("bottleneck", "parallel", "lora", "hyper", "task_attention", "mixture", "prompt")
 PER_SEGMENT = "per-segment"  # cross-silo: a client holds the users of one segment value (e.g. one region)

@@ -25,7 +25,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from common.names import ADAPTER_KINDS, DEFAULT_SERVER_LR, KEY_SEP, PARTITION_MODES, STRATEGIES
+from common.names import (
+    ADAPTER_KINDS,
+    DEFAULT_SEGMENT_KEYS,
+    DEFAULT_SERVER_LR,
+    FEDAVG,
+    FEDPROX,
+    KEY_SEP,
+    PARTITION_MODES,
+    PER_SEGMENT,
+    SEGMENT_SEP,
+    STRATEGIES,
+    segment_name,
+)
 
 # Record names inside a message's RecordDict.
 ARRAYS = "arrays"
@@ -115,7 +127,7 @@ def check_segment_name(name: object, keys: tuple[str, ...]) -> str:
     """`name` if it is "<key>=<value>" for one of `keys` with a safe value; ValueError naming the problem."""
     if not isinstance(name, str):
         raise ValueError(f"segment name {name!r} is not a string")
-    key, sep, value = name.partition("=")
+    key, sep, value = name.partition(SEGMENT_SEP)
     if not sep or key not in keys:
         raise ValueError(f"segment name {name[:80]!r} is not '<key>=<value>' for a segment key in {list(keys)}")
     if not _SEGMENT_VALUE.match(value) or KEY_SEP in value:
@@ -139,7 +151,7 @@ def parse_metric_key(key: str) -> tuple[str, str] | None:
 
 def segment_adapter_names(segments: Mapping[str, str], keys: tuple[str, ...]) -> list[str]:
     """The adapter names of a client's segments for the configured keys, e.g. ["region=EU"]."""
-    return [f"{k}={segments[k]}" for k in keys if k in segments and segments[k] != ""]
+    return [segment_name(k, segments[k]) for k in keys if k in segments and segments[k] != ""]
 
 
 @dataclass(frozen=True)
@@ -157,9 +169,9 @@ class FedConfig:
     client_state_dir: str = ""  # where each client keeps its own secrets (see common/federation/client_data.py)
     backbone: str = "tiny"
     adapter_kind: str = "lora"
-    segment_keys: str = "region,season"
-    partition_mode: str = "per-segment"
-    strategy: str = "fedavg"
+    segment_keys: str = ",".join(DEFAULT_SEGMENT_KEYS)
+    partition_mode: str = PER_SEGMENT
+    strategy: str = FEDAVG
     server_lr: float = 0.0  # 0: the strategy's default (common.names.DEFAULT_SERVER_LR)
     proximal_mu: float = 0.0
     fraction_train: float = 1.0
@@ -195,9 +207,9 @@ class FedConfig:
             raise ValueError(f"strategy {self.strategy!r} is not one of {', '.join(STRATEGIES)}")
         if self.partition_mode not in PARTITION_MODES:
             raise ValueError(f"partition-mode {self.partition_mode!r} is not one of {', '.join(PARTITION_MODES)}")
-        if self.strategy == "fedprox" and not self.proximal_mu > 0:
+        if self.strategy == FEDPROX and not self.proximal_mu > 0:
             raise ValueError("strategy fedprox needs proximal-mu > 0 (with 0 it is FedAvg); set --proximal-mu")
-        if self.strategy != "fedprox" and self.proximal_mu != 0:
+        if self.strategy != FEDPROX and self.proximal_mu != 0:
             raise ValueError(f"proximal-mu={self.proximal_mu} is used only by strategy fedprox, not {self.strategy}")
         if not (self.server_lr >= 0 and math.isfinite(self.server_lr)):
             raise ValueError(f"server-lr must be >= 0 (0: the strategy's default), got {self.server_lr}")

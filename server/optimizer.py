@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from common.names import STRATEGIES
+from common.names import FEDAVG, FEDPROX, STRATEGIES
 from server.aggregate import Arrays, apply_delta
 
 
@@ -23,7 +23,7 @@ class OptimizerConfig:
     """strategy: one of STRATEGIES; server_lr: step on the mean delta (FedAdam's eta);
     beta1/beta2/tau: FedAdam moments and its adaptivity floor (Flower's defaults)."""
 
-    strategy: str = "fedavg"
+    strategy: str = FEDAVG
     server_lr: float = 1.0
     beta1: float = 0.9
     beta2: float = 0.99
@@ -51,7 +51,7 @@ class ServerOptimizer:
 
     def step(self, params: Mapping[str, np.ndarray], mean_delta: Mapping[str, np.ndarray]) -> Arrays:
         """New parameters for one bank (keys of `mean_delta` must be in `params`)."""
-        if self.config.strategy in ("fedavg", "fedprox"):
+        if self.config.strategy in (FEDAVG, FEDPROX):
             return apply_delta(params, mean_delta, self.config.server_lr)
         return self._adam(params, mean_delta)
 

@@ -108,7 +108,7 @@ def test_initial_state_ignores_what_the_cached_model_trained() -> None:
     after = task.initial_state(CFG, data.adapter_names)
     # Assert
     assert not reply.has_error()
-    trained = task.adapter_state(task.model_for(CFG), data.adapter_names)
+    trained = task.adapter_arrays(task.model_for(CFG), data.adapter_names)
     assert any(not np.array_equal(trained[k], before[k]) for k in before)
     assert set(after) == set(before) and all(np.array_equal(after[k], before[k]) for k in before)
 

@@ -24,7 +24,7 @@ from common.adapters import AdapterConfig
 from common.backbone import Backbone, load_backbone
 from common.federation.cache import ProcessCache
 from common.federation.client_data import ClientData, client_data
-from common.names import GLOBAL, OVERALL, bank_of
+from common.names import GLOBAL, OVERALL, bank_of, split_segment_name
 from common.protocol import (
     EVAL_METRICS,
     EVAL_USERS,
@@ -77,7 +77,7 @@ def new_model(cfg: FedConfig, names: Sequence[str]) -> RecModel:
     return RecModel(backbone_for(cfg.backbone), adapter_config(cfg), names=list(names), plan=plan, max_len=cfg.max_len)
 
 
-def adapter_state(model: RecModel, names: Sequence[str]) -> Arrays:
+def adapter_arrays(model: RecModel, names: Sequence[str]) -> Arrays:
     """Trainable adapter tensors of `names` as float32 numpy arrays (copies)."""
     assert model.adapted is not None
     state = model.adapted.adapter_state(names=list(names), trainable_only=True)
@@ -145,7 +145,7 @@ def initial_state(cfg: FedConfig, names: Sequence[str]) -> Arrays:
 
     Built on a fresh model, never the per-process cached one: that one holds whatever a client trained last.
     """
-    return adapter_state(new_model(cfg, [GLOBAL, *[n for n in names if n != GLOBAL]]), names)
+    return adapter_arrays(new_model(cfg, [GLOBAL, *[n for n in names if n != GLOBAL]]), names)
 
 
 @dataclass
@@ -174,7 +174,7 @@ def local_train(cfg: FedConfig, data: ClientData, received: Mapping[str, np.ndar
                        seed=_seed(cfg, hp.server_round, data.partition_id), prox_mu=hp.proximal_mu)
     reference = {k: torch.from_numpy(np.array(v)) for k, v in received.items()} if hp.proximal_mu > 0 else None
     stats = train_epochs(model, records, data.item_texts, tcfg, names, reference_state=reference)
-    trained = adapter_state(model, names)
+    trained = adapter_arrays(model, names)
     delta = {k: (trained[k] - np.asarray(received[k])).astype(np.asarray(received[k]).dtype) for k in received}
     counts = bank_example_counts(records, cfg.adapter_segment_keys)
     metrics = {TRAIN_LOSS: float(stats["loss"]), "train-steps": float(stats.get("steps", 0.0)),
@@ -194,10 +194,10 @@ def local_evaluate(cfg: FedConfig, data: ClientData, received: Mapping[str, np.n
     records = data.eval_records(cfg.max_eval_users)
     result = evaluate(model, records, data.item_texts, ks=EVAL_KS)
     sums: dict[str, float] = {EVAL_USERS: float(len(records))}
-    rows = {OVERALL: dict(result["overall"], users=float(len(records)))}  # type: ignore[call-overload]
+    rows = {OVERALL: dict(result[OVERALL], users=float(len(records)))}  # type: ignore[call-overload]
     keys = cfg.segment_key_tuple
     rows.update({label: row for label, row in result["segments"].items()  # type: ignore[attr-defined]
-                 if label.split("=", 1)[0] in keys})
+                 if split_segment_name(label)[0] in keys})
     for segment, row in rows.items():
         users = float(row["users"])
         sums[metric_key(segment, "users")] = users
