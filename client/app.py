@@ -54,6 +54,17 @@ def node_partition(context: Context) -> tuple[int, int]:
     return pid, num
 
 
+def received_arrays(msg: Message) -> dict[str, np.ndarray]:
+    """The adapter arrays of a server message; a message without them is refused with the reason (the server
+    is checked too: a client never trains on what it cannot read)."""
+    if ARRAYS not in msg.content.array_records:
+        raise ValueError(f"server {msg.metadata.message_type} message has no {ARRAYS!r} record")
+    try:
+        return from_record(msg.content.array_records[ARRAYS])
+    except (ValueError, TypeError, EOFError, OSError) as exc:
+        raise ValueError(f"server message arrays do not decode: {exc}") from exc
+
+
 def _reply(msg: Message, content: RecordDict, sent: dict[str, np.ndarray]) -> Message:
     check_outgoing(content, {key: tuple(value.shape) for key, value in sent.items()})
     return Message(content, reply_to=msg)
@@ -73,8 +84,9 @@ def train(msg: Message, context: Context) -> Message:
     cfg = FedConfig.from_run_config(context.run_config)
     pid, num = node_partition(context)
     data = task.client_data(cfg, pid, num)
-    sent = from_record(msg.content.array_records[ARRAYS])
-    hparams = RoundHParams.from_config(dict(msg.content.config_records[CONFIG]), cfg)
+    sent = received_arrays(msg)
+    config = msg.content.config_records[CONFIG] if CONFIG in msg.content.config_records else {}
+    hparams = RoundHParams.from_config(dict(config), cfg)
     result = task.local_train(cfg, data, sent, hparams)
     counts = {bank_examples_key(bank): n for bank, n in result.bank_examples.items()}
     metrics = MetricRecord({NUM_EXAMPLES: result.num_examples, **counts, **dict(result.metrics)})
@@ -86,7 +98,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     cfg = FedConfig.from_run_config(context.run_config)
     pid, num = node_partition(context)
     data = task.client_data(cfg, pid, num)
-    sent = from_record(msg.content.array_records[ARRAYS])
+    sent = received_arrays(msg)
     sums = task.local_evaluate(cfg, data, sent)
     content = RecordDict({METRICS: MetricRecord(dict[str, MetricRecordValues](sums))})
     return _reply(msg, content, sent)

@@ -165,3 +165,18 @@ def test_held_back_segment_serves_exactly_the_global_adapter() -> None:
     assert served[metric_key("overall", "ndcg@10")] != held_back[metric_key("overall", "ndcg@10")]
     with pytest.raises(ValueError, match="does not hold"):
         task.local_evaluate(cfg, data, {**sent, "region=NA::x": np.zeros(1, np.float32)})
+
+
+def test_malformed_server_messages_get_an_error_reply_naming_the_problem() -> None:
+    """A train message without arrays, with a foreign adapter or a non-numeric lr is refused with a reason
+    (Flower turns the handler's exception into the error reply the server logs)."""
+    data = fake_client_data(0, {"region": "EU", "season": "holiday"})
+    install_fake(CFG, 0, 3, data)
+    sent = task.initial_state(CFG, data.adapter_names)
+    no_arrays = Message(RecordDict({CONFIG: ConfigRecord({"server-round": 1})}), 100, "train")
+    foreign = _train_message({**sent, "region=NA::x": np.zeros(2, np.float32)})
+    bad_lr = _train_message(sent)
+    bad_lr.content[CONFIG]["lr"] = "fast"
+    for msg, reason in ((no_arrays, "no 'arrays' record"), (foreign, "does not hold"), (bad_lr, "lr='fast'")):
+        with pytest.raises(ValueError, match=reason):
+            client_app.app(msg, _context(0))
