@@ -30,10 +30,10 @@ demo: install
 	$(BIN)/fedadapt simulate --preset demo --out results/demo
 
 lint: install
-	$(BIN)/ruff check common client server simulations tests
+	$(BIN)/ruff check cli common client server simulations tests
 
 typecheck: install
-	$(BIN)/mypy common client server simulations
+	$(BIN)/mypy cli common client server simulations
 
 pytest: install
 	$(BIN)/python -m pytest -q

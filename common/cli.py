@@ -1,72 +1,19 @@
-"""`fedadapt` command line: one subcommand per job, each owned by the module that does the job.
+"""Stop-gap, to be deleted: `common.cli.CliError` and `python -m common.cli` for work still in progress.
 
-Each module named in COMMANDS exposes `add_parser(subparsers) -> None`, which registers its subcommand and sets
-`func=<callable(args) -> int>` as the parser default. Keeping the registry here, and the work in the modules,
-means `fedadapt --help` lists everything without this file knowing any option.
+The `fedadapt` entry point is `cli.main` and the user-error exception is `common.errors.UserError`.
+simulations/runlock.py and tests/test_run_safety.py (being rewritten) still use this module; once they use
+`common.errors` and `python -m cli.main`, delete it and its entry in tests/test_layout.py.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import logging
 import sys
-from collections.abc import Sequence
 
-# Subcommand -> (module that owns it, one-line help). Only the chosen subcommand's module is imported, so
-# `fedadapt data ...` and `fedadapt --help` do not pay for importing torch and transformers.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("common.data.commands", "generate or load marketplace tables"),
-    "train": ("common.rec.commands", "train a centralized baseline and write RUN/summary.json"),
-    "simulate": ("simulations.commands", "run a federated simulation with Flower and write results"),
-    "bench": ("simulations.bench", "benchmarks (reported, not asserted)"),
-}
+from common.errors import UserError as CliError
 
-
-class CliError(Exception):
-    """A user mistake on the command line; printed as one line, exit status 2."""
-
-
-def _chosen_command(argv: Sequence[str]) -> str | None:
-    """The first positional argument, if it names a subcommand."""
-    for arg in argv:
-        if not arg.startswith("-"):
-            return arg if arg in COMMANDS else None
-    return None
-
-
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The full parser for `command` (every subcommand when None); the others are listed with their help only."""
-    parser = argparse.ArgumentParser(
-        prog="fedadapt",
-        description="Federated adapter fine-tuning of a frozen transformer for personalized recommendation.",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module_name, help_text) in COMMANDS.items():
-        if command is None or name == command:
-            importlib.import_module(module_name).add_parser(subparsers)
-        else:
-            subparsers.add_parser(name, help=help_text, add_help=False)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    chosen = _chosen_command(argv)
-    parser = build_parser(chosen) if chosen else build_parser("")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    try:
-        return int(args.func(args) or 0)
-    except (CliError, ValueError, FileNotFoundError) as exc:
-        print(f"fedadapt {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-
+__all__ = ["CliError"]
 
 if __name__ == "__main__":
+    from cli.main import main
+
     sys.exit(main())

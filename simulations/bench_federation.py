@@ -1,8 +1,8 @@
 """Federation benchmarks: figures to report, not assertions (timings and memory vary by machine and load).
 
-    python -m simulations.bench_federation bytes [--backbone minilm|tiny] [--kinds lora,bottleneck]
-    python -m simulations.bench_federation fed-demo [--out results/bench-demo]
-    python -m simulations.bench_federation scale [--clients 10,1000] [--out results/bench-scale]
+    fedadapt bench bytes [--backbone minilm|tiny] [--kinds lora,bottleneck]
+    fedadapt bench fed-demo [--out results/bench-demo]
+    fedadapt bench scale [--clients 10,1000] [--out results/bench-scale]
 
 bytes: serialized size of a train message (down) and its reply (up) for one client holding global + one
        region + one season adapter, measured with Flower's own serialization, against the backbone's fp32
@@ -14,8 +14,6 @@ scale: runs the same tiny federation with N virtual clients (10% sampled per rou
 
 from __future__ import annotations
 
-import argparse
-import json
 import threading
 import time
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 import numpy as np
 import psutil
 
+from common.names import GLOBAL
 from simulations.flower import SuperLink
 
 MINILM_FP32_BYTES = 22_713_216 * 4
@@ -38,7 +37,7 @@ def bench_bytes(backbone: str, kinds: list[str]) -> list[dict[str, Any]]:
     from common.protocol import FedConfig
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
-    names = ["global", "region=Europe", "season=holiday"]
+    names = [GLOBAL, "region=Europe", "season=holiday"]
     full = sum(p.numel() * p.element_size() for p in backbone_for(backbone).model.parameters())
     rows = []
     rng = np.random.default_rng(0)
@@ -124,72 +123,36 @@ def bench_scale(clients: list[int], out: Path, rounds: int = 2) -> list[dict[str
     return rows
 
 
-def configure_bytes(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backbone", default="minilm", help="minilm, tiny or a backbone folder")
-    parser.add_argument("--kinds", default="lora,bottleneck,parallel,hyper,mixture,prompt,task_attention")
-
-
-def run_bytes(args: argparse.Namespace) -> int:
-    backbone = "" if args.backbone == "minilm" else args.backbone
-    rows = bench_bytes(backbone, [k for k in args.kinds.split(",") if k])
-    print("| kind | adapter params | down B | up B | backbone fp32 B | up / backbone |")
-    print("|---|---:|---:|---:|---:|---:|")
+def format_bytes(rows: list[dict[str, Any]]) -> str:
+    """`bench_bytes` rows as a Markdown table."""
+    lines = ["| kind | adapter params | down B | up B | backbone fp32 B | up / backbone |",
+             "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        print(f"| {r['kind']} | {r['adapter_params']} | {r['down_bytes']} | {r['up_bytes']} | "
-              f"{r['backbone_fp32_bytes']} | {r['ratio_vs_backbone']:.4f} |")
-    return 0
+        lines.append(f"| {r['kind']} | {r['adapter_params']} | {r['down_bytes']} | {r['up_bytes']} | "
+                     f"{r['backbone_fp32_bytes']} | {r['ratio_vs_backbone']:.4f} |")
+    return "\n".join(lines)
 
 
-def configure_demo(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="results/bench-demo")
+def format_scale(rows: list[dict[str, Any]]) -> str:
+    """`bench_scale` rows as a Markdown table."""
+    lines = ["| virtual clients | sampled/round | peak RSS (MB, whole tree) | round s | total s |",
+             "|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['clients']} | {r['sampled_per_round']:.0f} | {r['peak_rss_mb']:.0f} | "
+                     f"{r['round_wall_s_mean']:.1f} | {r['wall_s']:.0f} |")
+    return "\n".join(lines)
 
 
-def run_demo(args: argparse.Namespace) -> int:
+DEMO_FIGURES = ("rounds", "round_wall_s_mean", "client_updates", "client_updates_per_minute",
+                "bytes_up_per_client_round", "bytes_down_per_client_round", "final")
+
+
+def bench_demo(out: Path) -> dict[str, Any]:
+    """Run the demo preset into `out`; the figures of its summary this benchmark reports (DEMO_FIGURES)."""
     from simulations.commands import PRESETS, SimOptions, simulate
 
     p = PRESETS["demo"]
-    summary = simulate(SimOptions(out=Path(args.out), clients=p["clients"], rounds=p["rounds"],
+    summary = simulate(SimOptions(out=out, clients=p["clients"], rounds=p["rounds"],
                                   users=p["users"], products=p["products"], backbone=p["backbone"],
                                   fraction=p["fraction"], config=dict(p["config"])))
-    print(json.dumps({k: summary[k] for k in ("rounds", "round_wall_s_mean", "client_updates",
-                                              "client_updates_per_minute", "bytes_up_per_client_round",
-                                              "bytes_down_per_client_round", "final")}, indent=1))
-    return 0
-
-
-def configure_scale(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--clients", default="10,1000", help="comma-separated numbers of virtual clients")
-    parser.add_argument("--out", default="results/bench-scale")
-
-
-def run_scale(args: argparse.Namespace) -> int:
-    rows = bench_scale([int(c) for c in args.clients.split(",")], Path(args.out))
-    print("| virtual clients | sampled/round | peak RSS (MB, whole tree) | round s | total s |")
-    print("|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['clients']} | {r['sampled_per_round']:.0f} | {r['peak_rss_mb']:.0f} | "
-              f"{r['round_wall_s_mean']:.1f} | {r['wall_s']:.0f} |")
-    return 0
-
-
-# (name, help, configure, run): registered as `fedadapt bench NAME` by simulations/bench.py.
-FEDERATION_BENCHMARKS = (
-    ("bytes", "bytes per client-round up/down against the backbone's fp32 size", configure_bytes, run_bytes),
-    ("fed-demo", "the demo preset: wall time per round, client updates per minute", configure_demo, run_demo),
-    ("scale", "peak RSS of the whole simulation with N virtual clients (10%% sampled)", configure_scale, run_scale),
-)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m simulations.bench_federation", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="what", required=True)
-    for name, help_text, configure, runner in FEDERATION_BENCHMARKS:
-        configure(sub.add_parser(name, help=help_text))
-        sub.choices[name].set_defaults(func=runner)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return {k: summary[k] for k in DEMO_FIGURES}

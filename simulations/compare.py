@@ -13,19 +13,21 @@ evaluation users), so every row of the table ranks the same 1 + 99 items for the
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
-CENTRAL_FILE = "summary.json"
+from common.names import CHECKPOINTS_DIR, GLOBAL, SUMMARY_FILE
+from common.rec.experiment import TABLE_FILE, markdown_table
+
+COMPARISON_FILE = "comparison.json"  # every row's metrics and the federated checkpoint's round and adapters
 
 
 def central_summaries(folder: Path) -> dict[str, dict[str, Any]]:
     """mode -> summary.json of a `fedadapt train` run folder (one mode at the top, several in sub-folders)."""
-    files = [folder / CENTRAL_FILE] if (folder / CENTRAL_FILE).is_file() else sorted(folder.glob(f"*/{CENTRAL_FILE}"))
+    files = [folder / SUMMARY_FILE] if (folder / SUMMARY_FILE).is_file() else sorted(folder.glob(f"*/{SUMMARY_FILE}"))
     if not files:
-        raise ValueError(f"{folder}: no {CENTRAL_FILE} of a `fedadapt train` run (in it or in a sub-folder)")
+        raise ValueError(f"{folder}: no {SUMMARY_FILE} of a `fedadapt train` run (in it or in a sub-folder)")
     out: dict[str, dict[str, Any]] = {}
     for path in files:
         try:
@@ -43,11 +45,10 @@ def federated_model(run_folder: Path, data: Path, server_round: int | None = Non
     import torch
 
     from common.federation.task import new_model
-    from common.names import GLOBAL
     from common.protocol import FedConfig
     from server.checkpoint import load_checkpoint
 
-    root = run_folder / "checkpoints" if (run_folder / "checkpoints").is_dir() else run_folder
+    root = run_folder / CHECKPOINTS_DIR if (run_folder / CHECKPOINTS_DIR).is_dir() else run_folder
     ckpt = load_checkpoint(root, server_round)
     cfg = FedConfig.from_run_config({**ckpt.state["run_config"], "data-dir": str(data)})
     names = [GLOBAL, *sorted(n for n in ckpt.banks if n != GLOBAL)]
@@ -66,8 +67,8 @@ def compare(data: Path, central: Path, federated: Path, eval_users: int | None, 
             server_round: int | None = None) -> dict[str, Any]:
     """Central summaries + the federated checkpoint scored on the same evaluation users."""
     from common.rec.baselines import MODES
-    from common.rec.commands import eval_sample, load_examples
     from common.rec.evaluate import evaluate
+    from common.rec.experiment import eval_sample, load_examples
 
     summaries = central_summaries(central)
     for mode, summary in summaries.items():
@@ -94,26 +95,14 @@ def compare(data: Path, central: Path, federated: Path, eval_users: int | None, 
             "eval_users": len(eval_records)}
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, type=Path, help="the marketplace folder both runs trained on")
-    parser.add_argument("--central", required=True, type=Path, help="a `fedadapt train` run folder")
-    parser.add_argument("--federated", required=True, type=Path, help="a `fedadapt simulate` run folder")
-    parser.add_argument("--eval-users", type=int, default=None,
-                        help="as given to fedadapt train (default: the central run's number of evaluation users)")
-    parser.add_argument("--seed", type=int, default=0, help="as given to fedadapt train")
-    parser.add_argument("--round", type=int, default=None, help="checkpoint round (default: the last complete)")
-    parser.add_argument("--out", type=Path, default=None, help="folder for table.md and comparison.json")
+def comparison_table(result: dict[str, Any]) -> str:
+    """The Markdown table of a `compare` result: every central mode and the federated run, popularity last."""
+    return markdown_table(result["rows"], result["popularity"])
 
 
-def run(args: argparse.Namespace) -> int:
-    from common.rec.commands import markdown_table
-
-    result = compare(args.data, args.central, args.federated, args.eval_users, args.seed, args.round)
-    table = markdown_table(result["rows"], result["popularity"])
-    print(table)
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "table.md").write_text(table)
-        (args.out / "comparison.json").write_text(json.dumps(result, indent=1, sort_keys=True, default=str))
-        print(f"table: {args.out / 'table.md'}")
-    return 0
+def write_comparison(result: dict[str, Any], out: Path) -> Path:
+    """Write OUT/table.md and OUT/comparison.json for a `compare` result; returns the table's path."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / TABLE_FILE).write_text(comparison_table(result))
+    (out / COMPARISON_FILE).write_text(json.dumps(result, indent=1, sort_keys=True, default=str))
+    return out / TABLE_FILE

@@ -7,12 +7,12 @@ import json
 
 import pytest
 
+from cli import bench
 from common.adapters import ADAPTER_KINDS
-from simulations import bench
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    """A parser built the way common/cli.py builds it, without importing other commands."""
+    """A parser built the way cli/main.py builds it, without importing other commands."""
     parser = argparse.ArgumentParser(prog="fedadapt")
     bench.add_parser(parser.add_subparsers(dest="command", required=True))
     return parser.parse_args(argv)

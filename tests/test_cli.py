@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from common.cli import COMMANDS, build_parser, main
+from cli.main import COMMANDS, build_parser, main
 
 
 def test_help_lists_every_subcommand_without_importing_torch() -> None:
     """`fedadapt --help` is instant: it lists the subcommands without importing any of their modules."""
     code = (
         "import sys, contextlib, io\n"
-        "from common.cli import main\n"
+        "from cli.main import main\n"
         "buf = io.StringIO()\n"
         "with contextlib.redirect_stdout(buf):\n"
         "    try: main(['--help'])\n"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from common.cli import main
+from cli.main import main
 from common.data.schema import read_marketplace
 
 FIX = Path(__file__).parent / "fixtures"

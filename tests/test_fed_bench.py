@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.cli import main
+from cli.main import main
 
 
 def test_bench_bytes_reports_adapter_bytes_far_below_backbone(capsys: pytest.CaptureFixture[str]) -> None:

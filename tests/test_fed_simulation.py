@@ -138,7 +138,7 @@ def test_fed_vs_central_scores_the_same_users(runs: dict[str, Path], tmp_path: P
                                               capsys: pytest.CaptureFixture[str]) -> None:
     """bench fed-vs-central scores the checkpoint on fedadapt train's users; the round-0 adapters (identity)
     rank exactly as the bare backbone does, and a mismatched evaluation sample is refused."""
-    from common.cli import main
+    from cli.main import main
 
     data, central = runs["full"].parent / "data", tmp_path / "central"
     assert main(["train", "--data", str(data), "--mode", "no-adapter", "--backbone", "tiny", "--eval-users", "40",

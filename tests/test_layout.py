@@ -14,6 +14,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SKIPPED_TOP = ("tests", "build", "results")  # not part of the installed packages
 FLWR_HOME_IN_COMMON = "common.federation.records"  # the one module of common/ that may import flwr
+CLI = "cli"  # the command line: it imports the library, never the other way round
+# common/cli.py is a stop-gap that re-exports the user-error exception and still runs `python -m common.cli`
+# for work in progress (simulations/runlock.py, tests/test_run_safety.py); delete it, and this entry, after them.
+CLI_IMPORT_STOPGAPS = frozenset({"common.cli"})
 
 
 def _module_name(path: Path) -> str:
@@ -47,6 +51,22 @@ def imports(a: str, b: str) -> bool:
     """Whether module `a` imports module `b`: names `b`, or a name inside `b` that is not one of its submodules."""
     subs = _submodules(b)
     return any(d == b or (d.startswith(b + ".") and d[len(b) + 1 :] not in subs) for d in module_imports()[a])
+
+
+def _inside(module: str, package: str) -> bool:
+    """Whether `module` is `package` or one of its submodules ("client" is not inside "cli")."""
+    return module == package or module.startswith(package + ".")
+
+
+def cli_importers(mods: dict[str, frozenset[str]]) -> list[str]:
+    """"<module> imports <name>" for every module outside cli/ that imports cli or something in it."""
+    return sorted(
+        f"{module} imports {dep}"
+        for module, deps in mods.items()
+        if not _inside(module, CLI) and module not in CLI_IMPORT_STOPGAPS
+        for dep in deps
+        if _inside(dep, CLI)
+    )
 
 
 def _related(a: str, b: str) -> bool:
@@ -162,3 +182,24 @@ def test_common_imports_flwr_only_in_federation_records() -> None:
     )
     # Assert
     assert flwr_users == [FLWR_HOME_IN_COMMON]
+
+
+def test_only_the_command_line_imports_cli() -> None:
+    """Parsing sits on top of the library: common/, client/, server/ and simulations/ never import cli/."""
+    # Prepare
+    mods = module_imports()
+    # Execute
+    importers = cli_importers(mods)
+    # Assert
+    assert importers == []
+
+
+def test_cli_import_check_finds_a_library_module_importing_cli() -> None:
+    """The check itself: a library module importing cli is found; cli importing itself and "client" are not."""
+    # Prepare
+    mods = {"simulations.x": frozenset({"cli.train"}), "cli.main": frozenset({"cli.data"}),
+            "server.app": frozenset({"client.app"})}
+    # Execute
+    found = cli_importers(mods)
+    # Assert
+    assert found == ["simulations.x imports cli.train"]

@@ -12,6 +12,7 @@ from common.data.synthetic import generate_marketplace
 
 
 def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1, so `--users 0` is refused before anything is generated."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
@@ -19,6 +20,7 @@ def _positive_int(text: str) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `data` with its two actions, `generate` and `load`."""
     data = subparsers.add_parser("data", help="generate or load marketplace tables",
                                  description="Write reviews, products, clicks and users tables to a folder.")
     sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -46,6 +48,7 @@ def _report(m: Marketplace, out: Path, seconds: float) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    """Generate a synthetic marketplace and write it, with a manifest naming the generator's arguments."""
     start = time.perf_counter()
     m = generate_marketplace(args.users, args.products, seed=args.seed)
     write_marketplace(m, args.out, fmt=args.format, meta={"source": "synthetic", "users": args.users,
@@ -55,6 +58,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_load(args: argparse.Namespace) -> int:
+    """Convert real data in one of SOURCE_FORMATS into the marketplace tables."""
     start = time.perf_counter()
     m = load_source(args.source_format, args.path, parse_mapping(args.mapping))
     write_marketplace(m, args.out, fmt=args.out_format, meta={"source": args.source_format,

@@ -1,0 +1,153 @@
+"""`fedadapt bench <benchmark>`: measurements that are reported, not asserted (timings vary by machine).
+
+    fedadapt bench adapters [--backbone PATH|tiny] [--json] [--repeats N]
+
+Each benchmark is one `Benchmark` record in BENCHMARKS (name, help, a function adding its options, and
+`run(args) -> int`); adding one is a new module plus one `register_benchmark` call below. Nothing here knows
+the `fedadapt` CLI beyond the `add_parser(subparsers)` / `run(args)` contract.
+"""
+
+# The docstring above is also `fedadapt bench --help`'s description. The measurements themselves live in
+# simulations/ (bench_adapters, bench_federation, compare); each `run` below parses its options into one call.
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from simulations.bench_adapters import AdapterBenchOptions, bench_adapters, format_table
+from simulations.bench_federation import bench_bytes, bench_demo, bench_scale, format_bytes, format_scale
+from simulations.compare import compare, comparison_table, write_comparison
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One `fedadapt bench NAME`: its help line, the options it adds, and what runs it."""
+
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+BENCHMARKS: dict[str, Benchmark] = {}
+
+
+def register_benchmark(benchmark: Benchmark) -> None:
+    """Add a benchmark; a second one under the same name is refused rather than silently replacing the first."""
+    if benchmark.name in BENCHMARKS:
+        raise ValueError(f"benchmark {benchmark.name!r} is already registered")
+    BENCHMARKS[benchmark.name] = benchmark
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _configure_adapters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", default=None, metavar="PATH|tiny",
+                        help="backbone folder, or 'tiny' for the test BERT (default: the offline MiniLM)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--repeats", type=_positive_int, default=5, help="timed repeats per measurement (median)")
+    parser.add_argument("--batch", type=_positive_int, default=32, help="examples per batch")
+    parser.add_argument("--tokens", type=_positive_int, default=64, help="tokens per example")
+    parser.add_argument("--kinds", default=None, help="comma-separated kinds to measure (default: all built-in)")
+
+
+def _run_adapters(args: argparse.Namespace) -> int:
+    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip()) if args.kinds else None
+    options = AdapterBenchOptions(
+        backbone=args.backbone, batch=args.batch, tokens=args.tokens, repeats=args.repeats, kinds=kinds
+    )
+    result = bench_adapters(options)
+    if args.json:
+        print(json.dumps({"kinds": {kind: row.as_json() for kind, row in result.rows.items()}}))
+    else:
+        print(format_table(result))
+    return 0
+
+
+def _configure_compare(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, type=Path, help="the marketplace folder both runs trained on")
+    parser.add_argument("--central", required=True, type=Path, help="a `fedadapt train` run folder")
+    parser.add_argument("--federated", required=True, type=Path, help="a `fedadapt simulate` run folder")
+    parser.add_argument("--eval-users", type=int, default=None,
+                        help="as given to fedadapt train (default: the central run's number of evaluation users)")
+    parser.add_argument("--seed", type=int, default=0, help="as given to fedadapt train")
+    parser.add_argument("--round", type=int, default=None, help="checkpoint round (default: the last complete)")
+    parser.add_argument("--out", type=Path, default=None, help="folder for table.md and comparison.json")
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    result = compare(args.data, args.central, args.federated, args.eval_users, args.seed, args.round)
+    print(comparison_table(result))
+    if args.out is not None:
+        print(f"table: {write_comparison(result, args.out)}")
+    return 0
+
+
+def _configure_bytes(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", default="minilm", help="minilm, tiny or a backbone folder")
+    parser.add_argument("--kinds", default="lora,bottleneck,parallel,hyper,mixture,prompt,task_attention")
+
+
+def _run_bytes(args: argparse.Namespace) -> int:
+    backbone = "" if args.backbone == "minilm" else args.backbone  # "": the offline MiniLM package
+    print(format_bytes(bench_bytes(backbone, [k for k in args.kinds.split(",") if k])))
+    return 0
+
+
+def _configure_demo(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="results/bench-demo")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    print(json.dumps(bench_demo(Path(args.out)), indent=1))
+    return 0
+
+
+def _configure_scale(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--clients", default="10,1000", help="comma-separated numbers of virtual clients")
+    parser.add_argument("--out", default="results/bench-scale")
+
+
+def _run_scale(args: argparse.Namespace) -> int:
+    print(format_scale(bench_scale([int(c) for c in args.clients.split(",")], Path(args.out))))
+    return 0
+
+
+for _benchmark in (
+    Benchmark("adapters", "size, int8 size and step time of every adapter kind on a backbone",
+              _configure_adapters, _run_adapters),
+    Benchmark("fed-vs-central",
+              "score a federated run's adapters on the users and candidates of a `fedadapt train` run",
+              _configure_compare, _run_compare),
+    Benchmark("bytes", "bytes per client-round up/down against the backbone's fp32 size",
+              _configure_bytes, _run_bytes),
+    Benchmark("fed-demo", "the demo preset: wall time per round, client updates per minute",
+              _configure_demo, _run_demo),
+    Benchmark("scale", "peak RSS of the whole simulation with N virtual clients (10%% sampled)",
+              _configure_scale, _run_scale),
+):
+    register_benchmark(_benchmark)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `bench` with one sub-subcommand per registered benchmark."""
+    parser = subparsers.add_parser("bench", help="benchmarks (reported, not asserted)", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    benches = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    for benchmark in BENCHMARKS.values():
+        benchmark.configure(benches.add_parser(benchmark.name, help=benchmark.help, description=benchmark.help))
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the chosen benchmark."""
+    return BENCHMARKS[args.benchmark].run(args)

@@ -1,0 +1,93 @@
+"""`fedadapt train`: centralized baselines (no federation) written to RUN/summary.json.
+
+This module turns the options into an `ExperimentConfig` and prints one line per finished mode; the run itself
+is `common.rec.experiment.run_experiment`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from common.adapters import AdapterConfig
+from common.names import DEFAULT_SEGMENT_KEYS, OVERALL, SUMMARY_FILE
+from common.rec.baselines import ITEM_TOWERS, MODES
+from common.rec.experiment import ExperimentConfig, run_experiment
+from common.rec.train import TrainConfig
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `train` and its options."""
+    p = subparsers.add_parser(
+        "train",
+        help="train a centralized baseline and write RUN/summary.json",
+        description="Train one baseline mode centrally and evaluate it next to the popularity ranking.",
+    )
+    p.add_argument("--data", required=True, type=Path, help="marketplace folder (fedadapt data generate/load)")
+    p.add_argument("--mode", required=True, type=parse_modes, metavar="MODE[,MODE...]|all",
+                   help=f"one or more of {', '.join(MODES)}; several run in one process (RUN/<mode>/)")
+    p.add_argument("--adapter", default="lora", help="adapter kind (common.adapters.ADAPTER_KINDS)")
+    p.add_argument("--rank", type=int, default=None, help="adapter rank / bottleneck width (kind default if unset)")
+    p.add_argument("--out", required=True, type=Path, help=f"run folder; {SUMMARY_FILE} goes there")
+    p.add_argument("--backbone", default=None, help="local model folder, or 'tiny' (default: offline MiniLM)")
+    p.add_argument("--segments", default=",".join(DEFAULT_SEGMENT_KEYS),
+                   help="segment keys that get adapters, comma-separated")
+    p.add_argument("--min-segment-users", type=int, default=20, help="fewer training users: no segment adapter")
+    p.add_argument("--epochs", type=int, default=2, help="passes over the training pairs (per stage)")
+    p.add_argument("--batch-size", type=int, default=16, help="pairs per step (also the in-batch negatives)")
+    p.add_argument("--lr", type=float, default=3e-3, help="adapter learning rate (full-finetune uses 5e-5)")
+    p.add_argument("--max-len", type=int, default=64)
+    p.add_argument("--negatives", type=int, default=32, help="uniformly sampled catalog negatives per step")
+    p.add_argument("--in-batch-negatives", action=argparse.BooleanOptionalAction, default=True,
+                   help="also use the other users' positives of the batch as negatives (popularity-skewed)")
+    p.add_argument("--pairs-per-user", type=int, default=None, help="cap on training pairs per user per epoch")
+    p.add_argument("--max-users", type=int, default=None, help="train on a seeded sample of this many users")
+    p.add_argument("--eval-users", type=int, default=None, help="evaluate on a seeded sample of this many users")
+    p.add_argument("--init-global", type=Path, default=None, help="segment-adapters: reuse RUN's global adapter")
+    p.add_argument("--item-tower", choices=ITEM_TOWERS, default="adapted",
+                   help="items through the shared adapter (adapted) or the bare backbone (frozen)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def parse_modes(text: str) -> list[str]:
+    """"global-adapter,segment-adapters" or "all" -> the modes in the order given (validated)."""
+    modes = list(MODES) if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise argparse.ArgumentTypeError(f"unknown mode(s) {unknown or text!r}; expected {', '.join(MODES)} or all")
+    if len(set(modes)) != len(modes):
+        raise argparse.ArgumentTypeError(f"mode listed twice in {text!r}")
+    return modes
+
+
+def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
+    """The run the options describe; TrainConfig and AdapterConfig refuse bad values with a ValueError."""
+    modes = args.mode if isinstance(args.mode, list) else parse_modes(args.mode)
+    train = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_len=args.max_len,
+        negatives=args.negatives, pairs_per_user=args.pairs_per_user, seed=args.seed,
+        in_batch_negatives=args.in_batch_negatives,
+    )
+    rank: dict[str, Any] = {} if args.rank is None else {"rank": args.rank}  # unset: the kind's own default
+    return ExperimentConfig(
+        data=args.data, out=args.out, modes=tuple(modes),
+        adapter=AdapterConfig(kind=args.adapter, seed=args.seed, **rank), train=train,
+        segment_keys=tuple(k.strip() for k in args.segments.split(",") if k.strip()),
+        min_segment_users=args.min_segment_users, backbone=args.backbone, max_users=args.max_users,
+        eval_users=args.eval_users, init_global=args.init_global, item_tower=args.item_tower, seed=args.seed,
+    )
+
+
+def _line(mode: str, metrics: dict[str, Any], popularity: dict[str, Any]) -> str:
+    overall, pop = metrics[OVERALL], popularity[OVERALL]
+    return (f"{mode}: ndcg@10 {overall['ndcg@10']:.4f}  hr@10 {overall['hr@10']:.4f}  "
+            f"(popularity ndcg@10 {pop['ndcg@10']:.4f}  hr@10 {pop['hr@10']:.4f})")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run every mode, printing each one's headline metrics as it finishes."""
+    for result in run_experiment(experiment_config(args)):
+        print(f"{_line(result.mode, result.metrics, result.popularity)}  -> {result.summary_path}", flush=True)
+    return 0
