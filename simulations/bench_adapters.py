@@ -19,6 +19,7 @@ import torch
 from common.adapters import ADAPTER_KINDS, AdaptedModel, AdapterConfig
 from common.adapters.quant import nbytes, quantization_error, quantize_int8
 from common.backbone import Backbone, load_backbone
+from common.names import GLOBAL
 
 log = logging.getLogger(__name__)
 
@@ -93,17 +94,17 @@ def _paired_ratio(
 
 def _measure_kind(bb: Backbone, kind: str, ids: torch.Tensor, mask: torch.Tensor, opts: AdapterBenchOptions,
                   baseline: Callable[[], object], baseline_times: list[float]) -> KindRow:
-    model = AdaptedModel(bb, AdapterConfig(kind=kind, seed=opts.seed), names=["global"])
+    model = AdaptedModel(bb, AdapterConfig(kind=kind, seed=opts.seed), names=[GLOBAL])
     model.eval()
     with torch.no_grad():
         reference = bb.model(input_ids=ids, attention_mask=mask)[0]
-        out = model(ids, mask, routing=["global"])
+        out = model(ids, mask, routing=[GLOBAL])
     identity = out.shape == reference.shape and bool((out - reference).abs().max() <= IDENTITY_ATOL)
-    state = model.adapter_state(["global"])
+    state = model.adapter_state([GLOBAL])
     model.train()
 
     def step() -> None:
-        loss = model(ids, mask, routing=["global"]).pow(2).mean()
+        loss = model(ids, mask, routing=[GLOBAL]).pow(2).mean()
         loss.backward()
         model.zero_grad(set_to_none=True)
 
@@ -114,9 +115,9 @@ def _measure_kind(bb: Backbone, kind: str, ids: torch.Tensor, mask: torch.Tensor
         for p in model.trainable_parameters():
             p.add_(torch.randn(p.shape, generator=gen) * PERTURB_STD)
     probe = slice(0, min(4, ids.shape[0]))
-    error = quantization_error(model, ids[probe], mask[probe], routing=["global"], names=["global"])
+    error = quantization_error(model, ids[probe], mask[probe], routing=[GLOBAL], names=[GLOBAL])
     return KindRow(
-        trainable_params=sum(p.numel() for p in model.trainable_parameters(["global"])),
+        trainable_params=sum(p.numel() for p in model.trainable_parameters([GLOBAL])),
         backbone_params=bb.num_parameters(),
         bytes_fp32=nbytes(state),
         bytes_int8=nbytes(quantize_int8(state)),

@@ -11,11 +11,13 @@ import math
 from pathlib import Path
 from typing import Any
 
+from common.names import METRICS_FILE, SUMMARY_FILE
+
 METRICS = ("ndcg@10", "hr@10")
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: the ServerApp wrote no metrics")
     with open(path, encoding="utf-8") as fh:
@@ -31,7 +33,7 @@ def summarize(rows: list[dict[str, Any]], extra: dict[str, Any] | None = None) -
     initial = next((r for r in rows if r.get("round") == 0), None)
     rows = [r for r in rows if r.get("round", 0) >= 1]
     if not rows:
-        raise ValueError("no rounds in metrics.jsonl")
+        raise ValueError(f"no rounds in {METRICS_FILE}")
     last = rows[-1]
     walls = [_num(r.get("wall_s")) for r in rows]
     updates = sum(int(r.get("clients_replied", 0)) - int(r.get("clients_rejected", 0)) for r in rows)
@@ -146,7 +148,7 @@ def write_report(run_dir: Path, extra: dict[str, Any] | None = None) -> dict[str
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir)
     summary = summarize(rows, extra)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True), encoding="utf-8")
+    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, sort_keys=True), encoding="utf-8")
     (run_dir / "summary.md").write_text(markdown(rows, summary), encoding="utf-8")
     summary["plots"] = [str(p) for p in plot(rows, run_dir / "plots")]
     return summary
