@@ -3,10 +3,15 @@
     fedadapt simulate --preset smoke --out results/smoke
     fedadapt simulate --data DIR --clients 20 --rounds 3 --adapter lora --segments region,season --out RUN
 
-It generates default data when --data is not given, writes the run config as a TOML file, starts a private
-SuperLink (simulations/flower.py), runs `flwr run . --stream`, prints one progress line per round, checks
-that the ServerApp really finished (`flwr run` exits 0 on failure), stops the SuperLink by PID and writes
+Before anything starts or is written it checks the options, the backbone, the data (generated in memory when
+--data is not given), the segment keys and, with --resume, the checkpoint (simulations/preflight.py). Then it
+locks RUN (one run per folder), writes the data and the run config as a TOML file, starts a private SuperLink
+(simulations/flower.py), runs `flwr run . --stream`, prints one progress line per round, checks that the
+ServerApp really finished (`flwr run` exits 0 on failure), stops every process of the run and writes
 RUN/summary.json, RUN/summary.md and RUN/plots/*.png next to the ServerApp's metrics.jsonl and checkpoints/.
+
+Ctrl-C, SIGTERM or SIGHUP stop every process of the run and exit 128 + the signal number (130, 143, 129)
+with one line naming the last checkpoint, which --resume continues from.
 """
 
 from __future__ import annotations
@@ -14,19 +19,34 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.names import STRATEGIES
+from common.data.schema import Marketplace
+from common.names import CHECKPOINTS_DIR, COMPLETE_FILE, STOPPED_FILE, STRATEGIES
 from common.protocol import FedConfig
 from simulations.flower import PROJECT_ROOT, SuperLink, flwr_run
+from simulations.preflight import (
+    DataFacts,
+    check_backbone,
+    check_clients,
+    check_resume,
+    check_segments,
+    inspect_data,
+)
 from simulations.report import write_report
+from simulations.runlock import RunLock
 
 log = logging.getLogger(__name__)
+
+SUPERLINK_LOG = "superlink.log"  # a failed or interrupted run keeps the SuperLink's output here
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 # Preset: run-config overrides + simulation size. smoke is CI-sized; demo is what `make demo` runs.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -72,22 +92,58 @@ class SimOptions:
             raise ValueError(f"--cpus-per-client must be > 0, got {self.cpus_per_client}")
 
 
-def ensure_data(opts: SimOptions) -> Path:
-    """The data folder: --data as given, or synthetic data generated once into RUN/data."""
-    if opts.data is not None:
-        folder = Path(opts.data).resolve()
-        if not folder.is_dir():
-            raise FileNotFoundError(f"--data {folder} is not a folder")
-        return folder
-    folder = (opts.out / "data").resolve()
-    if not (folder / ".complete").is_file():
-        from common.data.schema import write_marketplace
-        from common.data.synthetic import generate_marketplace
+@dataclass
+class Plan:
+    """What the preflight established; nothing of it is on disk yet."""
 
-        log.info("generating %d users x %d products (seed %d) into %s", opts.users, opts.products, opts.seed, folder)
-        write_marketplace(generate_marketplace(opts.users, opts.products, seed=opts.seed), folder)
-        (folder / ".complete").write_text("ok\n")
-    return folder
+    cfg: FedConfig
+    data_dir: Path
+    generated: Marketplace | None  # synthetic data to write into data_dir once the run folder is locked
+    resume_after: int | None  # the checkpoint round a --resume continues after
+
+
+def data_folder(opts: SimOptions) -> Path:
+    """--data, or RUN/data where synthetic data is generated."""
+    return Path(opts.data).resolve() if opts.data is not None else (opts.out / "data").resolve()
+
+
+def _data(opts: SimOptions, folder: Path) -> tuple[Marketplace | None, DataFacts]:
+    """(data to generate, facts): the folder's data if --data was given or an earlier run generated it into
+    RUN/data; else synthetic data, generated in memory and written only once the run folder is locked."""
+    if opts.data is not None or (folder / ".complete").is_file():
+        return None, inspect_data(folder)
+    from common.data import synthetic
+
+    quiet = logging.getLogger(synthetic.__name__)
+    level, quiet.level = quiet.level, logging.WARNING  # a preflight error stays one line; writing the data logs
+    try:
+        market = synthetic.generate_marketplace(opts.users, opts.products, seed=opts.seed)
+    finally:
+        quiet.setLevel(level)
+    return market, DataFacts(tuple(market.users.columns), len(market.users), market)
+
+
+def preflight(opts: SimOptions) -> Plan:
+    """Check options, backbone, data, segments and (with --resume) the checkpoint; reads only, ~1 s."""
+    if opts.out.exists() and not opts.out.is_dir():
+        raise ValueError(f"--out {opts.out} is a file, not a folder")
+    data_dir = data_folder(opts)
+    cfg = run_config(opts, data_dir)
+    check_backbone(cfg.backbone)
+    generated, facts = _data(opts, data_dir)
+    check_segments(cfg.segment_key_tuple, facts.user_columns)
+    check_clients(facts, cfg, opts.clients)
+    resume_after = check_resume(opts.out / CHECKPOINTS_DIR, cfg) if opts.resume else None
+    return Plan(cfg, data_dir, generated, resume_after)
+
+
+def _write_data(plan: Plan) -> None:
+    if plan.generated is None:
+        return
+    from common.data.schema import write_marketplace
+
+    write_marketplace(plan.generated, plan.data_dir)
+    (plan.data_dir / ".complete").write_text("ok\n")
 
 
 def run_config(opts: SimOptions, data_dir: Path) -> FedConfig:
@@ -124,14 +180,22 @@ def simulate(opts: SimOptions, on_superlink: Callable[[SuperLink], None] | None 
 
     `on_superlink` is called once the SuperLink runs (benchmarks use it to watch the process tree).
     """
-    opts.out.mkdir(parents=True, exist_ok=True)
-    data_dir = ensure_data(opts)
-    cfg = run_config(opts, data_dir)
-    toml = write_run_config(cfg, opts.out / "run_config.toml")
-    flwr_home = (opts.flwr_home or PROJECT_ROOT / ".work" / "flwr" / f"sim-{int(time.time() * 1000)}").resolve()
+    plan = preflight(opts)
+    with RunLock(opts.out) as lock:
+        assert lock.fd is not None
+        return _simulate_locked(opts, plan, lock.fd, on_superlink)
+
+
+def _simulate_locked(opts: SimOptions, plan: Plan, lock_fd: int,
+                     on_superlink: Callable[[SuperLink], None] | None) -> dict[str, Any]:
+    _write_data(plan)
+    if plan.resume_after is not None:
+        log.info("resuming after checkpoint round %d", plan.resume_after)
+    toml = write_run_config(plan.cfg, opts.out / "run_config.toml")
+    flwr_home = (opts.flwr_home or PROJECT_ROOT / ".work" / "flwr" / f"sim-{int(time.time() * 1000)}-{os.getpid()}")
     expected = opts.stop_after_round if 0 < opts.stop_after_round < opts.rounds else opts.rounds
-    marker = opts.out / ("run-stopped.json" if expected < opts.rounds else "run-complete.json")
-    for stale in ("run-complete.json", "run-stopped.json"):  # only this run's ServerApp may write them
+    marker = opts.out / (STOPPED_FILE if expected < opts.rounds else COMPLETE_FILE)
+    for stale in (COMPLETE_FILE, STOPPED_FILE, SUPERLINK_LOG):  # only this run may write them
         (opts.out / stale).unlink(missing_ok=True)
     started = time.monotonic()
 
@@ -140,16 +204,24 @@ def simulate(opts: SimOptions, on_superlink: Callable[[SuperLink], None] | None 
             if not opts.quiet:
                 print(line.split("[fedadapt]")[-1].strip() if "[fedadapt]" in line else line, flush=True)
 
-    with SuperLink(flwr_home) as link, open(opts.out / "flwr.log", "a", encoding="utf-8") as flog:
-        if on_superlink is not None:
-            on_superlink(link)
-        rc = flwr_run(link, toml, opts.clients, opts.cpus_per_client, on_line=on_line, timeout=opts.timeout,
-                      log_file=flog)
+    link = SuperLink(flwr_home.resolve(), hold_fds=(lock_fd,))
+    finished = False
+    try:
+        with open(opts.out / "flwr.log", "a", encoding="utf-8") as flog:
+            link.start()
+            if on_superlink is not None:
+                on_superlink(link)
+            rc = flwr_run(link, toml, opts.clients, opts.cpus_per_client, on_line=on_line, timeout=opts.timeout,
+                          log_file=flog)
+        finished = marker.is_file()
+    finally:
+        link.stop(keep_log=None if finished else opts.out / SUPERLINK_LOG)
     wall = time.monotonic() - started
-    if not marker.is_file():
+    if not finished:
         tail = (opts.out / "flwr.log").read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
         raise SimulationFailed(f"flwr run exited {rc} but the ServerApp did not finish ({marker.name} missing); "
-                               "last log lines:\n" + "\n".join(tail))
+                               f"see {opts.out / 'flwr.log'} and {opts.out / SUPERLINK_LOG}; last log lines:\n"
+                               + "\n".join(tail))
     done = json.loads(marker.read_text())
     if int(done["rounds"]) != expected:
         raise SimulationFailed(f"run ended after round {done['rounds']}, expected {expected}")
@@ -188,14 +260,43 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
     )
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+class Interrupted(KeyboardInterrupt):
+    """One of STOP_SIGNALS arrived; unwinds like Ctrl-C, so every `finally` on the way stops what it started."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    for other in STOP_SIGNALS:  # a second Ctrl-C must not cut the clean-up short
+        signal.signal(other, lambda *_: None)
+    raise Interrupted(signum)
+
+
+def interrupted_message(signum: int, out: Path) -> str:
+    """The one line an interrupted run prints: what happened and where it can continue from."""
+    from server.checkpoint import latest_complete_round
+
+    last = latest_complete_round(out / CHECKPOINTS_DIR)
+    where = (f"last checkpoint: round {last} under {out / CHECKPOINTS_DIR} (continue with --resume)"
+             if last is not None else "no checkpoint was written")
+    return f"fedadapt simulate: interrupted by {signal.Signals(signum).name}; the run's processes are stopped; {where}"
 
 
 def run(args: argparse.Namespace) -> int:
-    # SIGTERM unwinds like Ctrl-C, so the SuperLink we started is stopped by PID on the way out
-    signal.signal(signal.SIGTERM, _terminate)
-    summary = simulate(options_from_args(args))
+    previous = {signum: signal.signal(signum, _interrupt) for signum in STOP_SIGNALS}
+    try:
+        summary = simulate(options_from_args(args))
+    except Interrupted as exc:
+        print(interrupted_message(exc.signum, Path(args.out)), file=sys.stderr)
+        return 128 + exc.signum
+    except SimulationFailed as exc:
+        print(f"fedadapt simulate: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     print((Path(args.out) / "summary.md").read_text())
     print(f"summary: {Path(args.out) / 'summary.json'}")
     print(f"plots:   {Path(args.out) / 'plots'}/ ({', '.join(Path(p).name for p in summary['plots'])})")

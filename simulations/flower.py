@@ -3,8 +3,12 @@
 Why not Flower's managed local SuperLink: it listens on fixed ports (39091...), stays running after the run
 and is shared by everything on the machine, so two runs (or a test and a user) collide. Here each run gets
 a SuperLink on a free 127.0.0.1 port, its own FLWR_HOME (the connection lives in `$FLWR_HOME/config.toml`,
-written here), runtime dependency installation and the update check switched off, and the SuperLink is
-stopped by its PID when the run ends, whatever happened.
+written here) and its own Ray temporary folder, runtime dependency installation and the update check switched
+off. Every process the run starts (SuperLink, superexec, simulation, Ray, `flwr run`) carries the run's token
+in its environment, so `stop()` ends all of them, not only the SuperLink's process group, and a watchdog ends
+them if the starting process dies without stopping them (simulations/reaper.py). The FLWR_HOME and Ray
+folders (an app copy, a database, logs: ~3 MB a run) are deleted afterwards; a failed run keeps the
+SuperLink's output in its run folder.
 
 `flwr run` exits 0 even when the ServerApp failed, so callers check the files the ServerApp writes.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,10 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from simulations.reaper import TOKEN_VAR, Watchdog, kill_marked, new_token
+
 log = logging.getLogger(__name__)
 
 CONNECTION = "fedadapt-sim"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+RAY_TMP_BASE = "/tmp/fedadapt-ray"  # short: Ray's socket paths under it must stay below 108 bytes
 
 
 def free_port() -> int:
@@ -74,69 +82,80 @@ def write_connection(flwr_home: Path, port: int) -> Path:
     return path
 
 
-def _die_with_parent() -> None:
-    """preexec_fn: the SuperLink gets SIGTERM if the process that started it dies (even by SIGKILL), so a
-    killed test or CLI never leaves a SuperLink behind (Linux prctl PR_SET_PDEATHSIG; elsewhere a no-op)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 @dataclass
 class SuperLink:
-    """A simulation-mode SuperLink process on 127.0.0.1:port, owned by this object (stop() kills its PID)."""
+    """A simulation-mode SuperLink on 127.0.0.1:port; `stop()` ends it and every process the run started.
+
+    `hold_fds` are handed to the watchdog, which keeps them open until the run's last process is gone (the
+    run folder's lock). FLWR_HOME is deleted on stop only if this object created it.
+    """
 
     flwr_home: Path
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    token: str = field(default_factory=new_token)
+    hold_fds: tuple[int, ...] = ()
+    watchdog: Watchdog | None = None
+
+    @property
+    def ray_tmpdir(self) -> Path:
+        return Path(os.environ.get("RAY_TMPDIR", RAY_TMP_BASE)) / f"run-{self.token}"
 
     def start(self, timeout: float = 60.0) -> SuperLink:
         self.port = self.port or free_port()
-        self.flwr_home.mkdir(parents=True, exist_ok=True)
+        created = [] if self.flwr_home.exists() else [self.flwr_home]
+        self.watchdog = Watchdog(self.token, remove=[*created, self.ray_tmpdir], hold_fds=self.hold_fds)
         write_connection(self.flwr_home, self.port)
-        self.env = flower_env(self.flwr_home)
+        self.env = flower_env(self.flwr_home, {TOKEN_VAR: self.token, "RAY_TMPDIR": str(self.ray_tmpdir)})
         cmd = [_bin("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
                "--host", "127.0.0.1", "--port", str(self.port), "--database", str(self.flwr_home / "state.db"),
                "--log-file", str(self.flwr_home / "superlink.log"), "--disable-runtime-dependency-installation"]
         out = open(self.flwr_home / "superlink.out", "ab")  # noqa: SIM115 - closed with the process
         self.process = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                        start_new_session=True, preexec_fn=_die_with_parent)
+                                        start_new_session=True)
         out.close()
-        (self.flwr_home / "superlink.pid").write_text(str(self.process.pid))
+        try:
+            self._wait_listening(self.process, timeout)
+        except BaseException:
+            self.stop()
+            raise
+        log.info("SuperLink pid %d on 127.0.0.1:%d", self.process.pid, self.port)
+        return self
+
+    def _wait_listening(self, process: subprocess.Popen[bytes], timeout: float) -> None:
+        """Return once the port accepts connections; RuntimeError with the SuperLink's last output otherwise
+        (its folder is deleted when it is stopped, so the output goes into the message)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"flower-superlink exited with {self.process.returncode}; see "
-                                   f"{self.flwr_home / 'superlink.out'}")
+            if process.poll() is not None:
+                raise RuntimeError(f"flower-superlink exited with {process.returncode}:\n{self._output_tail()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    log.info("SuperLink pid %d on 127.0.0.1:%d", self.process.pid, self.port)
-                    return self
+                    return
             except OSError:
                 time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"flower-superlink did not listen on 127.0.0.1:{self.port} within {timeout:.0f} s")
+        raise RuntimeError(f"flower-superlink did not listen on 127.0.0.1:{self.port} within {timeout:.0f} s:\n"
+                           f"{self._output_tail()}")
 
-    def stop(self, grace: float = 15.0) -> None:
-        """SIGTERM the SuperLink's process group (it spawns the simulation runtime), SIGKILL after `grace`."""
-        proc = self.process
-        if proc is None or proc.poll() is not None:
+    def _output_tail(self, lines: int = 15) -> str:
+        path = self.flwr_home / "superlink.out"
+        text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else "(no output)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, keep_log: Path | None = None, grace: float = 2.0) -> None:
+        """End every process of the run (SIGTERM, SIGKILL after `grace`), copy the SuperLink's output (which
+        includes superexec's) to `keep_log` if given, and delete the run's FLWR_HOME and Ray folders."""
+        if self.watchdog is None:
             return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            log.warning("SuperLink pid %d ignored SIGTERM, killing its group", proc.pid)
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-        log.info("stopped SuperLink pid %d", proc.pid)
+        stopped = kill_marked(self.token, grace)
+        if self.process is not None:
+            self.process.wait(grace)  # reaped: no zombie left behind
+        if keep_log is not None and (self.flwr_home / "superlink.out").is_file():
+            shutil.copyfile(self.flwr_home / "superlink.out", keep_log)
+        self.watchdog.close()
+        self.watchdog = None
+        log.debug("stopped %d process(es) of run %s: %s", len(stopped), self.token, stopped)
 
     def __enter__(self) -> SuperLink:
         return self.start()
@@ -171,6 +190,6 @@ def flwr_run(link: SuperLink, run_config_toml: Path, num_supernodes: int, cpus_p
                 raise TimeoutError(f"flwr run exceeded {timeout:.0f} s")
         return proc.wait()
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(10)
+        if proc.poll() is None:  # interrupted or timed out: it only streams logs, so it may die abruptly
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
