@@ -15,9 +15,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SKIPPED_TOP = ("tests", "build", "results")  # not part of the installed packages
 FLWR_HOME_IN_COMMON = "common.federation.records"  # the one module of common/ that may import flwr
 CLI = "cli"  # the command line: it imports the library, never the other way round
-# common/cli.py is a stop-gap that re-exports the user-error exception and still runs `python -m common.cli`
-# for work in progress (simulations/runlock.py, tests/test_run_safety.py); delete it, and this entry, after them.
-CLI_IMPORT_STOPGAPS = frozenset({"common.cli"})
 
 
 def _module_name(path: Path) -> str:
@@ -63,7 +60,7 @@ def cli_importers(mods: dict[str, frozenset[str]]) -> list[str]:
     return sorted(
         f"{module} imports {dep}"
         for module, deps in mods.items()
-        if not _inside(module, CLI) and module not in CLI_IMPORT_STOPGAPS
+        if not _inside(module, CLI)
         for dep in deps
         if _inside(dep, CLI)
     )
