@@ -12,8 +12,12 @@ How Flower 1.42 lays out a simulation's processes (`ps -eo pid,ppid,pgid,sid,cmd
 So stopping the SuperLink's process group leaves superexec and the simulation running (they go on, finish
 the rounds and write into the run folder), and PR_SET_PDEATHSIG reaches only a direct child. What all of
 them share is the environment, which every process inherits from its parent: every process of a run carries
-`FEDADAPT_RUN_TOKEN=<random>`, and `kill_marked` finds them by reading `/proc/<pid>/environ` (Linux; other
-users' processes are unreadable and skipped), SIGTERMs them, and SIGKILLs what is left after a grace period.
+`FEDADAPT_RUN_TOKEN=<random>`, found by reading `/proc/<pid>/environ` (Linux; other users' processes are
+unreadable and skipped). That alone is not enough: Ray's agents (ray::DashboardAgent, ray::RuntimeEnvAgent)
+set their process title over the memory that /proc shows as their environment, and were seen without the
+token, orphaned and alive after every other process of the run had gone. So `run_pids` also takes every
+process in a session whose leader carries the token (superexec's session holds the simulation and all of
+Ray), and `kill_marked` SIGTERMs them all and SIGKILLs what is left after a grace period.
 
 `Watchdog` covers the case where the CLI cannot clean up itself (SIGKILL, a crash): it starts
 `python -m simulations.reaper` in a session of its own (so a Ctrl-C in the terminal does not reach it) with a
@@ -64,6 +68,30 @@ def marked_pids(token: str) -> list[int]:
     return sorted(found)
 
 
+def _session(pid: int) -> int | None:
+    """The session id of `pid` (field 6 of /proc/<pid>/stat), None if it is gone or a zombie (dead already,
+    waiting for its parent to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # the command name in (...) may hold spaces
+    return None if fields[0] in ("Z", "X") else int(fields[3])
+
+
+def run_pids(token: str, sessions: set[int]) -> list[int]:
+    """The marked processes and every process in a session led by one (never this process or its session).
+
+    `sessions` collects the sessions seen so far and is updated in place, so that the members of a session
+    are still found after its leader has died.
+    """
+    marked = marked_pids(token)
+    own = os.getsid(0)
+    sessions.update(pid for pid in marked if _session(pid) == pid and pid != own)
+    members = {int(e.name) for e in os.scandir("/proc") if e.name.isdigit() and _session(int(e.name)) in sessions}
+    return sorted((set(marked) | members) - {os.getpid()})
+
+
 def _signal_all(pids: Sequence[int], signum: int) -> None:
     for pid in pids:
         try:
@@ -72,33 +100,35 @@ def _signal_all(pids: Sequence[int], signum: int) -> None:
             pass
 
 
-def _wait_gone(token: str, seconds: float) -> list[int]:
-    """Poll until no marked process is left or `seconds` pass; returns those still alive."""
+def _wait_gone(token: str, sessions: set[int], seconds: float) -> list[int]:
+    """Poll until no process of the run is left or `seconds` pass; returns those still alive."""
     deadline = time.monotonic() + seconds
-    alive = marked_pids(token)
+    alive = run_pids(token, sessions)
     while alive and time.monotonic() < deadline:
         time.sleep(0.1)
-        alive = marked_pids(token)
+        alive = run_pids(token, sessions)
     return alive
 
 
 def kill_marked(token: str, grace: float = 2.0) -> list[int]:
-    """SIGTERM every process of the run, SIGKILL whatever is left after `grace` seconds; returns the PIDs found.
+    """SIGTERM every process of the run (`run_pids`), SIGKILL whatever is left after `grace` seconds; returns
+    the PIDs found.
 
     SIGTERM lets the SuperLink and superexec shut down cleanly (a fraction of a second); a Ray worker busy
     training (ray::ClientAppActor) was seen to outlive it by over 5 s, so a long grace only delays the exit.
     SIGKILL is repeated until none is left (for up to 10 s), because a dying parent can still have spawned a
     child (a Ray worker) that the first pass did not see. RuntimeError if processes survive all that.
     """
-    pids = marked_pids(token)
+    sessions: set[int] = set()
+    pids = run_pids(token, sessions)
     seen = set(pids)
     _signal_all(pids, signal.SIGTERM)
-    alive = _wait_gone(token, grace)
+    alive = _wait_gone(token, sessions, grace)
     deadline = time.monotonic() + 10.0
     while alive and time.monotonic() < deadline:
         seen.update(alive)
         _signal_all(alive, signal.SIGKILL)
-        alive = _wait_gone(token, 1.0)
+        alive = _wait_gone(token, sessions, 1.0)
     if alive:
         raise RuntimeError(f"processes {alive} of run {token} survived SIGKILL")
     return sorted(seen)

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from server.checkpoint import latest_complete_round, load_checkpoint
-from simulations.reaper import TOKEN_VAR, kill_marked, marked_pids
+from simulations.reaper import TOKEN_VAR, kill_marked, marked_pids, run_pids
 from simulations.runlock import RunFolderBusy, RunLock
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,25 +84,27 @@ def _sleeper(env: dict[str, str], code: str = "import time; time.sleep(120)") ->
 
 
 def test_kill_marked_ends_a_tree_across_sessions_even_if_sigterm_is_ignored() -> None:
-    """A marked process that ignores SIGTERM, and the grandchild it started in a session of its own, are both
-    SIGKILLed; an unmarked process is left alone."""
+    """A marked session leader that ignores SIGTERM, the grandchild it started in a session of its own, and a
+    child whose environment lost the token (as Ray's agents' does) are all ended; an unrelated process is not."""
     # Prepare
     token = uuid.uuid4().hex
     env = {**os.environ, TOKEN_VAR: token}
-    stubborn = _sleeper(env, textwrap.dedent("""
-        import signal, subprocess, sys, time
+    stubborn = _sleeper(env, textwrap.dedent(f"""
+        import os, signal, subprocess, sys, time
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+        sleep = [sys.executable, "-c", "import time; time.sleep(120)"]
+        subprocess.Popen(sleep, start_new_session=True)
+        subprocess.Popen(sleep, env={{k: v for k, v in os.environ.items() if k != {TOKEN_VAR!r}}})
         time.sleep(120)
     """))
     bystander = _sleeper(dict(os.environ))
-    assert _wait_until(lambda: len(marked_pids(token)) == 2, 10)
+    assert _wait_until(lambda: len(marked_pids(token)) == 2 and len(run_pids(token, set())) == 3, 10)
     # Execute
     killed = kill_marked(token, grace=0.5)
     # Assert
     try:
-        assert len(killed) == 2 and stubborn.pid in killed
-        assert marked_pids(token) == []
+        assert len(killed) == 3 and stubborn.pid in killed
+        assert marked_pids(token) == [] and run_pids(token, set()) == []
         assert stubborn.wait(5) == -signal.SIGKILL
         assert bystander.poll() is None
     finally:
