@@ -115,7 +115,8 @@ def _data(opts: SimOptions, folder: Path) -> tuple[Marketplace | None, DataFacts
     from common.data import synthetic
 
     quiet = logging.getLogger(synthetic.__name__)
-    level, quiet.level = quiet.level, logging.WARNING  # a preflight error stays one line; writing the data logs
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # a preflight error stays one line; writing the data logs what was written
     try:
         market = synthetic.generate_marketplace(opts.users, opts.products, seed=opts.seed)
     finally:
