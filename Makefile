@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(BIN)/fedadapt simulate --preset demo --out results/demo
+	$(BIN)/fedadapt simulate --preset demo --out results/demo --overwrite
 
 lint: install
 	$(BIN)/ruff check cli common client server simulations tests

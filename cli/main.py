@@ -20,7 +20,7 @@ from common.errors import UserError
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("cli.data", "generate or load marketplace tables"),
     "train": ("cli.train", "train a centralized baseline and write RUN/summary.json"),
-    "simulate": ("simulations.commands", "run a federated simulation with Flower and write results"),
+    "simulate": ("cli.simulate", "run a federated simulation with Flower and write results"),
     "bench": ("cli.bench", "benchmarks (reported, not asserted)"),
 }
 

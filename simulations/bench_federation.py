@@ -91,7 +91,7 @@ class TreeRss:
 def bench_scale(clients: list[int], out: Path, rounds: int = 2) -> list[dict[str, Any]]:
     from common.data.schema import write_marketplace
     from common.data.synthetic import generate_marketplace
-    from simulations.commands import SimOptions, simulate
+    from simulations.runner import SimOptions, simulate
 
     data = out / "data"
     if not (data / ".complete").is_file():
@@ -101,7 +101,7 @@ def bench_scale(clients: list[int], out: Path, rounds: int = 2) -> list[dict[str
     for n in clients:
         run_dir = out / f"clients-{n}"
         opts = SimOptions(out=run_dir, data=data, clients=n, rounds=rounds, backbone="tiny", fraction=0.1,
-                          flwr_home=out / f"flwr-{n}", quiet=True,
+                          flwr_home=out / f"flwr-{n}", quiet=True, overwrite=True,
                           config={"fraction-evaluate": 0.1, "min-segment-clients": 1})
         watchers: list[TreeRss] = []
 
@@ -149,10 +149,10 @@ DEMO_FIGURES = ("rounds", "round_wall_s_mean", "client_updates", "client_updates
 
 def bench_demo(out: Path) -> dict[str, Any]:
     """Run the demo preset into `out`; the figures of its summary this benchmark reports (DEMO_FIGURES)."""
-    from simulations.commands import PRESETS, SimOptions, simulate
+    from simulations.runner import PRESETS, SimOptions, simulate
 
     p = PRESETS["demo"]
     summary = simulate(SimOptions(out=out, clients=p["clients"], rounds=p["rounds"],
                                   users=p["users"], products=p["products"], backbone=p["backbone"],
-                                  fraction=p["fraction"], config=dict(p["config"])))
+                                  fraction=p["fraction"], overwrite=True, config=dict(p["config"])))
     return {k: summary[k] for k in DEMO_FIGURES}

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from common.names import FLOWER_ENV
 from simulations.reaper import TOKEN_VAR, Watchdog, kill_marked, new_token
 
 log = logging.getLogger(__name__)
@@ -53,14 +54,9 @@ def _bin(name: str) -> str:
 def flower_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment for every Flower process: own home, no dependency installs, no network checks."""
     env = dict(os.environ)
+    env.update(FLOWER_ENV)
     env.update({
         "FLWR_HOME": str(flwr_home),
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
         "RAY_TMPDIR": env.get("RAY_TMPDIR", "/tmp/fedadapt-ray"),
         "PYTHONUNBUFFERED": "1",
         # the SuperLink spawns flower-superexec / flwr-serverapp by name: they must be on PATH

@@ -22,6 +22,7 @@ from common.data.examples import ExampleConfig
 from common.data.partition import partition_user_ids
 from common.data.schema import COLUMNS, FORMATS, TABLES, DataError, Marketplace, read_marketplace, read_table
 from common.data.schema import validate_table as validate_schema
+from common.names import CHECKPOINTS_DIR, METRICS_FILE
 from common.protocol import FedConfig
 from server.checkpoint import check_resumable, latest_complete_round, load_checkpoint
 
@@ -163,6 +164,15 @@ def usable_users(market: Marketplace) -> set[str]:
     positives = clicks[clicks["event_type"].isin(rule.positive_events)].drop_duplicates(["user_id", "product_id"])
     counts = positives.groupby("user_id").size()
     return set(counts[counts >= rule.min_positives].index.astype(str))
+
+
+def check_fresh(out: Path) -> None:
+    """A fresh run must not silently overwrite an earlier run's checkpoints and metrics in `out`."""
+    last = latest_complete_round(out / CHECKPOINTS_DIR)
+    if last is not None or (out / METRICS_FILE).is_file():
+        held = f"checkpoints up to round {last}" if last is not None else METRICS_FILE
+        raise ValueError(f"--out {out} already holds a run ({held}): pass --resume to continue it, --overwrite "
+                         "to replace it, or choose another --out")
 
 
 def check_resume(checkpoints: Path, cfg: FedConfig) -> int | None:

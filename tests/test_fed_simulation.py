@@ -22,7 +22,7 @@ from server.aggregate import aggregate_banks, split_banks
 from server.app import initial_banks
 from server.checkpoint import Checkpoint, latest_complete_round, load_checkpoint
 from server.validate import REASONS
-from simulations.commands import SimOptions, simulate
+from simulations.runner import SimOptions, simulate
 
 CLIENTS = 3
 ROUNDS = 4

@@ -20,6 +20,7 @@ from common.data.synthetic import generate_marketplace
 from common.protocol import FedConfig
 from server.checkpoint import Checkpoint, round_dir, save_checkpoint
 from simulations.preflight import check_backbone, check_segments, inspect_data
+from simulations.runner import remove_results
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +108,25 @@ def test_resume_from_a_damaged_or_different_checkpoint_is_refused(data: Path, tm
     assert "segment-keys: 'region,season' in the checkpoint, 'region' now" in err_other
     assert rc_bad == 2 and f"checkpoint round 1 under {run / 'checkpoints'} is corrupt" in err_bad
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints"]
+
+
+def test_a_fresh_run_does_not_overwrite_an_earlier_one(data: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --resume or --overwrite, a folder that holds a run's checkpoints is refused and left untouched;
+    --overwrite removes the old results (keeping data/) once the folder is locked."""
+    # Prepare
+    run = tmp_path / "run"
+    bank = {"global": {"global::a": np.zeros((2, 2), dtype=np.float32)}}
+    save_checkpoint(run / "checkpoints", Checkpoint(3, bank, {}))
+    (run / "metrics.jsonl").write_text("{}\n")
+    (run / "data").mkdir()
+    # Execute
+    rc, err, _ = _simulate(["--data", str(data), "--out", str(run)], capsys)
+    # Assert
+    assert rc == 2 and "already holds a run (checkpoints up to round 3)" in err and "--overwrite" in err
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "data", "metrics.jsonl"]
+    remove_results(run)
+    assert sorted(p.name for p in run.iterdir()) == ["data"]
 
 
 def test_inspect_data_checks_columns_only_for_large_data(data: Path, tmp_path: Path) -> None:

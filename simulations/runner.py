@@ -1,7 +1,5 @@
-"""`fedadapt simulate`: a federated run of the Flower app on a local simulation federation, with results.
-
-    fedadapt simulate --preset smoke --out results/smoke
-    fedadapt simulate --data DIR --clients 20 --rounds 3 --adapter lora --segments region,season --out RUN
+"""The simulation runner behind `fedadapt simulate` (cli/simulate.py): a federated run of the Flower app on a
+local simulation federation, with results.
 
 Before anything starts or is written it checks the options, the backbone, the data (generated in memory when
 --data is not given), the segment keys and, with --resume, the checkpoint (simulations/preflight.py). Then it
@@ -10,18 +8,19 @@ locks RUN (one run per folder), writes the data and the run config as a TOML fil
 ServerApp really finished (`flwr run` exits 0 on failure), stops every process of the run and writes
 RUN/summary.json, RUN/summary.md and RUN/plots/*.png next to the ServerApp's metrics.jsonl and checkpoints/.
 
-Ctrl-C, SIGTERM or SIGHUP stop every process of the run and exit 128 + the signal number (130, 143, 129)
-with one line naming the last checkpoint, which --resume continues from.
+A fresh run refuses a folder that already holds a run's checkpoints or metrics unless `overwrite` is set (then
+the old results are removed once the folder is locked; RUN/data is kept): nothing saved is lost by accident.
+An `Interrupted` exception (the CLI raises it from its signal handler) unwinds through `simulate`, whose
+clean-up stops every process of the run; the last checkpoint stays intact.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
+import shutil
 import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,13 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from common.data.schema import Marketplace
-from common.names import CHECKPOINTS_DIR, COMPLETE_FILE, STOPPED_FILE, STRATEGIES
+from common.names import CHECKPOINTS_DIR, COMPLETE_FILE, METRICS_FILE, STOPPED_FILE, SUMMARY_FILE
 from common.protocol import FedConfig
 from simulations.flower import PROJECT_ROOT, SuperLink, flwr_run
 from simulations.preflight import (
     DataFacts,
     check_backbone,
     check_clients,
+    check_fresh,
     check_resume,
     check_segments,
     inspect_data,
@@ -46,6 +46,9 @@ from simulations.runlock import RunLock
 log = logging.getLogger(__name__)
 
 SUPERLINK_LOG = "superlink.log"  # a failed or interrupted run keeps the SuperLink's output here
+# What a run writes into its folder besides data/: what `overwrite` removes.
+RESULTS = (CHECKPOINTS_DIR, METRICS_FILE, SUMMARY_FILE, "summary.md", "plots", COMPLETE_FILE, STOPPED_FILE,
+           "run_config.toml", "flwr.log", SUPERLINK_LOG)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 # Preset: run-config overrides + simulation size. smoke is CI-sized; demo is what `make demo` runs.
@@ -75,6 +78,7 @@ class SimOptions:
     fraction: float = 1.0
     resume: bool = False
     stop_after_round: int = 0
+    overwrite: bool = False  # replace an earlier run's results in `out` (without it such a folder is refused)
     flwr_home: Path | None = None
     cpus_per_client: float = 1.0
     timeout: float | None = None
@@ -134,8 +138,21 @@ def preflight(opts: SimOptions) -> Plan:
     check_segments(cfg.segment_key_tuple, facts.user_columns)
     check_clients(facts, cfg, opts.clients)
     resume_after = check_resume(opts.out / CHECKPOINTS_DIR, cfg) if opts.resume else None
+    if not opts.resume and not opts.overwrite:
+        check_fresh(opts.out)
     check_backbone(cfg.backbone)  # last: a custom folder costs seconds of imports
     return Plan(cfg, data_dir, generated, resume_after)
+
+
+def remove_results(out: Path) -> None:
+    """Delete what an earlier run wrote into `out` (checkpoints, metrics, summaries, plots, logs, markers); its
+    data folder stays. Only called with `overwrite`, once `out` is locked."""
+    for name in RESULTS:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _write_data(plan: Plan) -> None:
@@ -189,6 +206,8 @@ def simulate(opts: SimOptions, on_superlink: Callable[[SuperLink], None] | None 
 
 def _simulate_locked(opts: SimOptions, plan: Plan, lock_fd: int,
                      on_superlink: Callable[[SuperLink], None] | None) -> dict[str, Any]:
+    if opts.overwrite and not opts.resume:
+        remove_results(opts.out)
     _write_data(plan)
     if plan.resume_after is not None:
         log.info("resuming after checkpoint round %d", plan.resume_after)
@@ -232,98 +251,9 @@ def _simulate_locked(opts: SimOptions, plan: Plan, lock_fd: int,
     return write_report(opts.out, extra)
 
 
-def options_from_args(args: argparse.Namespace) -> SimOptions:
-    """Command-line values win over the preset's, which win over SimOptions' defaults."""
-    preset = PRESETS[args.preset] if args.preset else {}
-    defaults = SimOptions(out=Path(args.out))
-
-    def pick(name: str) -> Any:
-        value = getattr(args, name)
-        return value if value is not None else preset.get(name, getattr(defaults, name))
-
-    config = dict(preset.get("config", {}))
-    if args.strategy:
-        config["strategy"] = args.strategy
-    if args.proximal_mu is not None:
-        config["proximal-mu"] = args.proximal_mu
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        config[key] = value
-    backbone = pick("backbone")
-    return SimOptions(
-        out=Path(args.out), clients=pick("clients"), rounds=pick("rounds"),
-        data=Path(args.data) if args.data else None, users=pick("users"), products=pick("products"),
-        seed=args.seed, adapter=args.adapter, segments=args.segments,
-        backbone="" if backbone == "minilm" else backbone, fraction=pick("fraction"), resume=args.resume,
-        stop_after_round=args.stop_after_round, cpus_per_client=args.cpus_per_client, config=config,
-    )
-
-
 class Interrupted(KeyboardInterrupt):
     """One of STOP_SIGNALS arrived; unwinds like Ctrl-C, so every `finally` on the way stops what it started."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    for other in STOP_SIGNALS:  # a second Ctrl-C must not cut the clean-up short
-        signal.signal(other, lambda *_: None)
-    raise Interrupted(signum)
-
-
-def interrupted_message(signum: int, out: Path) -> str:
-    """The one line an interrupted run prints: what happened and where it can continue from."""
-    from server.checkpoint import latest_complete_round
-
-    last = latest_complete_round(out / CHECKPOINTS_DIR)
-    where = (f"last checkpoint: round {last} under {out / CHECKPOINTS_DIR} (continue with --resume)"
-             if last is not None else "no checkpoint was written")
-    return f"fedadapt simulate: interrupted by {signal.Signals(signum).name}; the run's processes are stopped; {where}"
-
-
-def run(args: argparse.Namespace) -> int:
-    previous = {signum: signal.signal(signum, _interrupt) for signum in STOP_SIGNALS}
-    try:
-        summary = simulate(options_from_args(args))
-    except Interrupted as exc:
-        print(interrupted_message(exc.signum, Path(args.out)), file=sys.stderr)
-        return 128 + exc.signum
-    except SimulationFailed as exc:
-        print(f"fedadapt simulate: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    print((Path(args.out) / "summary.md").read_text())
-    print(f"summary: {Path(args.out) / 'summary.json'}")
-    print(f"plots:   {Path(args.out) / 'plots'}/ ({', '.join(Path(p).name for p in summary['plots'])})")
-    return 0
-
-
-def add_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser("simulate", help="run a federated simulation with Flower and write results",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="run folder (metrics.jsonl, summary, plots, checkpoints)")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="smoke: tiny CI run; demo: MiniLM, 20 clients")
-    p.add_argument("--data", help="marketplace folder (default: generate synthetic data into RUN/data)")
-    p.add_argument("--clients", type=int, help="number of simulated SuperNodes (virtual clients)")
-    p.add_argument("--rounds", type=int, help="federated rounds")
-    p.add_argument("--users", type=int, help="users to generate when --data is not given")
-    p.add_argument("--products", type=int, help="products to generate when --data is not given")
-    p.add_argument("--adapter", default="lora", help="adapter kind (common.adapters.ADAPTER_KINDS)")
-    p.add_argument("--segments", default="region,season", help="segment keys with their own adapters")
-    p.add_argument("--backbone", help="'tiny', 'minilm' or a local model folder")
-    p.add_argument("--fraction", type=float, help="fraction of clients sampled per round (default 1)")
-    p.add_argument("--strategy", choices=list(STRATEGIES), help="server update rule")
-    p.add_argument("--proximal-mu", type=float, help="FedProx proximal weight (with --strategy fedprox)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any run-config key, e.g. lr=0.002")
-    p.add_argument("--cpus-per-client", type=float, default=1.0,
-                   help="CPUs Ray reserves per virtual client: with C cores, about C / this clients train at once")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints")
-    p.add_argument("--stop-after-round", type=int, default=0, help="end the run after this round (0: never)")
-    p.set_defaults(func=run)

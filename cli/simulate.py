@@ -1,0 +1,114 @@
+"""`fedadapt simulate`: a federated run of the Flower app on a local simulation federation, with results.
+
+    fedadapt simulate --preset smoke --out results/smoke
+    fedadapt simulate --data DIR --clients 20 --rounds 3 --adapter lora --segments region,season --out RUN
+
+Options, backbone, data, segment keys and (with --resume) the checkpoint are checked before anything starts or
+is written (one line, exit 2). Ctrl-C, SIGTERM or SIGHUP stop every process of the run and exit 128 + the signal
+number (130, 143, 129) with one line naming the last checkpoint, which --resume continues from. The run itself
+is `simulations.runner.simulate`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from common.names import CHECKPOINTS_DIR, DEFAULT_SEGMENT_KEYS, STRATEGIES
+from simulations.runner import PRESETS, STOP_SIGNALS, Interrupted, SimOptions, SimulationFailed, simulate
+
+
+def options_from_args(args: argparse.Namespace) -> SimOptions:
+    """Command-line values win over the preset's, which win over SimOptions' defaults."""
+    preset = PRESETS[args.preset] if args.preset else {}
+    defaults = SimOptions(out=Path(args.out))
+
+    def pick(name: str) -> Any:
+        value = getattr(args, name)
+        return value if value is not None else preset.get(name, getattr(defaults, name))
+
+    config = dict(preset.get("config", {}))
+    if args.strategy:
+        config["strategy"] = args.strategy
+    if args.proximal_mu is not None:
+        config["proximal-mu"] = args.proximal_mu
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        config[key] = value
+    backbone = pick("backbone")
+    return SimOptions(
+        out=Path(args.out), clients=pick("clients"), rounds=pick("rounds"),
+        data=Path(args.data) if args.data else None, users=pick("users"), products=pick("products"),
+        seed=args.seed, adapter=args.adapter, segments=args.segments,
+        backbone="" if backbone == "minilm" else backbone, fraction=pick("fraction"), resume=args.resume,
+        stop_after_round=args.stop_after_round, overwrite=args.overwrite, cpus_per_client=args.cpus_per_client,
+        config=config,
+    )
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    for other in STOP_SIGNALS:  # a second Ctrl-C must not cut the clean-up short
+        signal.signal(other, lambda *_: None)
+    raise Interrupted(signum)
+
+
+def interrupted_message(signum: int, out: Path) -> str:
+    """The one line an interrupted run prints: what happened and where it can continue from."""
+    from server.checkpoint import latest_complete_round
+
+    last = latest_complete_round(out / CHECKPOINTS_DIR)
+    where = (f"last checkpoint: round {last} under {out / CHECKPOINTS_DIR} (continue with --resume)"
+             if last is not None else "no checkpoint was written")
+    return f"fedadapt simulate: interrupted by {signal.Signals(signum).name}; the run's processes are stopped; {where}"
+
+
+def run(args: argparse.Namespace) -> int:
+    previous = {signum: signal.signal(signum, _interrupt) for signum in STOP_SIGNALS}
+    try:
+        summary = simulate(options_from_args(args))
+    except Interrupted as exc:
+        print(interrupted_message(exc.signum, Path(args.out)), file=sys.stderr)
+        return 128 + exc.signum
+    except SimulationFailed as exc:
+        print(f"fedadapt simulate: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    print((Path(args.out) / "summary.md").read_text())
+    print(f"summary: {Path(args.out) / 'summary.json'}")
+    print(f"plots:   {Path(args.out) / 'plots'}/ ({', '.join(Path(p).name for p in summary['plots'])})")
+    return 0
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register `simulate` and its options."""
+    p = subparsers.add_parser("simulate", help="run a federated simulation with Flower and write results",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="run folder (metrics.jsonl, summary, plots, checkpoints)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="smoke: tiny CI run; demo: MiniLM, 20 clients")
+    p.add_argument("--data", help="marketplace folder (default: generate synthetic data into RUN/data)")
+    p.add_argument("--clients", type=int, help="number of simulated SuperNodes (virtual clients)")
+    p.add_argument("--rounds", type=int, help="federated rounds")
+    p.add_argument("--users", type=int, help="users to generate when --data is not given")
+    p.add_argument("--products", type=int, help="products to generate when --data is not given")
+    p.add_argument("--adapter", default="lora", help="adapter kind (common.adapters.ADAPTER_KINDS)")
+    p.add_argument("--segments", default=",".join(DEFAULT_SEGMENT_KEYS), help="segment keys with their own adapters")
+    p.add_argument("--backbone", help="'tiny', 'minilm' or a local model folder")
+    p.add_argument("--fraction", type=float, help="fraction of clients sampled per round (default 1)")
+    p.add_argument("--strategy", choices=list(STRATEGIES), help="server update rule")
+    p.add_argument("--proximal-mu", type=float, help="FedProx proximal weight (with --strategy fedprox)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any run-config key, e.g. lr=0.002")
+    p.add_argument("--cpus-per-client", type=float, default=1.0,
+                   help="CPUs Ray reserves per virtual client: with C cores, about C / this clients train at once")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of an earlier run in RUN (without it such a folder is refused)")
+    p.add_argument("--stop-after-round", type=int, default=0, help="end the run after this round (0: never)")
+    p.set_defaults(func=run)
