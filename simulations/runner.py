@@ -138,8 +138,6 @@ def preflight(opts: SimOptions) -> Plan:
     check_segments(cfg.segment_key_tuple, facts.user_columns)
     check_clients(facts, cfg, opts.clients)
     resume_after = check_resume(opts.out / CHECKPOINTS_DIR, cfg) if opts.resume else None
-    if not opts.resume and not opts.overwrite:
-        check_fresh(opts.out)
     check_backbone(cfg.backbone)  # last: a custom folder costs seconds of imports
     return Plan(cfg, data_dir, generated, resume_after)
 
@@ -206,6 +204,8 @@ def simulate(opts: SimOptions, on_superlink: Callable[[SuperLink], None] | None 
 
 def _simulate_locked(opts: SimOptions, plan: Plan, lock_fd: int,
                      on_superlink: Callable[[SuperLink], None] | None) -> dict[str, Any]:
+    if not opts.resume and not opts.overwrite:
+        check_fresh(opts.out)  # under the lock: a folder in use is reported as such, not as an earlier run
     if opts.overwrite and not opts.resume:
         remove_results(opts.out)
     _write_data(plan)

@@ -112,8 +112,8 @@ def test_resume_from_a_damaged_or_different_checkpoint_is_refused(data: Path, tm
 
 def test_a_fresh_run_does_not_overwrite_an_earlier_one(data: Path, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    """Without --resume or --overwrite, a folder that holds a run's checkpoints is refused and left untouched;
-    --overwrite removes the old results (keeping data/) once the folder is locked."""
+    """Without --resume or --overwrite, a folder that holds a run's checkpoints is refused and its results are
+    left untouched (only the lock file is added); --overwrite removes the old results, keeping data/."""
     # Prepare
     run = tmp_path / "run"
     bank = {"global": {"global::a": np.zeros((2, 2), dtype=np.float32)}}
@@ -124,9 +124,9 @@ def test_a_fresh_run_does_not_overwrite_an_earlier_one(data: Path, tmp_path: Pat
     rc, err, _ = _simulate(["--data", str(data), "--out", str(run)], capsys)
     # Assert
     assert rc == 2 and "already holds a run (checkpoints up to round 3)" in err and "--overwrite" in err
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "data", "metrics.jsonl"]
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "checkpoints", "data", "metrics.jsonl"]
     remove_results(run)
-    assert sorted(p.name for p in run.iterdir()) == ["data"]
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "data"]
 
 
 def test_inspect_data_checks_columns_only_for_large_data(data: Path, tmp_path: Path) -> None:
