@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from common.adapters import AdapterConfig
-from common.names import DEFAULT_SEGMENT_KEYS, OVERALL, SUMMARY_FILE
+from common.names import DEFAULT_SEGMENT_KEYS, HISTORIES, OVERALL, SUMMARY_FILE
 from common.rec.baselines import ITEM_TOWERS, MODES
 from common.rec.experiment import ExperimentConfig, run_experiment
 from common.rec.train import TrainConfig
@@ -48,6 +48,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--item-tower", choices=ITEM_TOWERS, default="adapted",
                    help="items through the shared adapter (adapted) or the bare backbone (frozen)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--history", choices=HISTORIES, default="session",
+                   help="what a context may hold: 'session' (events before the target's session; the measured "
+                        "default) or 'event' (every event before the target, also inside its session)")
     p.set_defaults(func=run)
 
 
@@ -77,6 +80,7 @@ def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
         segment_keys=tuple(k.strip() for k in args.segments.split(",") if k.strip()),
         min_segment_users=args.min_segment_users, backbone=args.backbone, max_users=args.max_users,
         eval_users=args.eval_users, init_global=args.init_global, item_tower=args.item_tower, seed=args.seed,
+        history=args.history,
     )
 
 

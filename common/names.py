@@ -21,6 +21,9 @@ ADAPTER_KINDS = ("bottleneck", "parallel", "lora", "hyper", "task_attention", "m
 PER_SEGMENT = "per-segment"  # cross-silo: a client holds the users of one segment value (e.g. one region)
 IID = "iid"  # a seeded shuffle of all users dealt round-robin
 PARTITION_MODES = (PER_SEGMENT, IID)
+# What a target's context may hold (common/data/examples.py): events before the target's session, or before
+# the target itself.
+HISTORIES = ("session", "event")
 
 # Files a run folder holds (the ServerApp writes them; `fedadapt simulate` reads them).
 METRICS_FILE = "metrics.jsonl"

@@ -31,6 +31,7 @@ from common.names import (
     DEFAULT_SERVER_LR,
     FEDAVG,
     FEDPROX,
+    HISTORIES,
     KEY_SEP,
     PARTITION_MODES,
     PER_SEGMENT,
@@ -171,6 +172,7 @@ class FedConfig:
     adapter_kind: str = "lora"
     segment_keys: str = ",".join(DEFAULT_SEGMENT_KEYS)
     partition_mode: str = PER_SEGMENT
+    history: str = "session"  # what a context may hold (common/data/examples.py): "session" or "event"
     strategy: str = FEDAVG
     server_lr: float = 0.0  # 0: the strategy's default (common.names.DEFAULT_SERVER_LR)
     proximal_mu: float = 0.0
@@ -205,6 +207,8 @@ class FedConfig:
             raise ValueError(f"adapter-kind {self.adapter_kind!r} is not one of {', '.join(ADAPTER_KINDS)}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy {self.strategy!r} is not one of {', '.join(STRATEGIES)}")
+        if self.history not in HISTORIES:
+            raise ValueError(f"history {self.history!r} is not one of {', '.join(HISTORIES)}")
         if self.partition_mode not in PARTITION_MODES:
             raise ValueError(f"partition-mode {self.partition_mode!r} is not one of {', '.join(PARTITION_MODES)}")
         if self.strategy == FEDPROX and not self.proximal_mu > 0:

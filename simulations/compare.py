@@ -75,7 +75,11 @@ def compare(data: Path, central: Path, federated: Path, eval_users: int | None, 
         trained_on = summary.get("data")
         if trained_on is not None and Path(trained_on).resolve() != data.resolve():
             raise ValueError(f"central run {mode} was trained on {trained_on}, not on --data {data}")
-    records, item_texts = load_examples(data, seed=seed)
+    histories = {str(s.get("history", "session")) for s in summaries.values()}
+    if len(histories) != 1:
+        raise ValueError(f"the central runs cut contexts differently ({sorted(histories)}); compare one at a time")
+    history = histories.pop()
+    records, item_texts = load_examples(data, seed=seed, history=history)
     for mode, summary in summaries.items():
         users = summary.get("users", {}).get("eval")
         run_seed = summary.get("train_config", {}).get("seed")
@@ -86,6 +90,9 @@ def compare(data: Path, central: Path, federated: Path, eval_users: int | None, 
                              f"comparison uses seed {seed} and --eval-users {eval_users}: they must match")
     eval_records = eval_sample(records, eval_users, seed)
     model, info = federated_model(federated, data, server_round)
+    fed_history = info["run_config"].get("history", "session")
+    if fed_history != history:
+        raise ValueError(f"the federated run cut contexts by {fed_history!r}, the central runs by {history!r}")
     metrics = evaluate(model, eval_records, item_texts)
     popularity = next(iter(summaries.values()))["popularity"]
     order = {mode: i for i, mode in enumerate(MODES)}

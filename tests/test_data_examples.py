@@ -91,3 +91,51 @@ def test_config_validation() -> None:
         ExampleConfig(min_positives=1)
     with pytest.raises(ValueError, match="positive_events"):
         ExampleConfig(positive_events=("like",))
+
+
+def one_session_market(users: int = 5) -> Marketplace:
+    """Users who do everything in one session, as in a rating log: view and buy A; view and buy B in the same
+    second; view, cart and buy C; buy D; view E afterwards. Only the product names tell what leaked."""
+    names = {"A": "Anvil", "B": "Bagel", "C": "Cactus", "D": "Dynamo", "E": "Easel"}
+    products = pd.DataFrame({"product_id": [f"{k}{i}" for k in names for i in range(users)] +
+                             [f"x{i}" for i in range(150)],
+                             "product_name": [f"{n} {i}" for n in names.values() for i in range(users)] +
+                             [f"Filler {i}" for i in range(150)],
+                             "product_description": "desc", "category": "misc"})
+    rows = []
+    for u in range(users):
+        t = T0 + u * DAY
+        steps = [(0, "view", "A"), (1, "purchase", "A"), (2, "view", "B"), (2, "purchase", "B"), (3, "view", "C"),
+                 (4, "add_to_cart", "C"), (5, "purchase", "C"), (6, "purchase", "D"), (7, "view", "E")]
+        rows += [(f"u{u}", f"s{u}", t + dt, event, f"{k}{u}") for dt, event, k in steps]
+    clicks = pd.DataFrame(rows, columns=["user_id", "session_id", "timestamp", "event_type", "product_id"])
+    reviews = pd.DataFrame(columns=["review_id", "product_id", "user_id", "review_text", "star_rating", "timestamp"])
+    users_df = pd.DataFrame({"user_id": [f"u{u}" for u in range(users)], "region": "Europe"})
+    return Marketplace(reviews=reviews, products=products, clicks=clicks, users=users_df)
+
+
+def test_event_history_gives_one_session_users_contexts_without_leaks() -> None:
+    """With history="event", every user of a one-session log with 3+ positives gets non-empty contexts and a
+    training pair, and no context holds its target, the target's own session events, or anything later."""
+    m = one_session_market()
+    later = {"A": "BCDE", "B": "CDE", "C": "DE", "D": "E"}  # what happens at or after each target
+    names = {"A": "Anvil", "B": "Bagel", "C": "Cactus", "D": "Dynamo", "E": "Easel"}
+    records = build_examples(m, ExampleConfig(history="event"))
+    assert len(records) == 5
+    for rec in records:
+        u = rec.user_id[1:]
+        assert (rec.test_item, rec.valid_item) == (f"D{u}", f"C{u}")
+        assert rec.context_text and rec.valid_context_text and rec.train_positives == [f"B{u}"]
+        targets = [(rec.context_text, "D"), (rec.valid_context_text, "C"), (rec.train_pairs[0][0], "B")]
+        for ctx, target in targets:
+            assert f"{names[target]} {u}" not in ctx, (target, ctx)  # neither bought nor the views that led to it
+            assert not any(f"{names[k]} {u}" in ctx for k in later[target]), (target, ctx)
+        assert rec.context_text.startswith(f"bought Cactus {u}")  # latest first, one line per product
+        assert rec.context_text.count(f"Cactus {u}") == 1
+    # The session cut (the default) leaves exactly these users without any context or training pair.
+    assert all(not r.context_text and not r.train_pairs for r in build_examples(m))
+
+
+def test_history_mode_is_validated() -> None:
+    with pytest.raises(ValueError, match="history"):
+        ExampleConfig(history="everything")

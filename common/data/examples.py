@@ -3,9 +3,18 @@
 A user's positives are the distinct products they added to cart or bought (a cart is already a strong purchase
 signal and doubles the positives of sparse users; a product counts once, at its first positive event). The last
 positive is the test item, the second-last the validation item, the earlier ones are training targets.
-The context for a target is built only from what happened *before the target's session started* (earlier
-sessions and reviews), most recent first, cut to a word budget: no event of the target's own session, and no
-later event, can leak into it.
+
+A target's context is text about what the user did before it, most recent first, whole lines while they fit a
+word budget (`context_words`; older history is dropped). What counts as "before" is `ExampleConfig.history`:
+- "session" (the default, what the README's figures were measured with): only what happened before the
+  target's session started (earlier sessions and reviews), one line per (session, product) at its strongest
+  event. Nothing of the target's session can leak, but a user who rates everything in one sitting (most users
+  of a public rating log) gets an empty context and no training pairs.
+- "event": every event before the target itself, also inside its session: for each (session, product) the
+  latest of its events before the target ("bought X" once, not "viewed X; carted X; bought X"); events are
+  ordered by time and, for equal times, by their row order in the clicks table (reviews after clicks). The
+  target's own events in its session (the views and cart adds that led to the purchase) are left out, and
+  nothing at or after the target enters.
 """
 
 from __future__ import annotations
@@ -15,12 +24,14 @@ import logging
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from common.data.schema import EVENT_TYPES, Marketplace
 from common.data.seasons import season_of
+from common.names import HISTORIES
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +52,11 @@ class ExampleConfig:
     segment_columns: tuple[str, ...] | None = None  # user columns used as segments; None: all but user_id
     include_reviews: bool = True
     max_train_pairs: int | None = None  # keep only the most recent N training pairs per user
+    history: str = "session"  # what a context may hold: "session" or "event" (see the module docstring)
 
     def __post_init__(self) -> None:
+        if self.history not in HISTORIES:
+            raise ValueError(f"history must be one of {', '.join(HISTORIES)}, got {self.history!r}")
         if self.context_words < 1 or self.review_words < 1:
             raise ValueError(f"context_words and review_words must be >= 1, got {self.context_words}, "
                              f"{self.review_words}")
@@ -121,13 +135,43 @@ def _render_events(m: Marketplace, cfg: ExampleConfig) -> pd.DataFrame:
     return events.reset_index(drop=True)
 
 
-def _context(times: list[int], texts: list[str], words: list[int], before: int, budget: int) -> str:
-    """Most recent first, whole lines while they fit the word budget (the first line is cut if it alone is
-    too long)."""
-    end = bisect.bisect_left(times, before)
+def _render_event_lines(clicks: pd.DataFrame, m: Marketplace, cfg: ExampleConfig) -> pd.DataFrame:
+    """For the "event" history: one line per (session, product, event type) at its first occurrence, and one
+    per review, each keyed by (time, seq) where seq is the row's place in `clicks` (sorted by user and time,
+    ties in file order) and reviews come after clicks of the same second."""
+    prod = m.products.set_index("product_id")
+    label = prod["product_name"] + " (" + prod["category"] + ")"
+    first = clicks.assign(seq=np.arange(len(clicks))).drop_duplicates(
+        ["user_id", "session_id", "product_id", "event_type"])
+    parts = [pd.DataFrame({"user_id": first["user_id"], "t": first["timestamp"], "seq": first["seq"],
+                           "session_id": first["session_id"], "product_id": first["product_id"],
+                           "text": first["event_type"].map(VERBS) + " " + first["product_id"].map(label)})]
+    if cfg.include_reviews and len(m.reviews):
+        r = m.reviews
+        short = r["review_text"].str.split().str[: cfg.review_words].str.join(" ")
+        text = ("reviewed " + r["product_id"].map(label) + " " + r["star_rating"].astype(str) + " stars: " + short)
+        parts.append(pd.DataFrame({"user_id": r["user_id"], "t": r["timestamp"],
+                                   "seq": len(clicks) + np.arange(len(r)), "session_id": "",
+                                   "product_id": r["product_id"], "text": text}))
+    events = pd.concat(parts, ignore_index=True).sort_values(["user_id", "t", "seq"], kind="stable")
+    return events.reset_index(drop=True)
+
+
+def _context(keys: Sequence[Any], texts: list[str], words: list[int], before: Any, budget: int,
+             owners: Sequence[tuple[str, str]] = (), skip: tuple[str, str] | None = None) -> str:
+    """The lines whose key sorts before `before`, most recent first, whole lines while they fit the word budget
+    (the first line is cut if it alone is too long). With `owners` (session, product) per line, only the latest
+    line of each owner is kept (a product viewed, carted and bought reads "bought X" once) and the lines of
+    `skip` (the target's own events) are left out."""
+    end = bisect.bisect_left(keys, before)  # keys: times ("session") or (time, seq) pairs ("event")
     out: list[str] = []
     used = 0
+    shown: set[tuple[str, str]] = set()
     for i in range(end - 1, -1, -1):
+        if owners:
+            if owners[i] == skip or owners[i] in shown:
+                continue
+            shown.add(owners[i])
         if used + words[i] > budget:
             if not out:
                 out.append(" ".join(texts[i].split()[:budget]))
@@ -172,18 +216,24 @@ def _spans(keys: list[str]) -> dict[str, tuple[int, int]]:
 def build_examples(m: Marketplace, cfg: ExampleConfig | None = None) -> list[UserRecord]:
     """One `UserRecord` per user with at least `min_positives` distinct positive products, sorted by user id."""
     cfg = cfg or ExampleConfig()
-    pos = m.clicks[m.clicks["event_type"].isin(cfg.positive_events)]
-    pos = pos.sort_values(["user_id", "timestamp"], kind="stable").drop_duplicates(["user_id", "product_id"])
+    clicks = m.clicks.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
+    pos = clicks[clicks["event_type"].isin(cfg.positive_events)].drop_duplicates(["user_id", "product_id"])
     starts = m.clicks.groupby("session_id")["timestamp"].min()
-    pos = pos.assign(start=pos["session_id"].map(starts), season=season_of(pos["timestamp"].to_numpy()))
+    pos = pos.assign(start=pos["session_id"].map(starts), season=season_of(pos["timestamp"].to_numpy()),
+                     seq=pos.index.to_numpy())
     seg_cols = list(cfg.segment_columns) if cfg.segment_columns is not None else [
         c for c in m.users.columns if c != "user_id"]
     missing = [c for c in seg_cols if c not in m.users.columns]
     if missing:
         raise ValueError(f"segment column(s) {missing} not in the users table (has {list(m.users.columns)})")
     user_segments = m.users.set_index("user_id")[seg_cols].astype(str).to_dict("index")
-    events = _render_events(m, cfg)
-    ev_user, ev_t, ev_text = events["user_id"].tolist(), events["t"].tolist(), events["text"].tolist()
+    by_event = cfg.history == "event"
+    events = _render_event_lines(clicks, m, cfg) if by_event else _render_events(m, cfg)
+    ev_user, ev_text = events["user_id"].tolist(), events["text"].tolist()
+    ev_key: list[Any] = (list(zip(events["t"].tolist(), events["seq"].tolist(), strict=True)) if by_event
+                            else events["t"].tolist())
+    ev_owner = (list(zip(events["session_id"].tolist(), events["product_id"].tolist(), strict=True)) if by_event
+                else [])
     ev_words = events["text"].str.split().str.len().tolist()
     ev_span = _spans(ev_user)
     seen_all = pd.concat([m.clicks[["user_id", "product_id"]], m.reviews[["user_id", "product_id"]]])
@@ -194,15 +244,22 @@ def build_examples(m: Marketplace, cfg: ExampleConfig | None = None) -> list[Use
     catalog = m.products["product_id"].tolist()
     p_user, p_item = pos["user_id"].tolist(), pos["product_id"].tolist()
     p_start, p_season = pos["start"].tolist(), pos["season"].tolist()
+    p_key = list(zip(pos["timestamp"].tolist(), pos["seq"].tolist(), strict=True))
+    p_session = pos["session_id"].tolist()
     records = []
     for user, (a, b) in sorted(_spans(p_user).items()):
         if b - a < cfg.min_positives:
             continue
         e0, e1 = ev_span.get(user, (0, 0))
-        times, texts, words = ev_t[e0:e1], ev_text[e0:e1], ev_words[e0:e1]
+        keys, texts, words = ev_key[e0:e1], ev_text[e0:e1], ev_words[e0:e1]
         items, seasons = p_item[a:b], p_season[a:b]
         base = user_segments[user]
-        ctx = [_context(times, texts, words, t, cfg.context_words) for t in p_start[a:b]]
+        if by_event:
+            owners = ev_owner[e0:e1]
+            ctx = [_context(keys, texts, words, key, cfg.context_words, owners, (session, item))
+                   for key, session, item in zip(p_key[a:b], p_session[a:b], items, strict=True)]
+        else:
+            ctx = [_context(keys, texts, words, t, cfg.context_words) for t in p_start[a:b]]
         train = [(c, i, s) for c, i, s in zip(ctx[:-2], items[:-2], seasons[:-2], strict=True) if c]
         if cfg.max_train_pairs is not None:
             train = train[len(train) - cfg.max_train_pairs:] if cfg.max_train_pairs else []

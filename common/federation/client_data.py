@@ -103,7 +103,7 @@ def _build_client(cfg: FedConfig, partition_id: int, num_partitions: int) -> Cli
     market, shards = _world(cfg, num_partitions)
     raw = shard_marketplace(market, shards[partition_id])
     local = anonymize_marketplace(raw, client_anonymization(cfg, partition_id, list(raw.users.columns)))
-    records = build_examples(local, ExampleConfig(seed=cfg.seed))
+    records = build_examples(local, ExampleConfig(seed=cfg.seed, history=cfg.history))
     return ClientData(partition_id, list(records), build_item_texts(local.products),
                       record_segment_names(records, cfg.adapter_segment_keys))
 
@@ -119,4 +119,4 @@ def client_data(cfg: FedConfig, partition_id: int, num_partitions: int) -> Clien
 def cache_key(cfg: FedConfig, partition_id: int, num_partitions: int) -> tuple[object, ...]:
     """What a client's data depends on; another state folder means another secret, hence other pseudonyms."""
     return (cfg.data_dir, num_partitions, cfg.partition_mode, cfg.seed, cfg.segment_keys, cfg.adapter_segment_keys,
-            cfg.client_state_dir, partition_id)
+            cfg.client_state_dir, cfg.history, partition_id)

@@ -50,6 +50,7 @@ class ExperimentConfig:
     init_global: Path | None = None  # segment-adapters: reuse this run's global adapter
     item_tower: str = "adapted"
     seed: int = 0
+    history: str = "session"  # what a context may hold (common/data/examples.py): "session" or "event"
 
 
 @dataclass(frozen=True)
@@ -77,13 +78,14 @@ def eval_sample(records: Sequence[UserRecord], n: int | None, seed: int) -> list
     return [records[i] for i in _sample(records, n, seed + 1)]
 
 
-def load_examples(folder: Path, seed: int) -> tuple[list[UserRecord], dict[str, str]]:
-    """User records (leave-one-out, 99 seeded negatives) and item texts from a marketplace folder."""
+def load_examples(folder: Path, seed: int, history: str = "session") -> tuple[list[UserRecord], dict[str, str]]:
+    """User records (leave-one-out, 99 seeded negatives, contexts cut by `history`: common/data/examples.py)
+    and item texts from a marketplace folder."""
     from common.data.examples import ExampleConfig, build_examples, build_item_texts
     from common.data.schema import read_marketplace
 
     market = read_marketplace(folder)
-    return build_examples(market, ExampleConfig(seed=seed)), build_item_texts(market.products)
+    return build_examples(market, ExampleConfig(seed=seed, history=history)), build_item_texts(market.products)
 
 
 def global_adapter_from(folder: Path, adapter_cfg: AdapterConfig) -> dict[str, torch.Tensor]:
@@ -113,7 +115,7 @@ def run_experiment(cfg: ExperimentConfig) -> Iterator[ModeResult]:
 
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    records, item_texts = load_examples(cfg.data, seed=cfg.seed)
+    records, item_texts = load_examples(cfg.data, seed=cfg.seed, history=cfg.history)
     if not records:
         raise ValueError(f"{cfg.data}: no user has enough positives for a train/valid/test split")
     train_records = [records[i] for i in _sample(records, cfg.max_users, cfg.seed)]
@@ -144,6 +146,7 @@ def run_experiment(cfg: ExperimentConfig) -> Iterator[ModeResult]:
         summary = {
             "mode": mode,
             "data": str(cfg.data),
+            "history": cfg.history,
             "adapter": cfg.adapter.to_dict() if mode not in UNADAPTED_MODES else None,
             "backbone": backbone.source,
             "segments": list(cfg.segment_keys),
