@@ -87,6 +87,9 @@ class UserRecord:
     train_segments: list[dict[str, str]] = field(default_factory=list)
     valid_segments: dict[str, str] = field(default_factory=dict)
     seen_items: list[str] = field(default_factory=list)
+    # every positive before the validation item, in time order, with or without a context: what collaborative
+    # baselines (popularity, item-kNN, matrix factorization) fit on; train_pairs keep only those with a context
+    train_items: list[str] = field(default_factory=list)
 
     @property
     def train_positives(self) -> list[str]:
@@ -272,7 +275,8 @@ def build_examples(m: Marketplace, cfg: ExampleConfig | None = None) -> list[Use
             valid_negatives=[catalog[j] for j in _negatives(rng, len(catalog), seen, cfg.num_negatives)],
             test_negatives=[catalog[j] for j in _negatives(rng, len(catalog), seen, cfg.num_negatives)],
             valid_context_text=ctx[-2], train_segments=[{**base, "season": s} for _, _, s in train],
-            valid_segments={**base, "season": seasons[-2]}, seen_items=[catalog[j] for j in seen.tolist()]))
+            valid_segments={**base, "season": seasons[-2]}, seen_items=[catalog[j] for j in seen.tolist()],
+            train_items=list(items[:-2])))
     log.info("built %d user records (%d users had fewer than %d positives)",
              len(records), m.users.shape[0] - len(records), cfg.min_positives)
     return records
