@@ -1,4 +1,6 @@
-"""Loaders: RecBole, Amazon Reviews 2023 and flat CSV fixtures convert to valid tables; bad files fail clearly."""
+"""Loaders: RecBole, Amazon Reviews 2023 and flat CSV fixtures convert to valid tables; bad files fail clearly.
+
+MovieLens' own files and the agreement of both MovieLens readers are in test_data_movielens.py."""
 
 from __future__ import annotations
 
@@ -16,18 +18,36 @@ FLAT_MAPPING = ("user_id=customer,product_id=sku,timestamp=when,rating=stars,pro
 
 
 def test_recbole_events_items_and_user_segments() -> None:
-    """Ratings become events, item text comes from title/class, age and zip become segment candidates."""
+    """Ratings become events; MovieLens items (movie_title) and users follow the MovieLens conventions."""
     m = load_source("recbole", FIX / "recbole")
     events = m.clicks.set_index(["user_id", "product_id"])["event_type"]
     assert events[("1", "10")] == "purchase" and events[("1", "11")] == "click" and events[("2", "10")] == "view"
     toy = m.products.set_index("product_id").loc["10"]
-    assert toy["product_name"] == "Toy Story" and toy["category"] == "Animation"
-    assert "release_year: 1995" in toy["product_description"]
+    assert toy["product_name"] == "Toy Story" and toy["category"] == "Animation, Children, Comedy"
+    assert toy["product_description"] == "Toy Story, a 1995 movie: Animation, Children, Comedy."
     assert m.products.set_index("product_id").at["14", "product_name"] == "item 14"  # no metadata: placeholder
     users = m.users.set_index("user_id")
-    assert users.at["1", "region"] == "US West" and users.at["3", "region"] == "International"
-    assert users.at["2", "age_band"] == "45-54" and "zip_code" not in users.columns
+    assert users.at["1", "region"] == "US West" and users.at["3", "region"] == "unknown"  # T8H1N: not a US ZIP
+    assert users.at["2", "age_band"] == "50-55" and "zip_code" not in users.columns
+    assert users.at["2", "occupation"] == "other"  # ml-100k names occupations itself: kept as they are
     assert m.reviews.empty
+
+
+def test_recbole_generic_items_and_region_column(tmp_path: Path) -> None:
+    """Non-MovieLens RecBole data keeps the generic rules: first category token, other columns as description,
+    a country column as the region, numeric occupations that are not ml-1m codes left alone."""
+    (tmp_path / "shop.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\nu1\tb1\t5\nu2\tb2\t6\n")
+    (tmp_path / "shop.item").write_text("item_id:token\ttitle:token_seq\tcategories:token_seq\tbrand:token\n"
+                                        "b1\tRed Kettle\tKitchen Tea\tAcme\n")
+    (tmp_path / "shop.user").write_text("user_id:token\tcountry:token\toccupation:float\tzip:token\n"
+                                        "u1\tGermany\t42\t10115\nu2\t\t3\t\n")
+    m = load_source("recbole", tmp_path)
+    kettle = m.products.set_index("product_id").loc["b1"]
+    assert (kettle["product_name"], kettle["category"]) == ("Red Kettle", "Kitchen")
+    assert kettle["product_description"] == "categories: Kitchen Tea; brand: Acme"
+    users = m.users.set_index("user_id")
+    assert users.at["u1", "region"] == "Germany" and users.at["u1", "occupation"] == "42"
+    assert users.at["u2", "region"] == "unknown" and "zip" not in users.columns  # a blank country
 
 
 def test_amazon2023_reviews_and_meta() -> None:
@@ -95,5 +115,5 @@ def test_loaded_data_feeds_examples() -> None:
     assert (rec.user_id, rec.valid_item, rec.test_item) == ("1", "10", "12")
     assert rec.segments == {"gender": "M", "occupation": "technician", "region": "US West", "age_band": "18-24",
                             "season": "regular"}
-    assert "bought Toy Story (Animation)" in rec.context_text and "GoldenEye" in rec.context_text
+    assert "bought Toy Story (Animation, Children, Comedy)" in rec.context_text and "GoldenEye" in rec.context_text
     assert sorted(rec.test_negatives) == ["13", "14"]

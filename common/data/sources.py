@@ -5,7 +5,10 @@ Flat table: one row per interaction; `--mapping col=source,...` renames the file
 (`segment:<name>` makes a user column a segment).
 RecBole: `<name>.inter` (required), `<name>.item`, `<name>.user`, tab-separated, headers typed `field:type`.
 Item text comes from title-like, category-like (genre, class, categories) and the remaining item columns; user
-columns become segment candidates (age -> age_band, zip code -> a coarse region).
+columns become segment candidates. MovieLens in RecBole files (a `movie_title` item field; ml-1m's coded age and
+occupation) follows the MovieLens conventions of `movielens.py`, so it matches `--format movielens`: age ->
+age_band, occupation code -> name, zip code -> a US region. Those user rules hold for any RecBole data.
+MovieLens: its own `.dat` files (or ml-latest CSVs), see `movielens.py`.
 Amazon 2023: a reviews file (user_id, parent_asin, rating, timestamp in ms, title, text) and optionally a
 `meta_*` file (parent_asin, title, description, categories, main_category). Every review is an interaction
 (rating >= 4 a purchase) and a review row.
@@ -27,14 +30,10 @@ from common.data.interactions import (
     require_columns,
     to_seconds,
 )
+from common.data.movielens import load_movielens, movie_products, user_segments
 from common.data.schema import Marketplace
 
 log = logging.getLogger(__name__)
-ZIP_REGIONS = {"0": "US Northeast", "1": "US Northeast", "2": "US Southeast", "3": "US Southeast",
-               "4": "US Midwest", "5": "US Midwest", "6": "US South Central", "7": "US South Central",
-               "8": "US West", "9": "US West"}
-AGE_BINS = (0, 18, 25, 35, 45, 55, 200)
-AGE_LABELS = ("<18", "18-24", "25-34", "35-44", "45-54", "55+")
 FLAT_COLUMNS = ("user_id", "product_id", "timestamp", "event_type", "rating", "session_id", "product_name",
                 "product_description", "category", "review_text", "region")
 
@@ -115,9 +114,21 @@ def _pick(columns: list[str], needles: tuple[str, ...]) -> str | None:
     return next((c for c in columns if any(n in c.lower() for n in needles)), None)
 
 
+def _recbole_movies(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    """MovieLens items (RecBole's movie_title, genre or class, release_year) in the MovieLens conventions."""
+    values = df.fillna("")
+    genre, year = _pick(cols, ("genre", "class")), _pick(cols, ("year",))
+    genres = values[genre].astype(str).str.split() if genre else pd.Series([[]] * len(df), index=df.index)
+    years = (pd.to_numeric(values[year], errors="coerce").round().astype("Int64").astype(str).replace("<NA>", "")
+             if year else pd.Series("", index=df.index))
+    return movie_products(df["item_id"], values["movie_title"].astype(str), genres, years)
+
+
 def _recbole_items(df: pd.DataFrame, where: str) -> pd.DataFrame:
     require_columns(df, ("item_id",), where)
     cols = [c for c in df.columns if c != "item_id"]
+    if "movie_title" in cols:
+        return _recbole_movies(df, cols)
     title, cat = _pick(cols, ("title", "name")), _pick(cols, ("genre", "class", "categor"))
     rest = [c for c in cols if c not in (title, cat)]
     values = df.fillna("")
@@ -130,26 +141,20 @@ def _recbole_items(df: pd.DataFrame, where: str) -> pd.DataFrame:
 
 
 def _recbole_users(df: pd.DataFrame, where: str) -> pd.DataFrame:
+    """User columns as segment candidates: a country/region/state column is the region, else the zip code's
+    US region; age -> age_band, ml-1m occupation codes -> names (`movielens.user_segments`)."""
     require_columns(df, ("user_id",), where)
-    out = df.copy().fillna(UNKNOWN)
+    out = df.copy()
     out["user_id"] = out["user_id"].astype(str)
-    zip_col = _pick(list(out.columns), ("zip", "postal"))
+    columns = list(out.columns)
+    zip_col = _pick(columns, ("zip", "postal"))
+    region_col = _pick(columns, ("country", "region", "state"))
+    if "region" not in columns and region_col:
+        out["region"] = out[region_col].fillna(UNKNOWN).astype(str)
+    out = user_segments(out.rename(columns={zip_col: "zip_code"}) if zip_col else out)
     if "region" not in out.columns:
-        region_col = _pick(list(out.columns), ("country", "region", "state"))
-        if region_col:
-            out["region"] = out[region_col].astype(str)
-        elif zip_col:
-            out["region"] = out[zip_col].astype(str).str[0].map(ZIP_REGIONS).fillna("International")
-        else:
-            out["region"] = UNKNOWN
-    if zip_col:
-        out = out.drop(columns=[zip_col])  # too fine-grained to be a segment, and identifying
-    if "age" in out.columns:
-        age = pd.to_numeric(out["age"], errors="coerce")
-        band = pd.cut(age, bins=list(AGE_BINS), labels=list(AGE_LABELS), right=False)
-        out["age_band"] = band.astype(str).where(age.notna(), UNKNOWN)
-        out = out.drop(columns=["age"])
-    return out
+        out["region"] = UNKNOWN
+    return out.fillna(UNKNOWN)
 
 
 def load_recbole(path: Path) -> Marketplace:
@@ -236,11 +241,11 @@ def load_amazon2023(path: Path) -> Marketplace:
     return interactions_to_marketplace(inter, where, products=products, reviews=reviews)
 
 
-SOURCE_FORMATS: tuple[str, ...] = ("recbole", "amazon2023", "csv")
+SOURCE_FORMATS: tuple[str, ...] = ("recbole", "movielens", "amazon2023", "csv")
 
 
 def load_source(fmt: str, path: str | Path, mapping: dict[str, str] | None = None) -> Marketplace:
-    """Convert a real data set in `fmt` (recbole, amazon2023, csv) at `path` into a Marketplace."""
+    """Convert a real data set in `fmt` (one of SOURCE_FORMATS) at `path` into a Marketplace."""
     path = Path(path)
     if fmt not in SOURCE_FORMATS:
         raise LoaderError(f"unknown source format {fmt!r}; choose one of {', '.join(SOURCE_FORMATS)}")
@@ -248,6 +253,8 @@ def load_source(fmt: str, path: str | Path, mapping: dict[str, str] | None = Non
         raise LoaderError(f"--mapping applies to the csv format only, not {fmt!r}")
     if fmt == "recbole":
         return load_recbole(path)
+    if fmt == "movielens":
+        return load_movielens(path)
     if fmt == "amazon2023":
         return load_amazon2023(path)
     return load_flat(path, mapping)
