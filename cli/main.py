@@ -18,7 +18,7 @@ from common.errors import UserError
 # Subcommand -> (module that parses it, one-line help). Only the chosen subcommand's module is imported, so
 # `fedadapt data ...` and `fedadapt --help` do not pay for importing torch and transformers.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("cli.data", "generate or load marketplace tables"),
+    "data": ("cli.data", "generate, load or fetch marketplace tables"),
     "train": ("cli.train", "train a centralized baseline and write RUN/summary.json"),
     "simulate": ("cli.simulate", "run a federated simulation with Flower and write results"),
     "bench": ("cli.bench", "benchmarks (reported, not asserted)"),
