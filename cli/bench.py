@@ -1,6 +1,7 @@
 """`fedadapt bench <benchmark>`: measurements that are reported, not asserted (timings vary by machine).
 
     fedadapt bench adapters [--backbone PATH|tiny] [--json] [--repeats N]
+    fedadapt bench quality --data T [--modes M,M|''] [--history session|event] --out R
 
 Each benchmark is one `Benchmark` record in BENCHMARKS (name, help, a function adding its options, and
 `run(args) -> int`); adding one is a new module plus one `register_benchmark` call below. Nothing here knows
@@ -18,8 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.names import DEFAULT_SEGMENT_KEYS, HISTORIES
 from simulations.bench_adapters import AdapterBenchOptions, bench_adapters, format_table
 from simulations.bench_federation import bench_bytes, bench_demo, bench_scale, format_bytes, format_scale
+from simulations.bench_quality import QualityOptions, quality_table, run_quality, write_quality
 from simulations.compare import compare, comparison_table, write_comparison
 
 
@@ -92,6 +95,52 @@ def _run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_quality_modes(text: str) -> list[str]:
+    """Like `fedadapt train --mode`, but '' is allowed: the library baselines alone."""
+    from cli.train import parse_modes
+
+    return parse_modes(text) if text.strip() else []
+
+
+def _configure_quality(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, type=Path, help="marketplace folder (fedadapt data generate/load)")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="folder for quality.json, quality.md and the modes' runs (modes/)")
+    parser.add_argument("--modes", type=_parse_quality_modes, default="no-adapter,global-adapter,segment-adapters",
+                        metavar="MODE[,MODE...]", help="project modes to train and score ('' for none)")
+    parser.add_argument("--skip-baselines", action="store_true", help="leave out popularity, item-kNN, BPR, ALS")
+    parser.add_argument("--history", choices=HISTORIES, default="session",
+                        help="what a context may hold (as for fedadapt train); 'event' for rating logs")
+    parser.add_argument("--backbone", default=None, help="local model folder, or 'tiny' (default: offline MiniLM)")
+    parser.add_argument("--adapter", default="lora", help="adapter kind of the adapter modes")
+    parser.add_argument("--segments", default=",".join(DEFAULT_SEGMENT_KEYS),
+                        help="segment keys that get adapters, comma-separated")
+    parser.add_argument("--min-segment-users", type=_positive_int, default=20,
+                        help="fewer training users: no segment adapter")
+    parser.add_argument("--epochs", type=_positive_int, default=2, help="passes over the training pairs (per stage)")
+    parser.add_argument("--pairs-per-user", type=_positive_int, default=None, help="cap on pairs per user per epoch")
+    parser.add_argument("--max-users", type=_positive_int, default=None,
+                        help="modes train on a seeded sample of this many users (the baselines fit every user)")
+    parser.add_argument("--eval-users", type=_positive_int, default=None,
+                        help="score a seeded sample of this many users (every row the same users)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print quality.json instead of the table")
+
+
+def _run_quality(args: argparse.Namespace) -> int:
+    options = QualityOptions(  # argparse runs --modes' default through _parse_quality_modes too: a list
+        data=args.data, out=args.out, modes=tuple(args.modes), baselines=not args.skip_baselines, history=args.history,
+        backbone=args.backbone, adapter=args.adapter,
+        segment_keys=tuple(k.strip() for k in args.segments.split(",") if k.strip()),
+        min_segment_users=args.min_segment_users, epochs=args.epochs,
+        pairs_per_user=args.pairs_per_user, max_users=args.max_users, eval_users=args.eval_users, seed=args.seed,
+    )
+    result = run_quality(options)
+    table = write_quality(result, args.out)
+    print(json.dumps(result, default=str) if args.json else f"{quality_table(result)}\ntable: {table}")
+    return 0
+
+
 def _configure_bytes(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", default="minilm", help="minilm, tiny or a backbone folder")
     parser.add_argument("--kinds", default="lora,bottleneck,parallel,hyper,mixture,prompt,task_attention")
@@ -128,6 +177,8 @@ for _benchmark in (
     Benchmark("fed-vs-central",
               "score a federated run's adapters on the users and candidates of a `fedadapt train` run",
               _configure_compare, _run_compare),
+    Benchmark("quality", "library baselines (popularity, item-kNN, BPR, ALS) and the project's modes on the same "
+              "users and candidates, sampled and full-catalog HR@10 / NDCG@10", _configure_quality, _run_quality),
     Benchmark("bytes", "bytes per client-round up/down against the backbone's fp32 size",
               _configure_bytes, _run_bytes),
     Benchmark("fed-demo", "the demo preset: wall time per round, client updates per minute",

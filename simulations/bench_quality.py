@@ -1,0 +1,251 @@
+"""`fedadapt bench quality`: the library baselines and the project's modes on one split, one set of candidates.
+
+    fedadapt bench quality --data T [--modes no-adapter,global-adapter,segment-adapters] --out R
+
+Rows: popularity, item-kNN, BPR, ALS (`common.rec.library_baselines`, tuned on validation items only) and each
+mode trained by `common.rec.experiment.run_experiment` (its summaries in R/modes/). Every row is scored on the
+same evaluation users (`eval_sample`) and the same candidates, with two protocols: sampled (test item vs its
+99 negatives) and full catalog (test item vs every item the user never touched). Two checks refuse a table
+whose rows would not be comparable: the popularity ranking `run_experiment` reports must equal the one
+recomputed here on this command's users (same users, same negatives), and the mode's model, rebuilt from its
+saved adapters, must reproduce `run_experiment`'s sampled figures before its full-catalog row is trusted.
+
+Per-segment rows add two labels to the users' own segments: user=cold|warm (at most COLD_USER_MAX training
+positives) and item=cold|warm (the test item is no user's training or validation positive: what the baselines'
+final fit saw).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from common.names import DEFAULT_SEGMENT_KEYS, GLOBAL, OVERALL
+
+if TYPE_CHECKING:
+    from common.backbone import Backbone
+    from common.data.examples import UserRecord
+    from common.rec.experiment import ExperimentConfig
+    from common.rec.model import ItemCache, RecModel, RoutingPlan
+
+log = logging.getLogger(__name__)
+
+QUALITY_JSON = "quality.json"
+QUALITY_TABLE = "quality.md"
+MODES_DIR = "modes"  # R/modes/<mode>/summary.json (+ adapters), as `fedadapt train --out R/modes` writes them
+COLD_USER_MAX = 5  # training positives at or below which a user counts as cold
+COLD_KEYS = ("user", "item")  # segment keys the cold/warm labels use
+REPLAY_TOLERANCE = 1e-6  # a rebuilt model must reproduce run_experiment's sampled metrics this closely
+UNSCORABLE_MODES = ("full-finetune",)  # run_experiment keeps no weights of these to score the full catalog
+
+
+@dataclass(frozen=True)
+class QualityOptions:
+    """One `fedadapt bench quality` run; the mode options mean what they mean for `fedadapt train`."""
+
+    data: Path
+    out: Path
+    modes: tuple[str, ...] = ("no-adapter", "global-adapter", "segment-adapters")
+    baselines: bool = True  # run the library baselines
+    history: str = "session"
+    backbone: str | None = None
+    adapter: str = "lora"
+    segment_keys: tuple[str, ...] = DEFAULT_SEGMENT_KEYS
+    min_segment_users: int = 20
+    epochs: int = 2
+    pairs_per_user: int | None = None
+    max_users: int | None = None  # modes train on a seeded sample; the baselines fit every user (a factor
+    # model needs a row for each scored user)
+    eval_users: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.modes and not self.baselines:
+            raise ValueError("nothing to compare: no modes and the library baselines skipped")
+        bad = [m for m in self.modes if m in UNSCORABLE_MODES]
+        if bad:
+            raise ValueError(f"mode(s) {bad} keep no weights on disk to score on the full catalog; "
+                             "run them with `fedadapt train` (sampled protocol only)")
+
+
+def cold_labels(records: Sequence[UserRecord], scored: Sequence[UserRecord]) -> list[dict[str, str]]:
+    """user=cold|warm and item=cold|warm for each of `scored`; an item is warm when some record has it as a
+    training or validation positive (the interactions the baselines' final fit and the modes may learn from)."""
+    known = {item for r in records for item in (*r.train_items, r.valid_item)}
+    return [{"user": "cold" if len(r.train_items) <= COLD_USER_MAX else "warm",
+             "item": "warm" if r.test_item in known else "cold"} for r in scored]
+
+
+def labelled(scored: Sequence[UserRecord], labels: Sequence[Mapping[str, str]]) -> list[UserRecord]:
+    """Copies of the records whose segments also carry the cold/warm labels (routing ignores unknown keys)."""
+    clash = sorted({k for r in scored for k in r.segments if k in COLD_KEYS})
+    if clash:
+        raise ValueError(f"the users table already has column(s) {clash}, which the cold/warm rows use")
+    return [replace(r, segments={**r.segments, **extra}) for r, extra in zip(scored, labels, strict=True)]
+
+
+def routing_plan(mode: str, segment_keys: Sequence[str], item_tower: str) -> RoutingPlan:
+    """The RoutingPlan `common.rec.baselines.build_and_train` gives `mode` (the replay check guards any drift)."""
+    from common.rec.model import RoutingPlan
+
+    shared = item_tower == "adapted"
+    if mode == "global-adapter":
+        return RoutingPlan((GLOBAL,), (GLOBAL,) if shared else ())
+    if mode == "segment-adapters":
+        return RoutingPlan((GLOBAL, *segment_keys), (GLOBAL,) if shared else ())
+    if mode == "local-only":
+        return RoutingPlan((segment_keys[0],), (segment_keys[0],) if shared else ())
+    raise ValueError(f"no routing plan for mode {mode!r}")
+
+
+def trained_model(summary: Mapping[str, Any], folder: Path, backbone: Backbone, cache: ItemCache) -> RecModel:
+    """The model a `run_experiment` mode ended with, from its summary and the adapters it saved in `folder`."""
+    from common.adapters.storage import read_adapter_folder
+    from common.rec.model import RecModel
+
+    mode, max_len = str(summary["mode"]), int(summary["train_config"]["max_len"])
+    if mode == "no-adapter" or not summary["adapters"]:  # local-only without a silo big enough: bare backbone
+        return RecModel(backbone, None, max_len=max_len, item_cache=cache)
+    config, names, state = read_adapter_folder(folder / "adapters")
+    plan = routing_plan(mode, summary["segments"], summary["item_tower"])
+    model = RecModel(backbone, config, names, plan, max_len=max_len, item_cache=cache)
+    assert model.adapted is not None
+    model.adapted.load_adapter_state(state, strict=True)
+    return model
+
+
+def _same(a: Mapping[str, Any], b: Mapping[str, Any], keys: Sequence[str] = ("hr@10", "ndcg@10")) -> bool:
+    return all(math.isclose(float(a[k]), float(b[k]), abs_tol=REPLAY_TOLERANCE) for k in keys)
+
+
+def _experiment_config(opts: QualityOptions) -> ExperimentConfig:
+    from common.adapters import AdapterConfig
+    from common.rec.experiment import ExperimentConfig
+    from common.rec.train import TrainConfig
+
+    train = TrainConfig(epochs=opts.epochs, pairs_per_user=opts.pairs_per_user, seed=opts.seed)
+    return ExperimentConfig(
+        data=opts.data, out=opts.out / MODES_DIR, modes=opts.modes, adapter=AdapterConfig(kind=opts.adapter,
+        seed=opts.seed), train=train, segment_keys=opts.segment_keys, min_segment_users=opts.min_segment_users,
+        backbone=opts.backbone,
+        max_users=opts.max_users, eval_users=opts.eval_users, seed=opts.seed, history=opts.history,
+    )
+
+
+def mode_rows(opts: QualityOptions, scored: Sequence[UserRecord], item_texts: Mapping[str, str],
+              reference: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Train every mode through `run_experiment`, then score its model on `scored` with both protocols.
+
+    `reference` is the popularity ranking `run_experiment` must report if it scored the same users and
+    candidates (`evaluate_popularity` on `scored`, fitted on every record)."""
+    from common.backbone import load_backbone
+    from common.rec.evaluate import evaluate
+    from common.rec.experiment import run_experiment
+    from common.rec.model import ItemCache
+
+    backbone, cache = load_backbone(opts.backbone), ItemCache()
+    rows: dict[str, dict[str, Any]] = {}
+    for result in run_experiment(_experiment_config(opts)):
+        theirs, ours = result.popularity, reference
+        if theirs["users"] != ours["users"] or not _same(theirs[OVERALL], ours[OVERALL], ("hr@10", "ndcg@10", "mrr")):
+            raise ValueError(f"mode {result.mode} was scored on other users or candidates than the baselines "
+                             f"(popularity {theirs[OVERALL]} there, {ours[OVERALL]} here)")
+        summary = json.loads(result.summary_path.read_text())
+        start = time.perf_counter()
+        model = trained_model(summary, result.summary_path.parent, backbone, cache)
+        sampled: dict[str, Any] = evaluate(model, scored, item_texts)
+        if not _same(sampled[OVERALL], result.metrics[OVERALL]):
+            raise ValueError(f"mode {result.mode}: the model rebuilt from {result.summary_path.parent} scores "
+                             f"{sampled[OVERALL]}, run_experiment measured {result.metrics[OVERALL]}")
+        full = evaluate(model, scored, item_texts, full_catalog=True)
+        seconds = {**summary["seconds"], "rescore": time.perf_counter() - start}
+        rows[result.mode] = {"kind": "mode", "sampled": sampled, "full": full, "seconds": seconds,
+                             "params": {"adapter": summary["adapter"], "backbone": summary["backbone"],
+                                        "adapters": summary["adapters"], "train_config": summary["train_config"]},
+                             "summary": str(result.summary_path)}
+    return rows
+
+
+def run_quality(opts: QualityOptions) -> dict[str, Any]:
+    """Every row of the comparison, as written to R/quality.json."""
+    from common.rec.evaluate import evaluate_popularity
+    from common.rec.experiment import eval_sample, load_examples
+    from common.rec.library_baselines import run_library_baselines
+
+    started = time.perf_counter()
+    records, item_texts = load_examples(opts.data, seed=opts.seed, history=opts.history)
+    if not records:
+        raise ValueError(f"{opts.data}: no user has enough positives for a train/valid/test split")
+    eval_records = eval_sample(records, opts.eval_users, opts.seed)
+    position = {id(r): i for i, r in enumerate(records)}
+    scored = labelled(eval_records, cold_labels(records, eval_records))
+    # what `fedadapt train` reports as popularity: fitted on training pairs (positives with a context) only
+    train_pairs_popularity = evaluate_popularity(scored, item_texts, fit_records=records)
+    rows: dict[str, dict[str, Any]] = {}
+    if opts.baselines:
+        fitted = run_library_baselines(records, sorted(item_texts), [position[id(r)] for r in eval_records],
+                                       [r.segments for r in scored], seed=opts.seed)
+        rows.update({name: {"kind": "library", **result.as_json()} for name, result in fitted.items()})
+    if opts.modes:
+        rows.update(mode_rows(opts, scored, item_texts, train_pairs_popularity))
+    return {
+        "data": str(opts.data), "history": opts.history, "seed": opts.seed,
+        "users": {"total": len(records), "eval": len(eval_records)}, "items": len(item_texts),
+        "cold_user_max": COLD_USER_MAX, "rows": rows, "train_pairs_popularity": train_pairs_popularity,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _pair(row: Mapping[str, Any], protocol: str, label: str) -> str:
+    block = row[protocol][OVERALL] if label == OVERALL else row[protocol]["segments"].get(label)
+    return "-" if block is None else f"{block['hr@10']:.3f} / {block['ndcg@10']:.3f}"
+
+
+def quality_table(result: Mapping[str, Any]) -> str:
+    """Two Markdown tables: overall (both protocols, seconds, chosen parameters), then per segment NDCG@10
+    with one column per method (a segment per column would run to ~50 columns on MovieLens-1M)."""
+    rows: Mapping[str, Mapping[str, Any]] = result["rows"]
+    lines = ["| method | sampled HR@10 / NDCG@10 | full-catalog HR@10 / NDCG@10 | seconds | parameters |",
+             "|---|---|---|---|---|"]
+    for name, row in rows.items():
+        params = row["params"] if row["kind"] == "library" else {
+            "adapter": (row["params"]["adapter"] or {}).get("kind", "-"),
+            "epochs": row["params"]["train_config"]["epochs"]}
+        shown = ", ".join(f"{k}={v}" for k, v in params.items()) or "-"
+        lines.append(f"| {name} | {_pair(row, 'sampled', OVERALL)} | {_pair(row, 'full', OVERALL)} | "
+                     f"{row['seconds']['total']:.1f} | {shown} |")
+    first = next(iter(rows.values()))
+    users = {label: int(block["users"]) for label, block in first["sampled"]["segments"].items()}
+    lines += ["", "NDCG@10 per segment, sampled / full catalog:", "",
+              "| segment (users) | " + " | ".join(rows) + " |", "|---|" + "---|" * len(rows)]
+    for label, n in users.items():
+        cells = [f"{_cell(row, 'sampled', label)} / {_cell(row, 'full', label)}" for row in rows.values()]
+        lines.append(f"| {label} ({n}) | " + " | ".join(cells) + " |")
+    lines += ["", f"{result['users']['eval']} evaluation users of {result['users']['total']}, "
+              f"{result['items']} items, history={result['history']}, seed {result['seed']}; "
+              f"user=cold: at most {result['cold_user_max']} training positives; item=cold: the test item is "
+              "nobody's training or validation positive.",
+              f"`fedadapt train`'s popularity (fitted on training pairs only, without the validation item): sampled "
+              f"{_pair(result, 'train_pairs_popularity', OVERALL)}."]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(row: Mapping[str, Any], protocol: str, label: str) -> str:
+    block = row[protocol]["segments"].get(label)
+    return "-" if block is None else f"{block['ndcg@10']:.3f}"
+
+
+def write_quality(result: Mapping[str, Any], out: Path) -> Path:
+    """Write R/quality.json and R/quality.md; returns the table's path."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / QUALITY_JSON).write_text(json.dumps(result, indent=1, default=str))  # unsorted: rows keep their order
+    (out / QUALITY_TABLE).write_text(quality_table(result))
+    log.info("quality table in %s", out / QUALITY_TABLE)
+    return out / QUALITY_TABLE
+
