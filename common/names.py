@@ -5,6 +5,8 @@ beyond the standard library, so every layer (adapters, federation, server, CLI) 
 
 from __future__ import annotations
 
+import re
+
 GLOBAL = "global"  # the shared adapter every example passes through
 KEY_SEP = "::"  # state keys are "<adapter name>::<param path>", e.g. "region=EU::encoder.layer.0...up.weight"
 SEGMENT_SEP = "="  # a segment adapter is "<segment key>=<value>", e.g. "region=EU"
@@ -42,6 +44,17 @@ FLOWER_ENV = {
     "HF_DATASETS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
 }
+
+
+# Characters a segment value may hold: it becomes part of state keys ("::"), metric keys ("/") and file metadata.
+SEGMENT_VALUE_CHARS = r"\w .&'()+,-"
+_UNSAFE = re.compile(rf"[^{SEGMENT_VALUE_CHARS}]+")
+
+
+def safe_segment_value(value: str) -> str:
+    """`value` with every run of other characters written "-" and cut to 64 characters ("doctor/health care"
+    -> "doctor-health care"), so any data column can be a segment."""
+    return _UNSAFE.sub("-", value).strip()[:64] or "unknown"
 
 
 def make_key(name: str, path: str) -> str:

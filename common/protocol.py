@@ -36,6 +36,7 @@ from common.names import (
     PARTITION_MODES,
     PER_SEGMENT,
     SEGMENT_SEP,
+    SEGMENT_VALUE_CHARS,
     STRATEGIES,
     segment_name,
 )
@@ -63,7 +64,7 @@ EVAL_METRICS = ("ndcg@10", "hr@10", "coverage")  # what a client's evaluation re
 
 # A segment adapter name is "<segment key>=<value>"; values come from client data, so they are constrained to
 # what is safe inside state keys ("::"), metric keys ("/") and file metadata.
-_SEGMENT_VALUE = re.compile(r"^[\w .&'()+,-]{1,64}$")
+_SEGMENT_VALUE = re.compile(rf"^[{SEGMENT_VALUE_CHARS}]{{1,64}}$")
 
 # The mixture kind personalises through its learned gate: its experts and gate are one global adapter,
 # averaged across every client, rather than one mixture per segment.
@@ -118,6 +119,18 @@ class RoundHParams:
     def to_config(self) -> dict[str, int | float]:
         return {SERVER_ROUND: self.server_round, LOCAL_EPOCHS: self.epochs, BATCH_SIZE: self.batch_size,
                 LR: self.lr, PROXIMAL_MU: self.proximal_mu}
+
+
+def _flag(key: str, value: object) -> bool:
+    """A run-config boolean: true/false, 1/0, yes/no; anything else names the key (never quietly false)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes"):
+        return True
+    if text in ("0", "false", "no"):
+        return False
+    raise ValueError(f"run-config {key}={value!r} is not a boolean (true or false)")
 
 
 def bank_examples_key(bank: str) -> str:
@@ -259,7 +272,7 @@ class FedConfig:
                 raise ValueError(f"unknown run-config key {key!r}")
             default = known[name].default
             if isinstance(default, bool):
-                kwargs[name] = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+                kwargs[name] = _flag(key, value)
             elif isinstance(default, int | float):
                 try:
                     kwargs[name] = type(default)(value)

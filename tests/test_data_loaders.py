@@ -117,3 +117,19 @@ def test_loaded_data_feeds_examples() -> None:
                             "season": "regular"}
     assert "bought Toy Story (Animation, Children, Comedy)" in rec.context_text and "GoldenEye" in rec.context_text
     assert sorted(rec.test_negatives) == ["13", "14"]
+
+
+def test_user_column_values_are_safe_segment_names() -> None:
+    """Any user column may become a segment: values with '/', '::' or other separators are rewritten so that
+    a client's registration is never refused for its data (common/protocol.py check_segment_name)."""
+    import pandas as pd
+
+    from common.data.interactions import interactions_to_marketplace
+    from common.protocol import check_segment_name
+
+    inter = pd.DataFrame({"user_id": ["a", "b"], "product_id": ["p", "q"], "timestamp": [1, 2]})
+    users = pd.DataFrame({"user_id": ["a", "b"], "occupation": ["doctor/health care", "x::y"]})
+    m = interactions_to_marketplace(inter, "test", users=users)
+    assert sorted(m.users["occupation"]) == ["doctor-health care", "x-y"]
+    for value in m.users["occupation"]:
+        check_segment_name(f"occupation={value}", ("occupation",))

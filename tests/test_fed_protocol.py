@@ -105,3 +105,11 @@ def test_clients_cut_contexts_by_the_run_configs_history(tmp_path: Path) -> None
     assert sum(len(r.train_pairs) for r in by_event.records) > sum(len(r.train_pairs) for r in by_session.records)
     with pytest.raises(ValueError, match="history"):
         FedConfig(history="all")
+
+
+def test_run_config_booleans_are_strict() -> None:
+    """true/false, 1/0, yes/no are booleans; anything else names the key instead of quietly meaning false."""
+    assert FedConfig.from_run_config({"resume": "yes"}).resume is True
+    assert FedConfig.from_run_config({"resume": "0"}).resume is False
+    with pytest.raises(ValueError, match="run-config resume='abc' is not a boolean"):
+        FedConfig.from_run_config({"resume": "abc"})

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from common.data.schema import EVENT_TYPES, DataError, Marketplace
+from common.names import safe_segment_value
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,9 @@ def _complete_users(users: pd.DataFrame | None, referenced: pd.Series) -> pd.Dat
     if "region" not in users.columns:
         users["region"] = UNKNOWN
     users = users.fillna({c: UNKNOWN for c in users.columns if c != "user_id"})
+    for column in users.columns.drop("user_id"):  # any column may become a segment: keep its values safe
+        if not pd.api.types.is_numeric_dtype(users[column]):
+            users[column] = users[column].astype(str).map(safe_segment_value)
     return users.reset_index(drop=True)
 
 
