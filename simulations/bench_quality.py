@@ -26,13 +26,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common.names import DEFAULT_SEGMENT_KEYS, GLOBAL, OVERALL
+from common.names import DEFAULT_SEGMENT_KEYS, OVERALL
 
 if TYPE_CHECKING:
     from common.backbone import Backbone
     from common.data.examples import UserRecord
     from common.rec.experiment import ExperimentConfig
-    from common.rec.model import ItemCache, RecModel, RoutingPlan
+    from common.rec.model import ItemCache, RecModel
 
 log = logging.getLogger(__name__)
 
@@ -90,23 +90,10 @@ def labelled(scored: Sequence[UserRecord], labels: Sequence[Mapping[str, str]]) 
     return [replace(r, segments={**r.segments, **extra}) for r, extra in zip(scored, labels, strict=True)]
 
 
-def routing_plan(mode: str, segment_keys: Sequence[str], item_tower: str) -> RoutingPlan:
-    """The RoutingPlan `common.rec.baselines.build_and_train` gives `mode` (the replay check guards any drift)."""
-    from common.rec.model import RoutingPlan
-
-    shared = item_tower == "adapted"
-    if mode == "global-adapter":
-        return RoutingPlan((GLOBAL,), (GLOBAL,) if shared else ())
-    if mode == "segment-adapters":
-        return RoutingPlan((GLOBAL, *segment_keys), (GLOBAL,) if shared else ())
-    if mode == "local-only":
-        return RoutingPlan((segment_keys[0],), (segment_keys[0],) if shared else ())
-    raise ValueError(f"no routing plan for mode {mode!r}")
-
-
 def trained_model(summary: Mapping[str, Any], folder: Path, backbone: Backbone, cache: ItemCache) -> RecModel:
     """The model a `run_experiment` mode ended with, from its summary and the adapters it saved in `folder`."""
     from common.adapters.storage import read_adapter_folder
+    from common.rec.baselines import routing_plan
     from common.rec.model import RecModel
 
     mode, max_len = str(summary["mode"]), int(summary["train_config"]["max_len"])

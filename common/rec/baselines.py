@@ -64,6 +64,18 @@ def populated_segment_names(
     return sorted(name for name, n in counts.items() if n >= min_users)
 
 
+def routing_plan(mode: str, segment_keys: Sequence[str], item_tower: str) -> RoutingPlan:
+    """Which adapters each tower of `mode` routes through; the item tower only when it is adapted ("shared")."""
+    shared = item_tower == "adapted"
+    if mode == "global-adapter":
+        return RoutingPlan((GLOBAL,), (GLOBAL,) if shared else ())
+    if mode == "segment-adapters":
+        return RoutingPlan((GLOBAL, *segment_keys), (GLOBAL,) if shared else ())
+    if mode == "local-only":
+        return RoutingPlan((segment_keys[0],), (segment_keys[0],) if shared else ())
+    raise ValueError(f"no routing plan for mode {mode!r}")
+
+
 def build_and_train(
     mode: str,
     backbone: Backbone,
@@ -89,7 +101,6 @@ def build_and_train(
         raise ValueError(f"mode {mode!r} is unknown; expected one of {', '.join(MODES)}")
     if item_tower not in ITEM_TOWERS:
         raise ValueError(f"item_tower {item_tower!r} is unknown; expected one of {', '.join(ITEM_TOWERS)}")
-    shared = item_tower == "adapted"
     if mode in ("segment-adapters", "local-only") and not segment_keys:
         raise ValueError(f"mode {mode} needs at least one segment key")
     report: dict[str, object] = {}
@@ -100,13 +111,13 @@ def build_and_train(
         report["full"] = train_epochs(model, records, item_texts, replace(cfg, lr=FULL_FINETUNE_LR), [])
         return model, report
     if mode == "global-adapter":
-        plan = RoutingPlan((GLOBAL,), (GLOBAL,) if shared else ())
+        plan = routing_plan(mode, segment_keys, item_tower)
         model = RecModel(backbone, adapter_cfg, [GLOBAL], plan, max_len=cfg.max_len, item_cache=item_cache)
         report[GLOBAL] = train_epochs(model, records, item_texts, cfg, [GLOBAL])
         return model, report
     if mode == "segment-adapters":
         names = populated_segment_names(records, segment_keys, min_segment_users)
-        plan = RoutingPlan((GLOBAL, *segment_keys), (GLOBAL,) if shared else ())
+        plan = routing_plan(mode, segment_keys, item_tower)
         model = RecModel(backbone, adapter_cfg, [GLOBAL, *names], plan, max_len=cfg.max_len, item_cache=item_cache)
         if global_state is not None:
             assert model.adapted is not None
@@ -119,7 +130,7 @@ def build_and_train(
         return model, report
     silo_key = segment_keys[0]
     names = populated_segment_names(records, [silo_key], min_segment_users)
-    plan = RoutingPlan((silo_key,), (silo_key,) if shared else ())
+    plan = routing_plan(mode, segment_keys, item_tower)
     model = RecModel(backbone, adapter_cfg, names, plan, max_len=cfg.max_len, item_cache=item_cache)
     for name in names:
         value = split_segment_name(name)[1]
