@@ -1,0 +1,223 @@
+"""Training and evaluation of the sequential model (`common.rec.seq_model`).
+
+Training is next-item prediction at every position of a user's training sequence (the positives before the
+validation item, in time order, the most recent `max_len + 1`): the state after items 1..t scores item t+1
+against the **whole catalog** with a softmax. A full softmax needs no negative sampler, so popular items are
+neither over-sampled as negatives (in-batch sampling) nor easy to beat (uniform sampling); the item prior b_i
+learns popularity instead. Each target is routed through the segment banks of its own interaction (a
+training pair's segments, e.g. the season it happened in).
+
+Evaluation reads the user's history before the split's item (test: training positives + validation item;
+validation: training positives) and scores the catalog once per user, then takes the sampled candidates
+(held-out item vs its 99 negatives) or the full catalog (minus everything the user touched), with the same
+metrics code as the two-tower model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common.names import GLOBAL
+from common.protocol import segment_adapter_names
+from common.rec.metrics import aggregate, full_ranking_metrics, sampled_metrics, served_by_segment_adapter
+from common.rec.seq_model import SeqRecModel, left_pad, window
+from common.rec.user_record import RecordLike
+
+log = logging.getLogger(__name__)
+
+LOG_EVERY = 20
+
+
+@dataclass
+class SeqTrainConfig:
+    epochs: int = 20
+    batch_size: int = 128  # users per step (each contributes up to max_len targets)
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    max_grad_norm: float = 5.0
+    prox_mu: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if self.prox_mu < 0 or self.weight_decay < 0:
+            raise ValueError("prox_mu and weight_decay must be >= 0")
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def train_items_of(record: RecordLike) -> list[str]:
+    """A record's training positives in time order (every one, with or without a text context)."""
+    items = getattr(record, "train_items", None)
+    return list(items) if items else list(record.train_positives)
+
+
+def target_segments(record: RecordLike) -> list[dict[str, str]]:
+    """Segments of each training target after the first (items[1:]): its own pair's, else the user's."""
+    items = train_items_of(record)
+    own = dict(zip(record.train_positives, record.train_segments, strict=False)) \
+        if len(record.train_segments) == len(record.train_pairs) else {}
+    return [own.get(item, record.segments) for item in items[1:]]
+
+
+def bank_counts(records: Sequence[RecordLike], keys: Sequence[str], max_len: int) -> dict[str, int]:
+    """Training targets per bank (the federated weights): every target counts for global and its segments."""
+    counts: Counter[str] = Counter()
+    for record in records:
+        for segs in target_segments(record)[-max_len:]:
+            counts[GLOBAL] += 1
+            counts.update(segment_adapter_names(segs, tuple(keys)))
+    return dict(counts)
+
+
+def _prox(model: SeqRecModel, names: Sequence[str], reference: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    from common.names import make_key
+
+    total = torch.zeros(())
+    for name in names:
+        for path, p in model.bank(name).named_parameters():
+            ref = reference.get(make_key(name, path))
+            if ref is not None:
+                total = total + (p - ref.to(p.dtype)).pow(2).sum()
+    return total
+
+
+def train_seq(model: SeqRecModel, records: Sequence[RecordLike], cfg: SeqTrainConfig,
+              trainable_names: Sequence[str],
+              reference_state: Mapping[str, torch.Tensor] | None = None) -> dict[str, float]:
+    """Train the banks `trainable_names`; returns {"loss", "loss_first_epoch", "steps", "num_examples", "seconds"}.
+
+    When the global bank is not trained (segment banks on top of a fixed global), the user tower runs without
+    gradients and in eval mode, so only the segment banks learn.
+    """
+    unknown = [n for n in trainable_names if n not in model.adapter_names]
+    if unknown:
+        raise ValueError(f"unknown banks {unknown}; the model has {model.adapter_names}")
+    params = model.trainable_parameters(trainable_names)
+    if not params:
+        raise ValueError(f"nothing to train in banks {list(trainable_names)}")
+    max_len = model.cfg.max_len
+    users = []
+    for record in records:
+        items = model.indices(train_items_of(record))
+        if len(items) < 2:
+            continue
+        segs = target_segments(record)
+        seq = window(items, max_len + 1)
+        users.append((seq[:-1], seq[1:], [model.routes(s) for s in segs[-(len(seq) - 1):]]))
+    if not users:
+        raise ValueError(f"no user of {len(records)} has two training positives to learn an order from")
+    trains_global = GLOBAL in trainable_names
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    started = time.perf_counter()
+    epoch_losses: list[float] = []
+    steps = 0
+    n_targets = sum(len(t) for _, t, _ in users)
+    for epoch in range(cfg.epochs):
+        model.train(trains_global)
+        order = rng.permutation(len(users))
+        losses = []
+        for start in range(0, len(users), cfg.batch_size):
+            batch = [users[int(i)] for i in order[start:start + cfg.batch_size]]
+            inputs, targets = left_pad([b[0] for b in batch]), left_pad([b[1] for b in batch])
+            routes = [r for b in batch for r in b[2]]
+            table = model.item_table()
+            with torch.set_grad_enabled(trains_global):
+                states = model.encode_sequences(inputs, table)  # (B, T, d)
+            real = targets != 0
+            chosen = states[real]  # (P, d), row-major: the same order as `routes`
+            user_vecs, bias = model.personalise(chosen, routes)
+            logits = model.logits(user_vecs, table, bias)
+            loss = F.cross_entropy(logits, targets[real])
+            if reference_state is not None and cfg.prox_mu > 0:
+                loss = loss + cfg.prox_mu / 2 * _prox(model, trainable_names, reference_state)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            losses.append(loss.item())
+            steps += 1
+            if steps % LOG_EVERY == 0:
+                log.info("step %d: loss %.4f (%.1f s)", steps, float(np.mean(losses[-LOG_EVERY:])),
+                         time.perf_counter() - started)
+        epoch_losses.append(float(np.mean(losses)))
+        log.info("epoch %d/%d: loss %.4f over %d targets", epoch + 1, cfg.epochs, epoch_losses[-1], n_targets)
+    model.eval()
+    return {"loss": epoch_losses[-1], "loss_first_epoch": epoch_losses[0], "steps": float(steps),
+            "num_examples": float(n_targets), "seconds": time.perf_counter() - started}
+
+
+def history_of(record: RecordLike, split: str) -> tuple[list[str], dict[str, str]]:
+    """The items a split is predicted from and the request's segments."""
+    items = train_items_of(record)
+    if split == "test":
+        return [*items, record.valid_item], record.segments
+    if split == "valid":
+        return items, record.valid_segments or record.segments
+    raise ValueError(f"split must be 'test' or 'valid', got {split!r}")
+
+
+@torch.no_grad()
+def score_catalog(model: SeqRecModel, histories: Sequence[Sequence[str]], segments: Sequence[Mapping[str, str]],
+                  batch_size: int = 256) -> np.ndarray:
+    """(U, N) scores of every catalog item (in `model.catalog` order) for each request."""
+    model.eval()
+    table = model.item_table()
+    out = np.zeros((len(histories), len(model.catalog)), dtype=np.float32)
+    for start in range(0, len(histories), batch_size):
+        rows = [window(model.indices(h), model.cfg.max_len) for h in histories[start:start + batch_size]]
+        states = model.encode_sequences(left_pad(rows), table)[:, -1]
+        users, bias = model.personalise(states, [model.routes(s) for s in segments[start:start + batch_size]])
+        out[start:start + len(rows)] = model.logits(users, table, bias)[:, 1:].numpy()
+    return out
+
+
+def evaluate_seq(model: SeqRecModel, records: Sequence[RecordLike], ks: Sequence[int] = (10,), split: str = "test",
+                 full_catalog: bool = False) -> dict[str, object]:
+    """The same result shape as `common.rec.evaluate.evaluate`, for the sequential model."""
+    if not records:
+        raise ValueError("no records to evaluate")
+    started = time.perf_counter()
+    queries = [history_of(r, split) for r in records]
+    scores = score_catalog(model, [q[0] for q in queries], [q[1] for q in queries])
+    batched_ms = (time.perf_counter() - started) * 1000 / len(records)
+    column = {item: c for c, item in enumerate(model.catalog)}
+    if full_catalog:
+        relevant = [[column[r.test_item if split == "test" else r.valid_item]] for r in records]
+        seen = [[column[i] for i in getattr(r, "seen_items", r.train_positives) if i in column] for r in records]
+        per_user = full_ranking_metrics(scores, relevant, seen, ks)
+    else:
+        cands = [[r.test_item, *r.test_negatives] if split == "test" else [r.valid_item, *r.valid_negatives]
+                 for r in records]
+        picked = np.stack([scores[u, [column[i] for i in c]] for u, c in enumerate(cands)]).astype(float)
+        per_user = sampled_metrics(picked, ks)
+    per_user["coverage"] = served_by_segment_adapter([q[1] for q in queries], model.segment_adapters(),
+                                                     model.segment_keys)
+    latencies = []
+    for u in range(min(16, len(records))):
+        t0 = time.perf_counter()
+        score_catalog(model, [queries[u][0]], [queries[u][1]])
+        latencies.append((time.perf_counter() - t0) * 1000)
+    result = aggregate(per_user, [q[1] for q in queries])
+    result.update({"split": split, "protocol": "full" if full_catalog else "sampled",
+                   "latency_ms_per_user": float(np.median(latencies)), "batched_ms_per_user": batched_ms,
+                   "item_encode_s": 0.0})
+    log.info("evaluated %d users (%s, %s): ndcg@10 %.4f hr@10 %.4f", len(records), split, result["protocol"],
+             result["overall"]["ndcg@10"], result["overall"]["hr@10"])  # type: ignore[index]
+    return result
