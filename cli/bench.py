@@ -19,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.names import DEFAULT_SEGMENT_KEYS, HISTORIES
+from cli.train import ARCH_DEFAULTS
+from common.names import ARCHS, DEFAULT_SEGMENT_KEYS, HISTORIES
 from simulations.bench_adapters import AdapterBenchOptions, bench_adapters, format_table
 from simulations.bench_federation import bench_bytes, bench_demo, bench_scale, format_bytes, format_scale
 from simulations.bench_quality import QualityOptions, quality_table, run_quality, write_quality
@@ -112,12 +113,18 @@ def _configure_quality(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--history", choices=HISTORIES, default="session",
                         help="what a context may hold (as for fedadapt train); 'event' for rating logs")
     parser.add_argument("--backbone", default=None, help="local model folder, or 'tiny' (default: offline MiniLM)")
-    parser.add_argument("--adapter", default="lora", help="adapter kind of the adapter modes")
+    parser.add_argument("--arch", choices=ARCHS, default="text",
+                        help="the modes' model: text two-tower, or seq (sequential hybrid; fedadapt train --arch)")
+    parser.add_argument("--adapter", default="lora", help="adapter kind of the adapter modes (arch text)")
     parser.add_argument("--segments", default=",".join(DEFAULT_SEGMENT_KEYS),
                         help="segment keys that get adapters, comma-separated")
     parser.add_argument("--min-segment-users", type=_positive_int, default=20,
                         help="fewer training users: no segment adapter")
-    parser.add_argument("--epochs", type=_positive_int, default=2, help="passes over the training pairs (per stage)")
+    parser.add_argument("--epochs", type=_positive_int, default=None,
+                        help="passes over the training data (per stage); default 2 (text), 20 (seq)")
+    parser.add_argument("--seq-dim", type=_positive_int, default=64, help="seq: item and user vector width")
+    parser.add_argument("--seq-max-len", type=_positive_int, default=200,
+                        help="seq: most recent positives the user tower reads")
     parser.add_argument("--pairs-per-user", type=_positive_int, default=None, help="cap on pairs per user per epoch")
     parser.add_argument("--max-users", type=_positive_int, default=None,
                         help="modes train on a seeded sample of this many users (the baselines fit every user)")
@@ -130,9 +137,10 @@ def _configure_quality(parser: argparse.ArgumentParser) -> None:
 def _run_quality(args: argparse.Namespace) -> int:
     options = QualityOptions(  # argparse runs --modes' default through _parse_quality_modes too: a list
         data=args.data, out=args.out, modes=tuple(args.modes), baselines=not args.skip_baselines, history=args.history,
-        backbone=args.backbone, adapter=args.adapter,
+        backbone=args.backbone, adapter=args.adapter, arch=args.arch, seq_dim=args.seq_dim,
+        seq_max_len=args.seq_max_len,
         segment_keys=tuple(k.strip() for k in args.segments.split(",") if k.strip()),
-        min_segment_users=args.min_segment_users, epochs=args.epochs,
+        min_segment_users=args.min_segment_users, epochs=int(args.epochs or ARCH_DEFAULTS[args.arch]["epochs"]),
         pairs_per_user=args.pairs_per_user, max_users=args.max_users, eval_users=args.eval_users, seed=args.seed,
     )
     result = run_quality(options)

@@ -11,10 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from common.adapters import AdapterConfig
-from common.names import DEFAULT_SEGMENT_KEYS, HISTORIES, OVERALL, SUMMARY_FILE
+from common.names import ARCHS, DEFAULT_SEGMENT_KEYS, HISTORIES, OVERALL, SUMMARY_FILE
 from common.rec.baselines import ITEM_TOWERS, MODES
 from common.rec.experiment import ExperimentConfig, run_experiment
+from common.rec.seq_model import SeqConfig
+from common.rec.seq_train import SeqTrainConfig
 from common.rec.train import TrainConfig
+
+# Per-arch defaults of the shared options (None on the command line): text pairs vs seq users per step.
+ARCH_DEFAULTS = {"text": {"epochs": 2, "batch_size": 16, "lr": 3e-3},
+                 "seq": {"epochs": 20, "batch_size": 128, "lr": 1e-3}}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -27,16 +33,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, type=Path, help="marketplace folder (fedadapt data generate/load)")
     p.add_argument("--mode", required=True, type=parse_modes, metavar="MODE[,MODE...]|all",
                    help=f"one or more of {', '.join(MODES)}; several run in one process (RUN/<mode>/)")
-    p.add_argument("--adapter", default="lora", help="adapter kind (common.adapters.ADAPTER_KINDS)")
+    p.add_argument("--arch", choices=ARCHS, default="text",
+                   help="text: two-tower on backbone+adapters; seq: frozen text vectors + collaborative item rows + "
+                        "a causal user tower over the history (common/rec/seq_model.py)")
+    p.add_argument("--adapter", default="lora", help="adapter kind (common.adapters.ADAPTER_KINDS; arch text)")
     p.add_argument("--rank", type=int, default=None, help="adapter rank / bottleneck width (kind default if unset)")
     p.add_argument("--out", required=True, type=Path, help=f"run folder; {SUMMARY_FILE} goes there")
     p.add_argument("--backbone", default=None, help="local model folder, or 'tiny' (default: offline MiniLM)")
     p.add_argument("--segments", default=",".join(DEFAULT_SEGMENT_KEYS),
                    help="segment keys that get adapters, comma-separated")
     p.add_argument("--min-segment-users", type=int, default=20, help="fewer training users: no segment adapter")
-    p.add_argument("--epochs", type=int, default=2, help="passes over the training pairs (per stage)")
-    p.add_argument("--batch-size", type=int, default=16, help="pairs per step (also the in-batch negatives)")
-    p.add_argument("--lr", type=float, default=3e-3, help="adapter learning rate (full-finetune uses 5e-5)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="passes over the training data (per stage); default 2 (text), 20 (seq)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="text: pairs per step, also the in-batch negatives (16); seq: users per step (128)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate; default 3e-3 (text adapters; full-finetune uses 5e-5), 1e-3 (seq)")
+    p.add_argument("--seq-dim", type=int, default=SeqConfig.dim, help="seq: item and user vector width")
+    p.add_argument("--seq-max-len", type=int, default=SeqConfig.max_len,
+                   help="seq: most recent positives the user tower reads (older ones are dropped)")
+    p.add_argument("--segment-epochs", type=int, default=3,
+                   help="seq segment-adapters: epochs of the segment banks on top of the fixed global bank")
     p.add_argument("--max-len", type=int, default=64)
     p.add_argument("--negatives", type=int, default=32, help="uniformly sampled catalog negatives per step")
     p.add_argument("--in-batch-negatives", action=argparse.BooleanOptionalAction, default=True,
@@ -68,8 +85,12 @@ def parse_modes(text: str) -> list[str]:
 def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
     """The run the options describe; TrainConfig and AdapterConfig refuse bad values with a ValueError."""
     modes = args.mode if isinstance(args.mode, list) else parse_modes(args.mode)
+    shared = {k: getattr(args, k) if getattr(args, k) is not None else v
+              for k, v in ARCH_DEFAULTS[args.arch].items()}
+    text_shared = shared if args.arch == "text" else ARCH_DEFAULTS["text"]
     train = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_len=args.max_len,
+        epochs=int(text_shared["epochs"]), batch_size=int(text_shared["batch_size"]), lr=float(text_shared["lr"]),
+        max_len=args.max_len,
         negatives=args.negatives, pairs_per_user=args.pairs_per_user, seed=args.seed,
         in_batch_negatives=args.in_batch_negatives,
     )
@@ -80,7 +101,11 @@ def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
         segment_keys=tuple(k.strip() for k in args.segments.split(",") if k.strip()),
         min_segment_users=args.min_segment_users, backbone=args.backbone, max_users=args.max_users,
         eval_users=args.eval_users, init_global=args.init_global, item_tower=args.item_tower, seed=args.seed,
-        history=args.history,
+        history=args.history, arch=args.arch,
+        seq=SeqConfig(dim=args.seq_dim, max_len=args.seq_max_len, seed=args.seed),
+        seq_train=SeqTrainConfig(epochs=int(shared["epochs"]), batch_size=int(shared["batch_size"]),
+                                 lr=float(shared["lr"]), seed=args.seed),
+        segment_epochs=args.segment_epochs,
     )
 
 

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from common.data.examples import UserRecord
     from common.rec.experiment import ExperimentConfig
     from common.rec.model import ItemCache, RecModel
+    from common.rec.seq_model import SeqRecModel
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,9 @@ class QualityOptions:
     history: str = "session"
     backbone: str | None = None
     adapter: str = "lora"
+    arch: str = "text"  # the modes' model (common.names.ARCHS)
+    seq_dim: int = 64
+    seq_max_len: int = 200
     segment_keys: tuple[str, ...] = DEFAULT_SEGMENT_KEYS
     min_segment_users: int = 20
     epochs: int = 2
@@ -90,12 +94,16 @@ def labelled(scored: Sequence[UserRecord], labels: Sequence[Mapping[str, str]]) 
     return [replace(r, segments={**r.segments, **extra}) for r, extra in zip(scored, labels, strict=True)]
 
 
-def trained_model(summary: Mapping[str, Any], folder: Path, backbone: Backbone, cache: ItemCache) -> RecModel:
+def trained_model(summary: Mapping[str, Any], folder: Path, backbone: Backbone, cache: ItemCache,
+                  item_texts: Mapping[str, str]) -> RecModel | SeqRecModel:
     """The model a `run_experiment` mode ended with, from its summary and the adapters it saved in `folder`."""
     from common.adapters.storage import read_adapter_folder
     from common.rec.baselines import routing_plan
     from common.rec.model import RecModel
+    from common.rec.seq_modes import load_banks
 
+    if summary.get("arch") == "seq":
+        return load_banks(folder / "adapters", backbone, item_texts)
     mode, max_len = str(summary["mode"]), int(summary["train_config"]["max_len"])
     if mode == "no-adapter" or not summary["adapters"]:  # local-only without a silo big enough: bare backbone
         return RecModel(backbone, None, max_len=max_len, item_cache=cache)
@@ -114,15 +122,30 @@ def _same(a: Mapping[str, Any], b: Mapping[str, Any], keys: Sequence[str] = ("hr
 def _experiment_config(opts: QualityOptions) -> ExperimentConfig:
     from common.adapters import AdapterConfig
     from common.rec.experiment import ExperimentConfig
+    from common.rec.seq_model import SeqConfig
+    from common.rec.seq_train import SeqTrainConfig
     from common.rec.train import TrainConfig
 
     train = TrainConfig(epochs=opts.epochs, pairs_per_user=opts.pairs_per_user, seed=opts.seed)
     return ExperimentConfig(
+        arch=opts.arch, seq=SeqConfig(dim=opts.seq_dim, max_len=opts.seq_max_len, seed=opts.seed),
+        seq_train=SeqTrainConfig(epochs=opts.epochs, seed=opts.seed),
         data=opts.data, out=opts.out / MODES_DIR, modes=opts.modes, adapter=AdapterConfig(kind=opts.adapter,
         seed=opts.seed), train=train, segment_keys=opts.segment_keys, min_segment_users=opts.min_segment_users,
         backbone=opts.backbone,
         max_users=opts.max_users, eval_users=opts.eval_users, seed=opts.seed, history=opts.history,
     )
+
+
+def _score(model: RecModel | SeqRecModel, scored: Sequence[UserRecord], item_texts: Mapping[str, str],
+           full: bool) -> dict[str, Any]:
+    from common.rec.evaluate import evaluate
+    from common.rec.seq_model import SeqRecModel
+    from common.rec.seq_train import evaluate_seq
+
+    if isinstance(model, SeqRecModel):
+        return evaluate_seq(model, scored, full_catalog=full)
+    return evaluate(model, scored, item_texts, full_catalog=full)
 
 
 def mode_rows(opts: QualityOptions, scored: Sequence[UserRecord], item_texts: Mapping[str, str],
@@ -132,7 +155,6 @@ def mode_rows(opts: QualityOptions, scored: Sequence[UserRecord], item_texts: Ma
     `reference` is the popularity ranking `run_experiment` must report if it scored the same users and
     candidates (`evaluate_popularity` on `scored`, fitted on every record)."""
     from common.backbone import load_backbone
-    from common.rec.evaluate import evaluate
     from common.rec.experiment import run_experiment
     from common.rec.model import ItemCache
 
@@ -145,15 +167,16 @@ def mode_rows(opts: QualityOptions, scored: Sequence[UserRecord], item_texts: Ma
                              f"(popularity {theirs[OVERALL]} there, {ours[OVERALL]} here)")
         summary = json.loads(result.summary_path.read_text())
         start = time.perf_counter()
-        model = trained_model(summary, result.summary_path.parent, backbone, cache)
-        sampled: dict[str, Any] = evaluate(model, scored, item_texts)
+        model = trained_model(summary, result.summary_path.parent, backbone, cache, item_texts)
+        sampled = _score(model, scored, item_texts, full=False)
         if not _same(sampled[OVERALL], result.metrics[OVERALL]):
             raise ValueError(f"mode {result.mode}: the model rebuilt from {result.summary_path.parent} scores "
                              f"{sampled[OVERALL]}, run_experiment measured {result.metrics[OVERALL]}")
-        full = evaluate(model, scored, item_texts, full_catalog=True)
+        full = _score(model, scored, item_texts, full=True)
         seconds = {**summary["seconds"], "rescore": time.perf_counter() - start}
         rows[result.mode] = {"kind": "mode", "sampled": sampled, "full": full, "seconds": seconds,
-                             "params": {"adapter": summary["adapter"], "backbone": summary["backbone"],
+                             "params": {"adapter": summary["adapter"], "arch": summary.get("arch", "text"),
+                                        "seq": summary.get("seq"), "backbone": summary["backbone"],
                                         "adapters": summary["adapters"], "train_config": summary["train_config"]},
                              "summary": str(result.summary_path)}
     return rows
@@ -227,6 +250,9 @@ def _shown_params(row: Mapping[str, Any]) -> Mapping[str, Any]:
     if row["kind"] == "library":
         return row["params"]
     params = row["params"]
+    if params.get("arch") == "seq":
+        return {"arch": "seq", "dim": params["seq"]["dim"], "epochs": params["train_config"]["epochs"],
+                "banks": len(params["adapters"])}
     if not params["adapter"]:
         return {}
     return {"adapter": params["adapter"]["kind"], "epochs": params["train_config"]["epochs"],

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from common.names import DEFAULT_SEGMENT_KEYS, GLOBAL, OVERALL, SUMMARY_FILE, split_key
+from common.rec.seq_model import SeqConfig
+from common.rec.seq_train import SeqTrainConfig
 
 if TYPE_CHECKING:
     from common.adapters import AdapterConfig
@@ -51,6 +53,24 @@ class ExperimentConfig:
     item_tower: str = "adapted"
     seed: int = 0
     history: str = "session"  # what a context may hold (common/data/examples.py): "session" or "event"
+    arch: str = "text"  # "text": the two-tower RecModel; "seq": the sequential hybrid (common/rec/seq_model.py)
+    seq: SeqConfig = SeqConfig()
+    seq_train: SeqTrainConfig = SeqTrainConfig()
+    segment_epochs: int = 3  # seq segment-adapters: epochs of the segment banks on top of the fixed global bank
+
+    def __post_init__(self) -> None:
+        from common.names import ARCHS
+        from common.rec.seq_modes import SEQ_MODES
+
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch {self.arch!r} is not one of {', '.join(ARCHS)}")
+        if self.arch == "seq":
+            bad = [m for m in self.modes if m not in (*SEQ_MODES, "no-adapter")]
+            if bad:
+                raise ValueError(f"mode(s) {bad} do not exist for arch seq; it has no-adapter (the text model's "
+                                 f"bare backbone), {', '.join(SEQ_MODES)}")
+        if self.segment_epochs < 1:
+            raise ValueError(f"segment_epochs must be >= 1, got {self.segment_epochs}")
 
 
 @dataclass(frozen=True)
@@ -112,6 +132,8 @@ def run_experiment(cfg: ExperimentConfig) -> Iterator[ModeResult]:
     from common.rec.baselines import build_and_train
     from common.rec.evaluate import evaluate, evaluate_popularity
     from common.rec.model import ItemCache
+    from common.rec.seq_modes import build_and_train_seq, save_banks
+    from common.rec.seq_train import evaluate_seq
 
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -127,35 +149,50 @@ def run_experiment(cfg: ExperimentConfig) -> Iterator[ModeResult]:
     users = {"total": len(records), "train": len(train_records), "eval": len(eval_records)}
 
     table: dict[str, dict[str, object]] = {}
+    seq_global: dict[str, torch.Tensor] | None = None
     for mode in cfg.modes:
         out = cfg.out if len(cfg.modes) == 1 else cfg.out / mode
         mode_start = time.perf_counter()
-        model, training = build_and_train(
-            mode, backbone, cfg.adapter, train_records, item_texts, cfg.train, cfg.segment_keys,
-            cfg.min_segment_users, global_state, cfg.item_tower, cache,
-        )
+        seq = cfg.arch == "seq" and mode != "no-adapter"
+        model: Any
+        if seq:
+            model, training = build_and_train_seq(
+                mode, backbone, train_records, item_texts, cfg.seq, cfg.seq_train, cfg.segment_keys,
+                cfg.min_segment_users, seq_global, cfg.segment_epochs)
+            if mode == "global-adapter":
+                seq_global = model.adapter_state([GLOBAL])
+        else:
+            model, training = build_and_train(
+                mode, backbone, cfg.adapter, train_records, item_texts, cfg.train, cfg.segment_keys,
+                cfg.min_segment_users, global_state, cfg.item_tower, cache,
+            )
         train_s = time.perf_counter() - mode_start
-        if mode == "global-adapter" and model.adapted is not None:
+        if not seq and mode == "global-adapter" and model.adapted is not None:
             global_state = model.adapted.adapter_state([GLOBAL], trainable_only=False)  # segment mode reuses it
         eval_start = time.perf_counter()
-        metrics = evaluate(model, eval_records, item_texts)
+        metrics = evaluate_seq(model, eval_records) if seq else evaluate(model, eval_records, item_texts)
         eval_s = time.perf_counter() - eval_start
         out.mkdir(parents=True, exist_ok=True)
-        if model.adapted is not None and model.adapter_names:
+        if seq:
+            save_banks(model, out / "adapters", item_texts)
+        elif model.adapted is not None and model.adapter_names:
             save_adapters(model.adapted, out / "adapters", model.adapter_names)
         summary = {
             "mode": mode,
+            "arch": "seq" if seq else "text",
             "data": str(cfg.data),
             "history": cfg.history,
-            "adapter": cfg.adapter.to_dict() if mode not in UNADAPTED_MODES else None,
+            "adapter": cfg.adapter.to_dict() if mode not in UNADAPTED_MODES and not seq else None,
+            "seq": cfg.seq.to_dict() if seq else None,
             "backbone": backbone.source,
             "segments": list(cfg.segment_keys),
-            "item_tower": cfg.item_tower,
+            "item_tower": cfg.item_tower if not seq else "text vectors + item rows",
             "adapters": model.adapter_names,
-            "train_config": cfg.train.to_dict(),
+            "train_config": cfg.seq_train.to_dict() if seq else cfg.train.to_dict(),
             "users": users,
             "items": len(item_texts),
-            "trainable_params": sum(p.numel() for p in model.trainable_parameters(model.adapter_names))
+            "trainable_params": sum(p.numel() for p in model.parameters()) if seq else
+            sum(p.numel() for p in model.trainable_parameters(model.adapter_names))
             if mode != "no-adapter" else 0,
             "training": training,
             "metrics": metrics,

@@ -37,8 +37,10 @@ log = logging.getLogger(__name__)
 LOG_EVERY = 20
 
 
-@dataclass
+@dataclass(frozen=True)
 class SeqTrainConfig:
+    """Training of the sequential model (central modes and federated clients alike)."""
+
     epochs: int = 20
     batch_size: int = 128  # users per step (each contributes up to max_len targets)
     lr: float = 1e-3
