@@ -7,8 +7,9 @@ what the log gives:
 
 - **item vectors** e_i = text_proj(t_i) + row_i: t_i is the frozen backbone's mean-pooled vector of the item's
   text, computed once per (backbone, catalog) and cached (`frozen_item_vectors`); `text_proj` is a trainable
-  projection of it; `row_i` is a trainable collaborative row, zero at init, so an item nobody interacted with is
-  ranked through its text alone;
+  projection of it; `row_i` is a trainable collaborative row, zero at init. An item nobody interacted with is
+  still placed by its text: its row only ever moves as a negative of the full softmax (down, uniformly for
+  everyone), so among such items the text decides the order (tests/test_rec_seq.py);
 - **item prior** b_i: a learned per-item bias (popularity the model can use and unlearn), zero at init;
 - **user tower**: a causal Transformer (pre-norm, SASRec-like) over the vectors of the user's most recent
   `max_len` positive items in time order, with learned positions counted back from the most recent item;

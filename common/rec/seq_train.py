@@ -195,6 +195,9 @@ def evaluate_seq(model: SeqRecModel, records: Sequence[RecordLike], ks: Sequence
     """The same result shape as `common.rec.evaluate.evaluate`, for the sequential model."""
     if not records:
         raise ValueError("no records to evaluate")
+    cands = [[r.test_item, *r.test_negatives] if split == "test" else [r.valid_item, *r.valid_negatives]
+             for r in records]
+    model.indices([i for row in cands for i in row])  # refuses an item outside the catalog, by name
     started = time.perf_counter()
     queries = [history_of(r, split) for r in records]
     scores = score_catalog(model, [q[0] for q in queries], [q[1] for q in queries])
@@ -205,8 +208,6 @@ def evaluate_seq(model: SeqRecModel, records: Sequence[RecordLike], ks: Sequence
         seen = [[column[i] for i in getattr(r, "seen_items", r.train_positives) if i in column] for r in records]
         per_user = full_ranking_metrics(scores, relevant, seen, ks)
     else:
-        cands = [[r.test_item, *r.test_negatives] if split == "test" else [r.valid_item, *r.valid_negatives]
-                 for r in records]
         picked = np.stack([scores[u, [column[i] for i in c]] for u, c in enumerate(cands)]).astype(float)
         per_user = sampled_metrics(picked, ks)
     per_user["coverage"] = served_by_segment_adapter([q[1] for q in queries], model.segment_adapters(),
