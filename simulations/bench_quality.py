@@ -10,6 +10,9 @@ whose rows would not be comparable: the popularity ranking `run_experiment` repo
 recomputed here on this command's users (same users, same negatives), and the mode's model, rebuilt from its
 saved adapters, must reproduce `run_experiment`'s sampled figures before its full-catalog row is trusted.
 
+A sequential-model mode (`--arch seq`) adds a row "<mode> (no history)": the same requests scored as users
+with no history at all, so only the item prior and the segment banks rank (the cold-start user).
+
 Per-segment rows add two labels to the users' own segments: user=cold|warm (at most COLD_USER_MAX training
 positives) and item=cold|warm (the test item is no user's training or validation positive: what the baselines'
 final fit saw).
@@ -157,6 +160,8 @@ def mode_rows(opts: QualityOptions, scored: Sequence[UserRecord], item_texts: Ma
     from common.backbone import load_backbone
     from common.rec.experiment import run_experiment
     from common.rec.model import ItemCache
+    from common.rec.seq_model import SeqRecModel
+    from common.rec.seq_train import evaluate_seq
 
     backbone, cache = load_backbone(opts.backbone), ItemCache()
     rows: dict[str, dict[str, Any]] = {}
@@ -179,6 +184,11 @@ def mode_rows(opts: QualityOptions, scored: Sequence[UserRecord], item_texts: Ma
                                         "seq": summary.get("seq"), "backbone": summary["backbone"],
                                         "adapters": summary["adapters"], "train_config": summary["train_config"]},
                              "summary": str(result.summary_path)}
+        if isinstance(model, SeqRecModel):  # cold start: the same requests with the history taken away
+            cold = {protocol: evaluate_seq(model, scored, full_catalog=protocol == "full", with_history=False)
+                    for protocol in ("sampled", "full")}
+            rows[f"{result.mode} (no history)"] = {"kind": "no-history", **cold, "seconds": {"total": 0.0},
+                                                    "params": {}, "summary": str(result.summary_path)}
     return rows
 
 
@@ -247,7 +257,7 @@ def quality_table(result: Mapping[str, Any]) -> str:
 
 def _shown_params(row: Mapping[str, Any]) -> Mapping[str, Any]:
     """A library row's chosen grid point; a trained mode's adapter kind, epochs and adapter count."""
-    if row["kind"] == "library":
+    if row["kind"] in ("library", "no-history"):
         return row["params"]
     params = row["params"]
     if params.get("arch") == "seq":

@@ -185,12 +185,16 @@ def test_bench_quality_scores_the_seq_modes_from_their_saved_banks(tmp_path: Pat
     assert main(argv) == 0
     # Assert
     result = json.loads((out / QUALITY_JSON).read_text())
-    assert list(result["rows"]) == ["global-adapter", "segment-adapters"]
-    for mode, row in result["rows"].items():
+    assert list(result["rows"]) == ["global-adapter", "global-adapter (no history)", "segment-adapters",
+                                    "segment-adapters (no history)"]
+    for mode in ("global-adapter", "segment-adapters"):
+        row = result["rows"][mode]
         summary = json.loads((out / "modes" / mode / "summary.json").read_text())
         assert summary["arch"] == "seq" and summary["seq"]["dim"] == 16
         assert row["sampled"]["overall"]["ndcg@10"] == pytest.approx(summary["metrics"]["overall"]["ndcg@10"])
         assert row["full"]["protocol"] == "full"
+    cold = result["rows"]["segment-adapters (no history)"]
+    assert cold["kind"] == "no-history" and 0.0 <= cold["sampled"]["overall"]["ndcg@10"] <= 1.0
     banks = result["rows"]["segment-adapters"]["params"]["adapters"]
     assert banks[0] == GLOBAL and any(b.startswith("region=") for b in banks[1:])
 

@@ -191,8 +191,12 @@ def score_catalog(model: SeqRecModel, histories: Sequence[Sequence[str]], segmen
 
 
 def evaluate_seq(model: SeqRecModel, records: Sequence[RecordLike], ks: Sequence[int] = (10,), split: str = "test",
-                 full_catalog: bool = False) -> dict[str, object]:
-    """The same result shape as `common.rec.evaluate.evaluate`, for the sequential model."""
+                 full_catalog: bool = False, with_history: bool = True) -> dict[str, object]:
+    """The same result shape as `common.rec.evaluate.evaluate`, for the sequential model.
+
+    `with_history=False` scores every request as a user with no history at all (the cold-start case): only the
+    item prior and the request's segment banks can rank then.
+    """
     if not records:
         raise ValueError("no records to evaluate")
     cands = [[r.test_item, *r.test_negatives] if split == "test" else [r.valid_item, *r.valid_negatives]
@@ -200,6 +204,8 @@ def evaluate_seq(model: SeqRecModel, records: Sequence[RecordLike], ks: Sequence
     model.indices([i for row in cands for i in row])  # refuses an item outside the catalog, by name
     started = time.perf_counter()
     queries = [history_of(r, split) for r in records]
+    if not with_history:
+        queries = [([], segs) for _, segs in queries]
     scores = score_catalog(model, [q[0] for q in queries], [q[1] for q in queries])
     batched_ms = (time.perf_counter() - started) * 1000 / len(records)
     column = {item: c for c, item in enumerate(model.catalog)}
