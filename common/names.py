@@ -26,6 +26,11 @@ PARTITION_MODES = (PER_SEGMENT, IID)
 # What a target's context may hold (common/data/examples.py): events before the target's session, or before
 # the target itself.
 HISTORIES = ("session", "event")
+# The recommender a federation trains (run-config `arch`): "text" = the two-tower text model with adapter banks
+# (common/rec/model.py), "seq" = the sequential hybrid model with its named banks (common/rec/seq_model.py).
+TEXT, SEQ = "text", "seq"
+ARCHS = (TEXT, SEQ)
+SEQ_HEADS = 2  # attention heads of the federated seq model's user tower (run-config seq-dim must be a multiple)
 
 # Files a run folder holds (the ServerApp writes them; `fedadapt simulate` reads them).
 METRICS_FILE = "metrics.jsonl"

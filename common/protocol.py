@@ -27,6 +27,7 @@ from typing import Any
 
 from common.names import (
     ADAPTER_KINDS,
+    ARCHS,
     DEFAULT_SEGMENT_KEYS,
     DEFAULT_SERVER_LR,
     FEDAVG,
@@ -37,7 +38,9 @@ from common.names import (
     PER_SEGMENT,
     SEGMENT_SEP,
     SEGMENT_VALUE_CHARS,
+    SEQ_HEADS,
     STRATEGIES,
+    TEXT,
     segment_name,
 )
 
@@ -174,6 +177,14 @@ class FedConfig:
 
     Field names are the kebab-case keys with '_' for '-'. Strings stand for "none" with "" because Flower's
     run config only carries bool/int/float/str.
+
+    `arch` picks the model every party builds (common/names.py ARCHS): "text" is the two-tower text model with
+    adapter banks of kind `adapter-kind`; "seq" is the sequential hybrid model (common/rec/seq_model.py) with
+    `seq-dim` wide item/user vectors over each user's `seq-max-len` most recent positives. For seq,
+    `adapter-kind` is ignored (its banks are its own, and every configured segment key gets banks),
+    `batch-size` counts users per step (128 recommended), `lr` is the Adam rate (1e-3 recommended),
+    `local-epochs` are passes over the client's users, `history` still builds the records but seq reads
+    each record's `train_items`, and `max-len` is the token limit of the frozen item-text vectors.
     """
 
     num_server_rounds: int = 3
@@ -182,6 +193,7 @@ class FedConfig:
     out_dir: str = ""
     client_state_dir: str = ""  # where each client keeps its own secrets (see common/federation/client_data.py)
     backbone: str = "tiny"
+    arch: str = TEXT
     adapter_kind: str = "lora"
     segment_keys: str = ",".join(DEFAULT_SEGMENT_KEYS)
     partition_mode: str = PER_SEGMENT
@@ -196,6 +208,8 @@ class FedConfig:
     batch_size: int = 16
     lr: float = 3e-3  # measured best of 1e-3 / 3e-3 for LoRA on MiniLM (common/rec/train.py)
     max_len: int = 64
+    seq_dim: int = 64  # arch=seq: item / user vector width (a multiple of SEQ_HEADS)
+    seq_max_len: int = 200  # arch=seq: most recent positives the user tower reads
     max_train_users: int = 0
     max_eval_users: int = 0
     max_delta_norm: float = 100.0
@@ -206,7 +220,8 @@ class FedConfig:
     round_timeout: float = 3600.0
 
     def __post_init__(self) -> None:
-        positive = ("num_server_rounds", "local_epochs", "batch_size", "max_len", "client_threads")
+        positive = ("num_server_rounds", "local_epochs", "batch_size", "max_len", "client_threads", "seq_dim",
+                    "seq_max_len")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -216,6 +231,11 @@ class FedConfig:
                 raise ValueError(f"{name.replace('_', '-')} must be in [0, 1], got {value}")
         if self.fraction_train == 0:
             raise ValueError("fraction-train must be > 0, got 0")
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch {self.arch!r} is not one of {', '.join(ARCHS)}")
+        if self.seq_dim % SEQ_HEADS:
+            raise ValueError(f"seq-dim must be a multiple of the seq model's {SEQ_HEADS} attention heads, "
+                             f"got {self.seq_dim}")
         if self.adapter_kind not in ADAPTER_KINDS:
             raise ValueError(f"adapter-kind {self.adapter_kind!r} is not one of {', '.join(ADAPTER_KINDS)}")
         if self.strategy not in STRATEGIES:
@@ -258,8 +278,11 @@ class FedConfig:
 
     @property
     def adapter_segment_keys(self) -> tuple[str, ...]:
-        """The segment keys that get their own adapters: none for GLOBAL_ONLY_KINDS."""
-        return () if self.adapter_kind in GLOBAL_ONLY_KINDS else self.segment_key_tuple
+        """The segment keys that get their own adapters (banks): none for the text arch's GLOBAL_ONLY_KINDS;
+        all of them for seq, which ignores adapter-kind."""
+        if self.arch == TEXT and self.adapter_kind in GLOBAL_ONLY_KINDS:
+            return ()
+        return self.segment_key_tuple
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> FedConfig:

@@ -3,6 +3,10 @@
 The Flower handlers in client/app.py call these functions; tests call them directly. State crosses this
 boundary as `{"<adapter name>::<param path>": np.ndarray}`, the same flat keys A's adapter library uses.
 
+The architecture is the run config's `arch`: "text" (the two-tower RecModel with adapter banks, here) or
+"seq" (the sequential model's banks, common/federation/seq_task.py); every function below that builds, loads,
+trains or scores a model dispatches on it, and both speak the same flat bank state.
+
 Routing on a client: each user (and each training pair, whose season is the season of that interaction) is
 routed through global + its own segment adapters among those the server sent. The client's adapter set is the
 union of those segments (common/federation/client_data.py); the server sends all of them for training and only
@@ -22,9 +26,10 @@ import torch
 
 from common.adapters import AdapterConfig
 from common.backbone import Backbone, load_backbone
+from common.federation import seq_task
 from common.federation.cache import ProcessCache
 from common.federation.client_data import ClientData, client_data
-from common.names import GLOBAL, OVERALL, bank_of, split_segment_name
+from common.names import GLOBAL, OVERALL, SEQ, bank_of, split_segment_name
 from common.protocol import (
     EVAL_METRICS,
     EVAL_USERS,
@@ -37,6 +42,7 @@ from common.protocol import (
 )
 from common.rec.evaluate import evaluate
 from common.rec.model import RecModel, RoutingPlan
+from common.rec.seq_model import SeqRecModel
 from common.rec.train import TrainConfig, train_epochs, training_pairs
 from common.rec.user_record import RecordLike
 
@@ -45,6 +51,7 @@ log = logging.getLogger(__name__)
 __all__ = ["ClientData", "client_data", "local_evaluate", "local_train", "model_for", "initial_state"]
 
 Arrays = dict[str, np.ndarray]
+BankModel = RecModel | SeqRecModel
 
 BACKBONES: ProcessCache[Backbone] = ProcessCache("backbone", maxsize=2)
 MODELS: ProcessCache[RecModel] = ProcessCache("model", maxsize=2)
@@ -77,8 +84,10 @@ def new_model(cfg: FedConfig, names: Sequence[str]) -> RecModel:
     return RecModel(backbone_for(cfg.backbone), adapter_config(cfg), names=list(names), plan=plan, max_len=cfg.max_len)
 
 
-def adapter_arrays(model: RecModel, names: Sequence[str]) -> Arrays:
+def adapter_arrays(model: BankModel, names: Sequence[str]) -> Arrays:
     """Trainable adapter tensors of `names` as float32 numpy arrays (copies)."""
+    if isinstance(model, SeqRecModel):
+        return seq_task.arrays(model, names)
     assert model.adapted is not None
     state = model.adapted.adapter_state(names=list(names), trainable_only=True)
     return {k: v.detach().cpu().numpy().copy() for k, v in state.items()}
@@ -110,22 +119,39 @@ def bank_example_counts(records: Sequence[RecordLike], keys: tuple[str, ...]) ->
     return dict(counts)
 
 
+def train_records(cfg: FedConfig, data: ClientData) -> list[RecordLike]:
+    """The records a client trains on under max-train-users (seq: users with two or more training positives)."""
+    if cfg.arch == SEQ:
+        return seq_task.train_records(data, cfg.max_train_users)
+    return data.train_records(cfg.max_train_users)
+
+
+def train_counts(cfg: FedConfig, records: Sequence[RecordLike]) -> dict[str, int]:
+    """Examples per bank: training pairs (text) or training targets (seq)."""
+    if cfg.arch == SEQ:
+        return seq_task.counts(cfg, records)
+    return bank_example_counts(records, cfg.adapter_segment_keys)
+
+
 def registration(cfg: FedConfig, data: ClientData) -> dict[str, int]:
-    """What a client registers: its training pairs per bank (the most any train reply may claim) and its
+    """What a client registers: its examples per bank (the most any train reply may claim) and its
     evaluation users, both for the records it really uses under max-train-users / max-eval-users."""
-    counts = bank_example_counts(data.train_records(cfg.max_train_users), cfg.adapter_segment_keys)
+    counts = train_counts(cfg, train_records(cfg, data))
     out = {bank_examples_key(b): counts.get(b, 0) for b in data.adapter_names}
     out[EVAL_USERS] = len(data.eval_records(cfg.max_eval_users))
     return out
 
 
-def load_received(model: RecModel, names: Sequence[str], received: Mapping[str, np.ndarray]) -> None:
+def load_received(model: BankModel, names: Sequence[str], received: Mapping[str, np.ndarray]) -> None:
     """Make sure `names` exist, load exactly their trainable tensors from `received`, route only through them.
 
     The received keys must be the complete trainable state of `names`: a partial load would leave a stale
     tensor from another virtual client in place. Adapters not in `names` (another virtual client's, or a
     segment the server held back) are not routed through.
     """
+    if isinstance(model, SeqRecModel):
+        seq_task.load_received(model, names, received)
+        return
     assert model.adapted is not None
     for name in names:
         if name not in model.adapter_names:
@@ -144,13 +170,16 @@ def initial_state(cfg: FedConfig, names: Sequence[str]) -> Arrays:
     """The starting adapter state for `names` (identity at init; seeded, so every run starts the same).
 
     Built on a fresh model, never the per-process cached one: that one holds whatever a client trained last.
+    For seq the catalog comes from `data-dir` (the party calling this knows it, the server included).
     """
+    if cfg.arch == SEQ:
+        return seq_task.initial_state(cfg, names, backbone_for(cfg.backbone).hidden_size)
     return adapter_arrays(new_model(cfg, [GLOBAL, *[n for n in names if n != GLOBAL]]), names)
 
 
 @dataclass
 class TrainResult:
-    """delta: trained - received per key; bank_examples: training pairs per bank (the aggregation weights)."""
+    """delta: trained - received per key; bank_examples: examples per bank (the aggregation weights)."""
 
     delta: Arrays
     num_examples: int
@@ -163,20 +192,31 @@ def _seed(cfg: FedConfig, server_round: int, partition_id: int) -> int:
     return (cfg.seed * 1_000_003 + server_round * 10_007 + partition_id) % (2**31 - 1)
 
 
+def client_model(cfg: FedConfig, data: ClientData) -> BankModel:
+    """The per-process cached model of the run's arch (seq: on this client's catalog)."""
+    if cfg.arch == SEQ:
+        return seq_task.model_for(cfg, backbone_for(cfg.backbone), data.item_texts)
+    return model_for(cfg)
+
+
 def local_train(cfg: FedConfig, data: ClientData, received: Mapping[str, np.ndarray], hp: RoundHParams) -> TrainResult:
     """Load the received adapters, train them on the client's users, return trained - received."""
     torch.set_num_threads(cfg.client_threads)
-    model = model_for(cfg)
+    model = client_model(cfg, data)
     names = received_banks(data, received)
     load_received(model, names, received)
-    records = data.train_records(cfg.max_train_users)
-    tcfg = TrainConfig(epochs=hp.epochs, batch_size=hp.batch_size, lr=hp.lr, max_len=cfg.max_len,
-                       seed=_seed(cfg, hp.server_round, data.partition_id), prox_mu=hp.proximal_mu)
+    records = train_records(cfg, data)
+    seed = _seed(cfg, hp.server_round, data.partition_id)
     reference = {k: torch.from_numpy(np.array(v)) for k, v in received.items()} if hp.proximal_mu > 0 else None
-    stats = train_epochs(model, records, data.item_texts, tcfg, names, reference_state=reference)
+    if isinstance(model, SeqRecModel):
+        stats = seq_task.train(model, records, names, hp, seed, reference)
+    else:
+        tcfg = TrainConfig(epochs=hp.epochs, batch_size=hp.batch_size, lr=hp.lr, max_len=cfg.max_len, seed=seed,
+                           prox_mu=hp.proximal_mu)
+        stats = train_epochs(model, records, data.item_texts, tcfg, names, reference_state=reference)
     trained = adapter_arrays(model, names)
     delta = {k: (trained[k] - np.asarray(received[k])).astype(np.asarray(received[k]).dtype) for k in received}
-    counts = bank_example_counts(records, cfg.adapter_segment_keys)
+    counts = train_counts(cfg, records)
     metrics = {TRAIN_LOSS: float(stats["loss"]), "train-steps": float(stats.get("steps", 0.0)),
                "train-seconds": float(stats.get("seconds", 0.0))}
     return TrainResult(delta=delta, num_examples=counts.get(GLOBAL, 0),
@@ -189,10 +229,13 @@ def local_evaluate(cfg: FedConfig, data: ClientData, received: Mapping[str, np.n
     Sums (not means) so that the server can pool clients exactly: mean = sum over clients / users.
     """
     torch.set_num_threads(cfg.client_threads)
-    model = model_for(cfg)
+    model = client_model(cfg, data)
     load_received(model, received_banks(data, received), received)
     records = data.eval_records(cfg.max_eval_users)
-    result = evaluate(model, records, data.item_texts, ks=EVAL_KS)
+    if isinstance(model, SeqRecModel):
+        result = seq_task.evaluate(model, records, EVAL_KS)
+    else:
+        result = evaluate(model, records, data.item_texts, ks=EVAL_KS)
     sums: dict[str, float] = {EVAL_USERS: float(len(records))}
     rows = {OVERALL: dict(result[OVERALL], users=float(len(records)))}  # type: ignore[call-overload]
     keys = cfg.segment_key_tuple

@@ -1,0 +1,132 @@
+"""What a party does with the sequential model (run-config arch=seq); common/federation/task.py dispatches here.
+
+The seq model (common/rec/seq_model.py) exposes the same bank surface as the text model's adapters, so the
+wire format, the server's validation and its per-bank aggregation are unchanged: state is
+`{"<bank>::<path>": np.ndarray}`. What differs is how a party builds the model and what it trains on:
+
+- the catalog is `sorted(item_texts)` of the public product table, the same on every party; each client
+  encodes the item texts once per process with its own frozen backbone (`frozen_item_vectors`), the server
+  only needs the bank shapes and uses zero text vectors of the backbone's hidden size;
+- every bank is seeded from (run seed, bank name), so every party builds identical starting banks;
+- a client trains on its users with two or more training positives (`UserRecord.train_items`, time order)
+  and weights each bank by its training targets (`seq_train.bank_counts`), the number the server bounds.
+
+Nothing here imports task.py (task.py imports this module): the backbone is passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from common.backbone import Backbone
+from common.federation.cache import ProcessCache
+from common.federation.client_data import ClientData
+from common.names import GLOBAL, SEQ_HEADS
+from common.protocol import FedConfig, RoundHParams
+from common.rec.seq_model import SeqConfig, SeqRecModel, catalog_fingerprint, frozen_item_vectors
+from common.rec.seq_train import SeqTrainConfig, bank_counts, evaluate_seq, train_items_of, train_seq
+from common.rec.user_record import RecordLike
+
+Arrays = dict[str, np.ndarray]
+
+SEQ_MODELS: ProcessCache[SeqRecModel] = ProcessCache("seq-model", maxsize=2)
+
+
+def seq_config(cfg: FedConfig) -> SeqConfig:
+    """The seq model's shape for a run: seq-dim, seq-max-len and the run seed; the rest SeqConfig's defaults."""
+    return SeqConfig(dim=cfg.seq_dim, heads=SEQ_HEADS, max_len=cfg.seq_max_len, seed=cfg.seed)
+
+
+def user_levels(cfg: FedConfig) -> tuple[str, ...]:
+    """The routing levels: global, then every segment key with banks."""
+    return (GLOBAL, *cfg.adapter_segment_keys)
+
+
+def catalog_of(item_texts: Mapping[str, str]) -> list[str]:
+    """The model's catalog: every product id, sorted (the same list on every party)."""
+    return sorted(item_texts)
+
+
+def text_vectors(cfg: FedConfig, backbone: Backbone, item_texts: Mapping[str, str]) -> torch.Tensor:
+    """The frozen backbone's item-text vectors (cut at `max-len` tokens), computed once per process."""
+    return frozen_item_vectors(backbone, catalog_of(item_texts), item_texts, max_len=cfg.max_len)
+
+
+def new_model(cfg: FedConfig, item_texts: Mapping[str, str], vectors: torch.Tensor,
+              names: Sequence[str] = (GLOBAL,)) -> SeqRecModel:
+    """A fresh seq model with seeded banks `names` on `vectors` (real ones, or zeros for the bank shapes)."""
+    ordered = [GLOBAL, *[n for n in names if n != GLOBAL]]
+    return SeqRecModel(seq_config(cfg), catalog_of(item_texts), vectors, names=ordered, user_levels=user_levels(cfg))
+
+
+def model_for(cfg: FedConfig, backbone: Backbone, item_texts: Mapping[str, str]) -> SeqRecModel:
+    """One seq model per process and (backbone, shape, segment keys, text max-len, catalog); segment banks are
+    added on demand, and every message loads its own bank weights before use."""
+    key = (backbone.source, seq_config(cfg), user_levels(cfg), cfg.max_len,
+           catalog_fingerprint(catalog_of(item_texts), item_texts))
+    return SEQ_MODELS.get(key, lambda: new_model(cfg, item_texts, text_vectors(cfg, backbone, item_texts)))
+
+
+def catalog_texts(data_dir: str) -> dict[str, str]:
+    """The public catalog's item texts from a data folder, built as every client builds them."""
+    from common.data.examples import build_item_texts
+    from common.data.schema import read_marketplace
+
+    if not data_dir:
+        raise ValueError("run config data-dir is empty; arch=seq needs the catalog to shape the item banks")
+    return build_item_texts(read_marketplace(data_dir).products)
+
+
+def initial_state(cfg: FedConfig, names: Sequence[str], hidden_size: int) -> Arrays:
+    """The starting banks `names` for the data folder's catalog. Text vectors are zeros: the banks' shapes and
+    seeded values depend only on the catalog size, `hidden_size` and the seq config, never on the vectors."""
+    texts = catalog_texts(cfg.data_dir)
+    model = new_model(cfg, texts, torch.zeros(len(texts), hidden_size), names)
+    return arrays(model, names)
+
+
+def arrays(model: SeqRecModel, names: Sequence[str]) -> Arrays:
+    """The banks `names` as float32 numpy arrays (copies)."""
+    return {k: v.cpu().numpy().copy() for k, v in model.adapter_state(list(names)).items()}
+
+
+def load_received(model: SeqRecModel, names: Sequence[str], received: Mapping[str, np.ndarray]) -> None:
+    """Make sure `names` exist, load exactly their tensors from `received`, route only through them; the
+    received keys must be the complete state of `names` (a partial load would keep another client's values)."""
+    for name in names:
+        if name not in model.adapter_names:
+            model.add_adapter(name)
+    expected = set(model.adapter_state(list(names)))
+    if set(received) != expected:
+        extra, missing = sorted(set(received) - expected), sorted(expected - set(received))
+        raise ValueError(f"received bank state does not match banks {list(names)}: "
+                         f"unexpected {extra[:3]}, missing {missing[:3]}")
+    model.load_adapter_state({k: torch.from_numpy(np.array(v)) for k, v in received.items()}, strict=True)
+    model.serving = frozenset(names)
+
+
+def train_records(data: ClientData, limit: int = 0) -> list[RecordLike]:
+    """The users a client trains on: those with two or more training positives (an order to learn from),
+    the first `limit` of them when max-train-users is set."""
+    usable = [r for r in data.records if len(train_items_of(r)) >= 2]
+    return usable[:limit] if limit else usable
+
+
+def counts(cfg: FedConfig, records: Sequence[RecordLike]) -> dict[str, int]:
+    """Training targets per bank (the aggregation weights), for exactly what `train_seq` trains on."""
+    return bank_counts(records, cfg.adapter_segment_keys, cfg.seq_max_len)
+
+
+def train(model: SeqRecModel, records: Sequence[RecordLike], names: Sequence[str], hp: RoundHParams, seed: int,
+          reference: Mapping[str, torch.Tensor] | None) -> dict[str, float]:
+    """Train the banks `names` for the round: batch-size users per step, Adam at lr, FedProx when mu > 0."""
+    tcfg = SeqTrainConfig(epochs=hp.epochs, batch_size=hp.batch_size, lr=hp.lr, prox_mu=hp.proximal_mu, seed=seed)
+    return train_seq(model, records, tcfg, names, reference_state=reference)
+
+
+def evaluate(model: SeqRecModel, records: Sequence[RecordLike], ks: Sequence[int]) -> dict[str, object]:
+    """Sampled evaluation (held-out item vs its 99 negatives), the result shape of common.rec.evaluate."""
+    return evaluate_seq(model, records, ks=ks)
