@@ -22,7 +22,14 @@ from pathlib import Path
 from cli.train import ARCH_DEFAULTS
 from common.names import ARCHS, DEFAULT_SEGMENT_KEYS, HISTORIES
 from simulations.bench_adapters import AdapterBenchOptions, bench_adapters, format_table
-from simulations.bench_federation import bench_bytes, bench_demo, bench_scale, format_bytes, format_scale
+from simulations.bench_federation import (
+    ML1M_ITEMS,
+    bench_bytes,
+    bench_demo,
+    bench_scale,
+    format_bytes,
+    format_scale,
+)
 from simulations.bench_quality import QualityOptions, quality_table, run_quality, write_quality
 from simulations.compare import compare, comparison_table, write_comparison
 
@@ -151,12 +158,18 @@ def _run_quality(args: argparse.Namespace) -> int:
 
 def _configure_bytes(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", default="minilm", help="minilm, tiny or a backbone folder")
-    parser.add_argument("--kinds", default="lora,bottleneck,parallel,hyper,mixture,prompt,task_attention")
+    parser.add_argument("--kinds", default="lora,bottleneck,parallel,hyper,mixture,prompt,task_attention,seq",
+                        help="adapter kinds, and 'seq' for arch=seq's banks")
+    parser.add_argument("--seq-items", type=_positive_int, default=ML1M_ITEMS,
+                        help="catalog size of the seq row (default: MovieLens-1M's 3,883 items)")
+    parser.add_argument("--seq-dim", type=_positive_int, default=64, help="seq-dim of the seq row")
+    parser.add_argument("--seq-max-len", type=_positive_int, default=200, help="seq-max-len of the seq row")
 
 
 def _run_bytes(args: argparse.Namespace) -> int:
     backbone = "" if args.backbone == "minilm" else args.backbone  # "": the offline MiniLM package
-    print(format_bytes(bench_bytes(backbone, [k for k in args.kinds.split(",") if k])))
+    kinds = [k for k in args.kinds.split(",") if k]
+    print(format_bytes(bench_bytes(backbone, kinds, args.seq_items, args.seq_dim, args.seq_max_len)))
     return 0
 
 

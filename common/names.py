@@ -90,7 +90,3 @@ def split_segment_name(name: str) -> tuple[str, str]:
 def bank_of(key: str) -> str:
     """The adapter (bank) a state key belongs to."""
     return split_key(key)[0]
-
-# Recommender architectures: the two-tower text model (common/rec/model.py) and the sequential hybrid
-# (common/rec/seq_model.py).
-ARCHS = ("text", "seq")

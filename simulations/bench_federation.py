@@ -1,12 +1,13 @@
 """Federation benchmarks: figures to report, not assertions (timings and memory vary by machine and load).
 
-    fedadapt bench bytes [--backbone minilm|tiny] [--kinds lora,bottleneck]
+    fedadapt bench bytes [--backbone minilm|tiny] [--kinds lora,bottleneck,seq] [--seq-items N] [--seq-dim D]
     fedadapt bench fed-demo [--out results/bench-demo]
     fedadapt bench scale [--clients 10,1000] [--out results/bench-scale]
 
 bytes: serialized size of a train message (down) and its reply (up) for one client holding global + one
        region + one season adapter, measured with Flower's own serialization, against the backbone's fp32
-       size (what full fine-tuning would ship each way).
+       size (what full fine-tuning would ship each way). Kind "seq" is arch=seq's banks, whose size grows
+       with the catalog: measured for `seq_items` items (default MovieLens-1M's 3,883).
 fed-demo: runs the demo preset and prints wall time per round and client updates per minute.
 scale: runs the same tiny federation with N virtual clients (10% sampled per round) and samples the summed
        RSS of the SuperLink's whole process tree (SuperLink, simulation runtime, Ray workers) every 0.5 s.
@@ -26,9 +27,26 @@ from common.names import GLOBAL
 from simulations.flower import SuperLink
 
 MINILM_FP32_BYTES = 22_713_216 * 4
+ML1M_ITEMS = 3_883  # MovieLens-1M's catalog: the default catalog size of the seq row
+SEQ_KIND = "seq"  # in `kinds`: arch=seq's banks instead of an adapter kind
 
 
-def bench_bytes(backbone: str, kinds: list[str]) -> list[dict[str, Any]]:
+def seq_state(backbone: str, names: list[str], items: int, dim: int, max_len: int) -> dict[str, np.ndarray]:
+    """arch=seq's starting banks `names` for a catalog of `items` items (bank shapes need no real texts)."""
+    import torch
+
+    from common.federation import seq_task
+    from common.federation.task import backbone_for
+    from common.protocol import FedConfig
+
+    cfg = FedConfig(backbone=backbone, arch=SEQ_KIND, seq_dim=dim, seq_max_len=max_len)
+    texts = {f"item-{j:06d}": "" for j in range(items)}
+    model = seq_task.new_model(cfg, texts, torch.zeros(items, backbone_for(backbone).hidden_size), names)
+    return seq_task.arrays(model, names)
+
+
+def bench_bytes(backbone: str, kinds: list[str], seq_items: int = ML1M_ITEMS, seq_dim: int = 64,
+                seq_max_len: int = 200) -> list[dict[str, Any]]:
     from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
 
@@ -42,14 +60,18 @@ def bench_bytes(backbone: str, kinds: list[str]) -> list[dict[str, Any]]:
     rows = []
     rng = np.random.default_rng(0)
     for kind in kinds:
-        state = initial_state(FedConfig(backbone=backbone, adapter_kind=kind), names)
+        if kind == SEQ_KIND:
+            state = seq_state(backbone, names, seq_items, seq_dim, seq_max_len)
+        else:
+            state = initial_state(FedConfig(backbone=backbone, adapter_kind=kind), names)
         # random values: identical zero tensors would be deduplicated by Flower's object store
         state = {k: rng.normal(size=v.shape).astype(v.dtype) for k, v in state.items()}
         down = Message(RecordDict({"arrays": to_record(state), "config": ConfigRecord({"lr": 1e-3})}), 1, "train")
         up = Message(RecordDict({"arrays": to_record(state), "metrics": MetricRecord({"num-examples": 10})}),
                      reply_to=down)
         params = int(sum(v.size for v in state.values()))
-        rows.append({"kind": kind, "adapter_params": params, "down_bytes": message_bytes(down),
+        label = f"{kind} ({seq_items} items, dim {seq_dim})" if kind == SEQ_KIND else kind
+        rows.append({"kind": label, "adapter_params": params, "down_bytes": message_bytes(down),
                      "up_bytes": message_bytes(up), "backbone_fp32_bytes": full,
                      "ratio_vs_backbone": message_bytes(up) / full})
     return rows

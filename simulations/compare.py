@@ -6,19 +6,29 @@
 
 Federated evaluation runs on the clients, on their own anonymized shards, whose pseudonyms seed different
 sampled negatives than the raw tables do: its figures are not comparable with `fedadapt train`'s. Here the
-federated run's last complete checkpoint is loaded into the same two-tower model the clients use and scored
-on exactly the users and candidates `fedadapt train` scored (same data folder, same seed, same sample of
-evaluation users), so every row of the table ranks the same 1 + 99 items for the same people.
+federated run's last complete checkpoint is loaded into the same model the clients use (the two-tower text
+model, or for a run with arch=seq the sequential model on this machine's own frozen text vectors of the catalog)
+and scored on exactly the users and candidates `fedadapt train` scored (same data folder, same seed, same
+sample of evaluation users), so every row of the table ranks the same 1 + 99 items for the same people. The
+central runs may be of either arch: every row scores the same candidates.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from common.names import CHECKPOINTS_DIR, GLOBAL, SUMMARY_FILE
+import numpy as np
+
+from common.names import CHECKPOINTS_DIR, GLOBAL, SEQ, SUMMARY_FILE
 from common.rec.experiment import TABLE_FILE, markdown_table
+
+if TYPE_CHECKING:
+    from common.protocol import FedConfig
+    from common.rec.seq_model import SeqRecModel
+    from common.rec.user_record import RecordLike
 
 COMPARISON_FILE = "comparison.json"  # every row's metrics and the federated checkpoint's round and adapters
 
@@ -38,10 +48,43 @@ def central_summaries(folder: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def federated_model(run_folder: Path, data: Path, server_round: int | None = None) -> tuple[Any, dict[str, Any]]:
-    """The RecModel a client would build, holding every adapter bank of the run's checkpoint and routing only
-    through the global adapter and the segments the server served after that round (held-back segments'
-    users get the global adapter, as in the federation's own evaluation)."""
+def seq_model_from_banks(cfg: FedConfig, banks: Mapping[str, Mapping[str, np.ndarray]],
+                         item_texts: Mapping[str, str], served: Sequence[str] | None = None) -> SeqRecModel:
+    """The sequential model of a federated run with arch=seq: every bank of `banks` (bank -> flat state) on this
+    party's own frozen text vectors of the catalog `item_texts`, routing only through global and `served`
+    (every bank when None). Refuses banks whose shapes do not fit the run's seq config and catalog."""
+    import torch
+
+    from common.federation import seq_task
+    from common.federation.task import backbone_for
+
+    names = [GLOBAL, *sorted(n for n in banks if n != GLOBAL)]
+    vectors = seq_task.text_vectors(cfg, backbone_for(cfg.backbone), item_texts)
+    model = seq_task.new_model(cfg, item_texts, vectors, names)
+    model.load_adapter_state({k: torch.from_numpy(np.array(v)) for bank in banks.values() for k, v in bank.items()},
+                             strict=True)
+    if served is not None:
+        model.serving = frozenset({GLOBAL, *served})
+    return model
+
+
+def score(model: Any, records: Sequence[RecordLike], item_texts: Mapping[str, str]) -> dict[str, Any]:
+    """Sampled test metrics of a federated model (either arch) on `records`: held-out item vs its 99 negatives."""
+    from common.rec.evaluate import evaluate
+    from common.rec.seq_model import SeqRecModel
+    from common.rec.seq_train import evaluate_seq
+
+    if isinstance(model, SeqRecModel):
+        return evaluate_seq(model, records)
+    return evaluate(model, records, item_texts)
+
+
+def federated_model(run_folder: Path, data: Path, server_round: int | None = None,
+                    item_texts: Mapping[str, str] | None = None) -> tuple[Any, dict[str, Any]]:
+    """The model a client would build (RecModel, or SeqRecModel for arch=seq), holding every bank of the run's
+    checkpoint and routing only through the global bank and the segments the server served after that round
+    (held-back segments' users get the global bank alone, as in the federation's own evaluation). `item_texts`:
+    the catalog of `data` when the caller already has it (seq reads it from `data` otherwise)."""
     import torch
 
     from common.federation.task import new_model
@@ -52,14 +95,20 @@ def federated_model(run_folder: Path, data: Path, server_round: int | None = Non
     ckpt = load_checkpoint(root, server_round)
     cfg = FedConfig.from_run_config({**ckpt.state["run_config"], "data-dir": str(data)})
     names = [GLOBAL, *sorted(n for n in ckpt.banks if n != GLOBAL)]
+    served = ckpt.state.get("served_segments")  # absent in checkpoints written before it was recorded: serve all
+    info = {"round": ckpt.round, "adapters": names, "served": served, "run_config": ckpt.state["run_config"],
+            "arch": cfg.arch}
+    if cfg.arch == SEQ:
+        from common.federation.seq_task import catalog_texts
+
+        texts = item_texts if item_texts is not None else catalog_texts(str(data))
+        return seq_model_from_banks(cfg, ckpt.banks, texts, served), info
     model = new_model(cfg, names)
     assert model.adapted is not None
     for bank in ckpt.banks.values():
         model.adapted.load_adapter_state({k: torch.from_numpy(v.copy()) for k, v in bank.items()}, strict=False)
-    served = ckpt.state.get("served_segments")  # absent in checkpoints written before it was recorded: serve all
     if served is not None:
         model.serving = frozenset({GLOBAL, *served})
-    info = {"round": ckpt.round, "adapters": names, "served": served, "run_config": ckpt.state["run_config"]}
     return model, info
 
 
@@ -67,7 +116,6 @@ def compare(data: Path, central: Path, federated: Path, eval_users: int | None, 
             server_round: int | None = None) -> dict[str, Any]:
     """Central summaries + the federated checkpoint scored on the same evaluation users."""
     from common.rec.baselines import MODES
-    from common.rec.evaluate import evaluate
     from common.rec.experiment import eval_sample, load_examples
 
     summaries = central_summaries(central)
@@ -89,15 +137,16 @@ def compare(data: Path, central: Path, federated: Path, eval_users: int | None, 
             raise ValueError(f"central run {mode} used seed {run_seed} and {users} evaluation users; this "
                              f"comparison uses seed {seed} and --eval-users {eval_users}: they must match")
     eval_records = eval_sample(records, eval_users, seed)
-    model, info = federated_model(federated, data, server_round)
+    model, info = federated_model(federated, data, server_round, item_texts)
     fed_history = info["run_config"].get("history", "session")
     if fed_history != history:
         raise ValueError(f"the federated run cut contexts by {fed_history!r}, the central runs by {history!r}")
-    metrics = evaluate(model, eval_records, item_texts)
+    metrics = score(model, eval_records, item_texts)
     popularity = next(iter(summaries.values()))["popularity"]
     order = {mode: i for i, mode in enumerate(MODES)}
     rows = {mode: summaries[mode]["metrics"] for mode in sorted(summaries, key=lambda m: (order.get(m, len(order)), m))}
-    rows[f"federated (round {info['round']})"] = metrics
+    label = "federated" if info["arch"] != SEQ else f"federated {SEQ}"
+    rows[f"{label} (round {info['round']})"] = metrics
     return {"rows": rows, "popularity": popularity, "federated": {**info, "metrics": metrics},
             "eval_users": len(eval_records)}
 
