@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cli.train import ARCH_DEFAULTS
-from common.names import ARCHS, DEFAULT_SEGMENT_KEYS, HISTORIES
+from common.names import ARCHS, DEFAULT_HISTORY, DEFAULT_SEGMENT_KEYS, HISTORIES
 from simulations.bench_adapters import AdapterBenchOptions, bench_adapters, format_table
 from simulations.bench_federation import (
     ML1M_ITEMS,
@@ -117,7 +117,7 @@ def _configure_quality(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--modes", type=_parse_quality_modes, default="no-adapter,global-adapter,segment-adapters",
                         metavar="MODE[,MODE...]", help="project modes to train and score ('' for none)")
     parser.add_argument("--skip-baselines", action="store_true", help="leave out popularity, item-kNN, BPR, ALS")
-    parser.add_argument("--history", choices=HISTORIES, default="session",
+    parser.add_argument("--history", choices=HISTORIES, default=DEFAULT_HISTORY,
                         help="what a context may hold (as for fedadapt train); 'event' for rating logs")
     parser.add_argument("--backbone", default=None, help="local model folder, or 'tiny' (default: offline MiniLM)")
     parser.add_argument("--arch", choices=ARCHS, default="text",

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from common.adapters import AdapterConfig
-from common.names import ARCHS, DEFAULT_SEGMENT_KEYS, HISTORIES, OVERALL, SUMMARY_FILE
+from common.names import ARCHS, DEFAULT_HISTORY, DEFAULT_SEGMENT_KEYS, HISTORIES, OVERALL, SUMMARY_FILE
 from common.rec.baselines import ITEM_TOWERS, MODES
 from common.rec.experiment import ExperimentConfig, run_experiment
 from common.rec.seq_model import SeqConfig
@@ -65,9 +65,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--item-tower", choices=ITEM_TOWERS, default="adapted",
                    help="items through the shared adapter (adapted) or the bare backbone (frozen)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--history", choices=HISTORIES, default="session",
-                   help="what a context may hold: 'session' (events before the target's session; the measured "
-                        "default) or 'event' (every event before the target, also inside its session)")
+    p.add_argument("--history", choices=HISTORIES, default=DEFAULT_HISTORY,
+                   help="what a context may hold: 'event' (every event before the target, also inside its "
+                        "session; the default) or 'session' (only events before the target's session)")
     p.set_defaults(func=run)
 
 

@@ -26,6 +26,7 @@ PARTITION_MODES = (PER_SEGMENT, IID)
 # What a target's context may hold (common/data/examples.py): events before the target's session, or before
 # the target itself.
 HISTORIES = ("session", "event")
+DEFAULT_HISTORY = "event"  # everything before the target in time (the real-data issue); "session" stays available
 # The recommender a federation trains (run-config `arch`): "text" = the two-tower text model with adapter banks
 # (common/rec/model.py), "seq" = the sequential hybrid model with its named banks (common/rec/seq_model.py).
 TEXT, SEQ = "text", "seq"

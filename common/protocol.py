@@ -28,6 +28,7 @@ from typing import Any
 from common.names import (
     ADAPTER_KINDS,
     ARCHS,
+    DEFAULT_HISTORY,
     DEFAULT_SEGMENT_KEYS,
     DEFAULT_SERVER_LR,
     FEDAVG,
@@ -197,7 +198,7 @@ class FedConfig:
     adapter_kind: str = "lora"
     segment_keys: str = ",".join(DEFAULT_SEGMENT_KEYS)
     partition_mode: str = PER_SEGMENT
-    history: str = "session"  # what a context may hold (common/data/examples.py): "session" or "event"
+    history: str = DEFAULT_HISTORY  # what a context may hold (common/data/examples.py): "event" or "session"
     strategy: str = FEDAVG
     server_lr: float = 0.0  # 0: the strategy's default (common.names.DEFAULT_SERVER_LR)
     proximal_mu: float = 0.0

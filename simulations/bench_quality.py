@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common.names import DEFAULT_SEGMENT_KEYS, OVERALL
+from common.names import DEFAULT_HISTORY, DEFAULT_SEGMENT_KEYS, OVERALL
 
 if TYPE_CHECKING:
     from common.backbone import Backbone
@@ -57,7 +57,7 @@ class QualityOptions:
     out: Path
     modes: tuple[str, ...] = ("no-adapter", "global-adapter", "segment-adapters")
     baselines: bool = True  # run the library baselines
-    history: str = "session"
+    history: str = DEFAULT_HISTORY
     backbone: str | None = None
     adapter: str = "lora"
     arch: str = "text"  # the modes' model (common.names.ARCHS)

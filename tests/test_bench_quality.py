@@ -40,7 +40,7 @@ def test_every_row_has_both_protocols_overall_and_per_segment(quality: tuple[Pat
     _, result = quality
     # Assert
     assert list(result["rows"]) == [*BASELINES, "no-adapter"]
-    assert result["users"]["eval"] == 60 and result["history"] == "session"
+    assert result["users"]["eval"] == 60 and result["history"] == "event"
     for name, row in result["rows"].items():
         for protocol in ("sampled", "full"):
             block = row[protocol]

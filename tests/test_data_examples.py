@@ -10,6 +10,7 @@ from common.data.schema import Marketplace
 
 DAY = 86_400
 T0 = 1_752_000_000  # 2025-07-08 18:40 UTC: inside the prime_day window
+SESSION = ExampleConfig(history="session")  # the cut these older tests were written for (default: "event")
 
 
 def market() -> Marketplace:
@@ -33,7 +34,7 @@ def market() -> Marketplace:
 
 def test_leave_one_out_split() -> None:
     """Last positive is test, second-last validation, earlier ones train in time order; short users dropped."""
-    (rec,) = build_examples(market())
+    (rec,) = build_examples(market(), SESSION)
     assert (rec.test_item, rec.valid_item) == ("p4", "p3")
     assert rec.train_positives == ["p2"]  # p1's context is empty (nothing happened before), so no pair
     assert rec.segments == {"region": "Europe", "season": "prime_day"}
@@ -41,8 +42,9 @@ def test_leave_one_out_split() -> None:
 
 
 def test_context_never_leaks_the_target_session() -> None:
-    """A target's context holds earlier sessions only: not the target, not its session, nothing later."""
-    (rec,) = build_examples(market())
+    """history=session: a target's context holds earlier sessions only: not the target, not its session,
+    nothing later."""
+    (rec,) = build_examples(market(), SESSION)
     assert "Item 4 " not in rec.context_text and "Item 14 " not in rec.context_text
     assert rec.context_text.startswith("bought Item 3 (kitchen)")  # most recent first
     assert "Item 3 " not in rec.valid_context_text and "Item 4 " not in rec.valid_context_text
@@ -133,7 +135,7 @@ def test_event_history_gives_one_session_users_contexts_without_leaks() -> None:
         assert rec.context_text.startswith(f"bought Cactus {u}")  # latest first, one line per product
         assert rec.context_text.count(f"Cactus {u}") == 1
     # The session cut (the default) leaves exactly these users without any context or training pair.
-    assert all(not r.context_text and not r.train_pairs for r in build_examples(m))
+    assert all(not r.context_text and not r.train_pairs for r in build_examples(m, SESSION))
 
 
 def test_history_mode_is_validated() -> None:

@@ -6,11 +6,12 @@ positive is the test item, the second-last the validation item, the earlier ones
 
 A target's context is text about what the user did before it, most recent first, whole lines while they fit a
 word budget (`context_words`; older history is dropped). What counts as "before" is `ExampleConfig.history`:
-- "session" (the default, what the README's figures were measured with): only what happened before the
+- "session" (the default until the real-data issue; the README's older synthetic tables say they used it): only
+  what happened before the
   target's session started (earlier sessions and reviews), one line per (session, product) at its strongest
   event. Nothing of the target's session can leak, but a user who rates everything in one sitting (most users
   of a public rating log) gets an empty context and no training pairs.
-- "event": every event before the target itself, also inside its session: for each (session, product) the
+- "event" (the default): every event before the target itself, also inside its session: for each (session, product) the
   latest of its events before the target ("bought X" once, not "viewed X; carted X; bought X"); events are
   ordered by time and, for equal times, by their row order in the clicks table (reviews after clicks). The
   target's own events in its session (the views and cart adds that led to the purchase) are left out, and
@@ -31,7 +32,7 @@ import pandas as pd
 
 from common.data.schema import EVENT_TYPES, Marketplace
 from common.data.seasons import season_of
-from common.names import HISTORIES
+from common.names import DEFAULT_HISTORY, HISTORIES
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class ExampleConfig:
     segment_columns: tuple[str, ...] | None = None  # user columns used as segments; None: all but user_id
     include_reviews: bool = True
     max_train_pairs: int | None = None  # keep only the most recent N training pairs per user
-    history: str = "session"  # what a context may hold: "session" or "event" (see the module docstring)
+    history: str = DEFAULT_HISTORY  # what a context may hold: "event" or "session" (see the module docstring)
 
     def __post_init__(self) -> None:
         if self.history not in HISTORIES:

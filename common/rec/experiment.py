@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from common.names import DEFAULT_SEGMENT_KEYS, GLOBAL, OVERALL, SUMMARY_FILE, split_key
+from common.names import DEFAULT_HISTORY, DEFAULT_SEGMENT_KEYS, GLOBAL, OVERALL, SUMMARY_FILE, split_key
 from common.rec.seq_model import SeqConfig
 from common.rec.seq_train import SeqTrainConfig
 
@@ -52,7 +52,7 @@ class ExperimentConfig:
     init_global: Path | None = None  # segment-adapters: reuse this run's global adapter
     item_tower: str = "adapted"
     seed: int = 0
-    history: str = "session"  # what a context may hold (common/data/examples.py): "session" or "event"
+    history: str = DEFAULT_HISTORY  # what a context may hold (common/data/examples.py): "event" or "session"
     arch: str = "text"  # "text": the two-tower RecModel; "seq": the sequential hybrid (common/rec/seq_model.py)
     seq: SeqConfig = SeqConfig()
     seq_train: SeqTrainConfig = SeqTrainConfig()
@@ -98,7 +98,7 @@ def eval_sample(records: Sequence[UserRecord], n: int | None, seed: int) -> list
     return [records[i] for i in _sample(records, n, seed + 1)]
 
 
-def load_examples(folder: Path, seed: int, history: str = "session") -> tuple[list[UserRecord], dict[str, str]]:
+def load_examples(folder: Path, seed: int, history: str = DEFAULT_HISTORY) -> tuple[list[UserRecord], dict[str, str]]:
     """User records (leave-one-out, 99 seeded negatives, contexts cut by `history`: common/data/examples.py)
     and item texts from a marketplace folder."""
     from common.data.examples import ExampleConfig, build_examples, build_item_texts
