@@ -217,3 +217,26 @@ def test_padding_is_never_recommended() -> None:
         logits = model.logits(users, table, bias)
     assert torch.allclose(short, padded, atol=1e-5)
     assert logits[0, 0] == float("-inf")
+
+
+def test_personalise_adds_exactly_each_rows_own_bank_residuals_and_biases() -> None:
+    """The batched routing equals, row by row, the user vector plus the residual and item bias of each bank the
+    row is routed through (and nothing from the banks it is not)."""
+    # Prepare
+    model = SeqRecModel(SMALL, _catalog(12), torch.randn(12, 8), user_levels=(GLOBAL, "region", "age"))
+    for name in ("region=A", "region=B", "age=young"):
+        model.add_adapter(name)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # move the zero-initialised parts so every term counts
+    users = torch.randn(4, SMALL.dim)
+    routes = [["region=A"], ["region=B", "age=young"], [], ["age=young"]]
+    # Execute
+    with torch.no_grad():
+        out, bias = model.personalise(users, routes)
+    # Assert
+    for row, route in enumerate(routes):
+        want = users[row] + sum((model.bank(n)(users[row : row + 1])[0] for n in route), torch.zeros(SMALL.dim))
+        want_bias = sum((model.bank(n).item_bias for n in route), torch.zeros(13))
+        assert torch.allclose(out[row], want, atol=1e-5)
+        assert torch.allclose(bias[row], want_bias, atol=1e-6)

@@ -299,16 +299,25 @@ class SeqRecModel(nn.Module):
         return g.norm(x)
 
     def personalise(self, users: torch.Tensor, routes: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Add each row's segment residuals; returns (users, (rows, N+1) segment bias deltas)."""
-        bias = torch.zeros(users.shape[0], self.text_vectors.shape[0])
-        out = users
-        for name in sorted({n for r in routes for n in r}):
-            rows = torch.tensor([name in r for r in routes])
-            bank = self.bank(name)
-            assert isinstance(bank, SegmentBank)
-            gate = rows.unsqueeze(1).to(users.dtype)
-            out = out + gate * bank(users)
-            bias = bias + gate * bank.item_bias.unsqueeze(0)
+        """Add each row's segment residuals; returns (users, segment bias deltas: (rows, N+1), or (1, N+1) zeros
+        when no row is routed). A bank runs on its own rows only, and the bias deltas are one matrix product."""
+        names = sorted({n for r in routes for n in r})
+        if not names:
+            return users, torch.zeros(1, self.text_vectors.shape[0])
+        column = {name: k for k, name in enumerate(names)}
+        pairs = [(row, column[name]) for row, route in enumerate(routes) for name in route]
+        gate = torch.zeros(users.shape[0], len(names), dtype=users.dtype)
+        gate[torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])] = 1.0
+        banks = [self.bank(name) for name in names]
+        assert all(isinstance(b, SegmentBank) for b in banks)
+        # all routed banks at once: (P, K*r) hidden units, each bank's block kept only on its own rows
+        down = torch.cat([b.down.weight for b in banks if isinstance(b, SegmentBank)])  # (K*r, d)
+        down_bias = torch.cat([b.down.bias for b in banks if isinstance(b, SegmentBank)])
+        up = torch.cat([b.up.weight.T for b in banks if isinstance(b, SegmentBank)])  # (K*r, d)
+        up_bias = torch.stack([b.up.bias for b in banks if isinstance(b, SegmentBank)])  # (K, d)
+        hidden = F.gelu(users @ down.T + down_bias) * gate.repeat_interleave(self.cfg.segment_rank, dim=1)
+        out = users + hidden @ up + gate @ up_bias
+        bias = gate @ torch.stack([b.item_bias for b in banks if isinstance(b, SegmentBank)])
         return out, bias
 
     def logits(self, users: torch.Tensor, table: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
