@@ -117,6 +117,8 @@ def _configure_quality(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--modes", type=_parse_quality_modes, default="no-adapter,global-adapter,segment-adapters",
                         metavar="MODE[,MODE...]", help="project modes to train and score ('' for none)")
     parser.add_argument("--skip-baselines", action="store_true", help="leave out popularity, item-kNN, BPR, ALS")
+    parser.add_argument("--federated", type=Path, default=None, metavar="RUN",
+                        help="also score this `fedadapt simulate` run's last checkpoint (same data, history, seed)")
     parser.add_argument("--history", choices=HISTORIES, default=DEFAULT_HISTORY,
                         help="what a context may hold (as for fedadapt train); 'event' for rating logs")
     parser.add_argument("--backbone", default=None, help="local model folder, or 'tiny' (default: offline MiniLM)")
@@ -149,6 +151,7 @@ def _run_quality(args: argparse.Namespace) -> int:
         segment_keys=tuple(k.strip() for k in args.segments.split(",") if k.strip()),
         min_segment_users=args.min_segment_users, epochs=int(args.epochs or ARCH_DEFAULTS[args.arch]["epochs"]),
         pairs_per_user=args.pairs_per_user, max_users=args.max_users, eval_users=args.eval_users, seed=args.seed,
+        federated=args.federated,
     )
     result = run_quality(options)
     table = write_quality(result, args.out)

@@ -1,10 +1,11 @@
 """`fedadapt bench quality`: the library baselines and the project's modes on one split, one set of candidates.
 
-    fedadapt bench quality --data T [--modes no-adapter,global-adapter,segment-adapters] --out R
+    fedadapt bench quality --data T [--modes no-adapter,global-adapter,segment-adapters] [--federated RUN] --out R
 
 Rows: popularity, item-kNN, BPR, ALS (`common.rec.library_baselines`, tuned on validation items only) and each
 mode trained by `common.rec.experiment.run_experiment` (its summaries in R/modes/). Every row is scored on the
-same evaluation users (`eval_sample`) and the same candidates, with two protocols: sampled (test item vs its
+same evaluation users (`eval_sample`) and the same candidates (a `--federated` run's last checkpoint too, rebuilt
+as the model its clients would build), with two protocols: sampled (test item vs its
 99 negatives) and full catalog (test item vs every item the user never touched). Two checks refuse a table
 whose rows would not be comparable: the popularity ranking `run_experiment` reports must equal the one
 recomputed here on this command's users (same users, same negatives), and the mode's model, rebuilt from its
@@ -71,9 +72,10 @@ class QualityOptions:
     # model needs a row for each scored user)
     eval_users: int | None = None
     seed: int = 0
+    federated: Path | None = None  # a `fedadapt simulate` run on the same data: its last checkpoint is a row
 
     def __post_init__(self) -> None:
-        if not self.modes and not self.baselines:
+        if not self.modes and not self.baselines and self.federated is None:
             raise ValueError("nothing to compare: no modes and the library baselines skipped")
         bad = [m for m in self.modes if m in UNSCORABLE_MODES]
         if bad:
@@ -192,6 +194,28 @@ def mode_rows(opts: QualityOptions, scored: Sequence[UserRecord], item_texts: Ma
     return rows
 
 
+def federated_row(opts: QualityOptions, scored: Sequence[UserRecord],
+                  item_texts: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """The federated run's last checkpoint as the model a client would build, scored on the same users and
+    candidates with both protocols. Refuses a run that used another history or seed (other splits/negatives)."""
+    from simulations.compare import federated_model
+
+    assert opts.federated is not None
+    start = time.perf_counter()
+    model, info = federated_model(opts.federated, opts.data, item_texts=item_texts)
+    run_config = info["run_config"]
+    theirs = (str(run_config.get("history", "session")), int(run_config.get("seed", 0)))
+    if theirs != (opts.history, opts.seed):
+        raise ValueError(f"federated run {opts.federated} used history={theirs[0]}, seed={theirs[1]}; this command "
+                         f"history={opts.history}, seed={opts.seed}: its splits and candidates would differ")
+    sampled, full = (_score(model, scored, item_texts, full=f) for f in (False, True))
+    label = f"federated {info['arch']} (round {info['round']})"
+    return {label: {"kind": "federated", "sampled": sampled, "full": full,
+                    "seconds": {"total": time.perf_counter() - start},
+                    "params": {"round": info["round"], "arch": info["arch"], "banks": len(info["adapters"])},
+                    "summary": str(opts.federated)}}
+
+
 def run_quality(opts: QualityOptions) -> dict[str, Any]:
     """Every row of the comparison, as written to R/quality.json."""
     from common.rec.evaluate import evaluate_popularity
@@ -214,6 +238,8 @@ def run_quality(opts: QualityOptions) -> dict[str, Any]:
         rows.update({name: {"kind": "library", **result.as_json()} for name, result in fitted.items()})
     if opts.modes:
         rows.update(mode_rows(opts, scored, item_texts, train_pairs_popularity))
+    if opts.federated is not None:
+        rows.update(federated_row(opts, scored, item_texts))
     return {
         "data": str(opts.data), "history": opts.history, "seed": opts.seed,
         "users": {"total": len(records), "eval": len(eval_records)}, "items": len(item_texts),
@@ -257,7 +283,7 @@ def quality_table(result: Mapping[str, Any]) -> str:
 
 def _shown_params(row: Mapping[str, Any]) -> Mapping[str, Any]:
     """A library row's chosen grid point; a trained mode's adapter kind, epochs and adapter count."""
-    if row["kind"] in ("library", "no-history"):
+    if row["kind"] in ("library", "no-history", "federated"):
         return row["params"]
     params = row["params"]
     if params.get("arch") == "seq":

@@ -228,3 +228,21 @@ def test_bench_bytes_reports_a_catalog_sized_seq_row(capsys: pytest.CaptureFixtu
     assert sizes[600][0] - sizes[300][0] == 300 * (16 + 1 + 2)
     assert sizes[600][1] - sizes[300][1] == pytest.approx(4 * 300 * (16 + 1 + 2), rel=0.01)
     assert 4 * sizes[300][0] <= sizes[300][1] <= 4 * sizes[300][0] + 32_768
+
+
+def test_bench_quality_puts_the_federated_run_beside_the_baselines(seq_run: Path, data_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    """`bench quality --federated RUN` scores the run's last checkpoint on the same users with both protocols
+    (the sampled figure is the one `fed-vs-central` gives for those users), and refuses a history mismatch."""
+    from cli.main import main
+
+    out = tmp_path / "q"
+    assert main(["bench", "quality", "--data", str(data_dir), "--modes", "", "--federated", str(seq_run),
+                 "--backbone", "tiny", "--eval-users", "40", "--out", str(out)]) == 0
+    result = json.loads((out / "quality.json").read_text())
+    row = result["rows"][f"federated seq (round {ROUNDS})"]
+    assert row["kind"] == "federated" and row["params"]["round"] == ROUNDS
+    assert row["sampled"]["users"] == 40 and row["full"]["protocol"] == "full"
+    assert {"popularity", "als"} <= set(result["rows"])
+    assert main(["bench", "quality", "--data", str(data_dir), "--modes", "", "--skip-baselines", "--federated",
+                 str(seq_run), "--history", "session", "--backbone", "tiny", "--out", str(tmp_path / "r")]) == 2
