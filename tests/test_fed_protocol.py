@@ -95,8 +95,8 @@ def test_client_data_is_anonymized_on_the_client(tmp_path: Path) -> None:
 
 
 def test_clients_cut_contexts_by_the_run_configs_history(tmp_path: Path) -> None:
-    """history=event (the default) reaches the clients: the same shard yields more training pairs (targets inside a session
-    get the events before them), and the two configs never share a cached shard."""
+    """history=event (the default) reaches the clients: the same shard yields more training pairs (targets inside
+    a session get the events before them), and the two configs never share a cached shard."""
     write_marketplace(generate_marketplace(120, 300, seed=2), tmp_path / "data")
     by_session = client_data(FedConfig(data_dir=str(tmp_path / "data"), history="session"), 0, 2)
     by_event = client_data(FedConfig(data_dir=str(tmp_path / "data")), 0, 2)
