@@ -183,7 +183,8 @@ class FedConfig:
     adapter banks of kind `adapter-kind`; "seq" is the sequential hybrid model (common/rec/seq_model.py) with
     `seq-dim` wide item/user vectors over each user's `seq-max-len` most recent positives. For seq,
     `adapter-kind` is ignored (its banks are its own, and every configured segment key gets banks),
-    `batch-size` counts users per step (128 recommended), `lr` is the Adam rate (1e-3 recommended),
+    `batch-size` counts users per step (32 recommended for a federation: more local steps per round, see
+    README), `lr` is the Adam rate (1e-3 recommended),
     `local-epochs` are passes over the client's users, `history` still builds the records but seq reads
     each record's `train_items`, and `max-len` is the token limit of the frozen item-text vectors.
     """
