@@ -206,6 +206,12 @@ class SeqRecModel(nn.Module):
             raise ValueError(f"unknown bank {name!r}; known banks: {', '.join(self._names)}")
         return self.banks[self._names.index(name)]
 
+    def segment_bank(self, name: str) -> SegmentBank:
+        bank = self.bank(name)
+        if not isinstance(bank, SegmentBank):
+            raise ValueError(f"bank {name!r} is not a segment bank")
+        return bank
+
     @property
     def global_bank(self) -> GlobalBank:
         bank = self.bank(GLOBAL)
@@ -308,16 +314,15 @@ class SeqRecModel(nn.Module):
         pairs = [(row, column[name]) for row, route in enumerate(routes) for name in route]
         gate = torch.zeros(users.shape[0], len(names), dtype=users.dtype)
         gate[torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])] = 1.0
-        banks = [self.bank(name) for name in names]
-        assert all(isinstance(b, SegmentBank) for b in banks)
+        banks = [self.segment_bank(name) for name in names]
         # all routed banks at once: (P, K*r) hidden units, each bank's block kept only on its own rows
-        down = torch.cat([b.down.weight for b in banks if isinstance(b, SegmentBank)])  # (K*r, d)
-        down_bias = torch.cat([b.down.bias for b in banks if isinstance(b, SegmentBank)])
-        up = torch.cat([b.up.weight.T for b in banks if isinstance(b, SegmentBank)])  # (K*r, d)
-        up_bias = torch.stack([b.up.bias for b in banks if isinstance(b, SegmentBank)])  # (K, d)
+        down = torch.cat([b.down.weight for b in banks])  # (K*r, d)
+        down_bias = torch.cat([b.down.bias for b in banks])
+        up = torch.cat([b.up.weight.T for b in banks])  # (K*r, d)
+        up_bias = torch.stack([b.up.bias for b in banks])  # (K, d)
         hidden = F.gelu(users @ down.T + down_bias) * gate.repeat_interleave(self.cfg.segment_rank, dim=1)
         out = users + hidden @ up + gate @ up_bias
-        bias = gate @ torch.stack([b.item_bias for b in banks if isinstance(b, SegmentBank)])
+        bias = gate @ torch.stack([b.item_bias for b in banks])
         return out, bias
 
     def logits(self, users: torch.Tensor, table: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

@@ -26,15 +26,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.names import GLOBAL
+from common.names import GLOBAL, make_key
 from common.protocol import segment_adapter_names
 from common.rec.metrics import aggregate, full_ranking_metrics, sampled_metrics, served_by_segment_adapter
 from common.rec.seq_model import SeqRecModel, left_pad, window
+from common.rec.train import log_progress, prox_term, take_step
 from common.rec.user_record import RecordLike
 
 log = logging.getLogger(__name__)
 
-LOG_EVERY = 20
 
 
 @dataclass(frozen=True)
@@ -86,16 +86,9 @@ def bank_counts(records: Sequence[RecordLike], keys: Sequence[str], max_len: int
     return dict(counts)
 
 
-def _prox(model: SeqRecModel, names: Sequence[str], reference: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    from common.names import make_key
-
-    total = torch.zeros(())
-    for name in names:
-        for path, p in model.bank(name).named_parameters():
-            ref = reference.get(make_key(name, path))
-            if ref is not None:
-                total = total + (p - ref.to(p.dtype)).pow(2).sum()
-    return total
+def _named(model: SeqRecModel, names: Sequence[str]) -> dict[str, torch.nn.Parameter]:
+    """State keys ("<bank>::<path>") of the banks `names`, mapped to the live parameters."""
+    return {make_key(name, path): p for name in names for path, p in model.bank(name).named_parameters()}
 
 
 def train_seq(model: SeqRecModel, records: Sequence[RecordLike], cfg: SeqTrainConfig,
@@ -124,6 +117,7 @@ def train_seq(model: SeqRecModel, records: Sequence[RecordLike], cfg: SeqTrainCo
     if not users:
         raise ValueError(f"no user of {len(records)} has two training positives to learn an order from")
     trains_global = GLOBAL in trainable_names
+    named = _named(model, trainable_names) if reference_state is not None else {}
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -148,16 +142,10 @@ def train_seq(model: SeqRecModel, records: Sequence[RecordLike], cfg: SeqTrainCo
             logits = model.logits(user_vecs, table, bias)
             loss = F.cross_entropy(logits, targets[real])
             if reference_state is not None and cfg.prox_mu > 0:
-                loss = loss + cfg.prox_mu / 2 * _prox(model, trainable_names, reference_state)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            losses.append(loss.item())
+                loss = loss + cfg.prox_mu / 2 * prox_term(named, reference_state)
+            losses.append(take_step(optimizer, loss, params, cfg.max_grad_norm))
             steps += 1
-            if steps % LOG_EVERY == 0:
-                log.info("step %d: loss %.4f (%.1f s)", steps, float(np.mean(losses[-LOG_EVERY:])),
-                         time.perf_counter() - started)
+            log_progress(steps, losses, started)
         epoch_losses.append(float(np.mean(losses)))
         log.info("epoch %d/%d: loss %.4f over %d targets", epoch + 1, cfg.epochs, epoch_losses[-1], n_targets)
     model.eval()

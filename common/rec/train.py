@@ -142,12 +142,30 @@ def _named_trainable(model: RecModel, names: Sequence[str]) -> dict[str, torch.n
     }
 
 
-def _prox_term(named: Mapping[str, torch.nn.Parameter], reference: Mapping[str, torch.Tensor]) -> torch.Tensor:
+def prox_term(named: Mapping[str, torch.nn.Parameter], reference: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """||w - w_ref||^2 over the state keys of `named` that `reference` holds (FedProx, both architectures)."""
     total = torch.zeros(())
     for key, param in named.items():
         if key in reference:
             total = total + (param - reference[key].to(param.dtype)).pow(2).sum()
     return total
+
+
+def take_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: Sequence[torch.nn.Parameter],
+              max_grad_norm: float) -> float:
+    """One optimizer step with the gradient norm clipped; returns the loss value."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    return float(loss.item())
+
+
+def log_progress(steps: int, losses: Sequence[float], started: float) -> None:
+    """A progress line every LOG_EVERY steps: the mean loss of the last LOG_EVERY steps and the time so far."""
+    if steps % LOG_EVERY == 0:
+        log.info("step %d: loss %.4f (%.1f s)", steps, float(np.mean(losses[-LOG_EVERY:])),
+                 time.perf_counter() - started)
 
 
 def train_epochs(
@@ -208,18 +226,12 @@ def train_epochs(
             logits = logits.masked_fill(seen, float("-inf"))
             loss = F.cross_entropy(logits, torch.arange(len(batch)))
             if reference_state is not None and cfg.prox_mu > 0:
-                prox = _prox_term(named, reference_state)
+                prox = prox_term(named, reference_state)
                 prox_value = prox.item()
                 loss = loss + cfg.prox_mu / 2 * prox
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            losses.append(loss.item())
+            losses.append(take_step(optimizer, loss, params, cfg.max_grad_norm))
             steps += 1
-            if steps % LOG_EVERY == 0:
-                log.info("step %d: loss %.4f (%.1f s)", steps, float(np.mean(losses[-LOG_EVERY:])),
-                         time.perf_counter() - started)
+            log_progress(steps, losses, started)
         epoch_losses.append(float(np.mean(losses)) if losses else float("nan"))
         log.info("epoch %d/%d: loss %.4f over %d pairs", epoch + 1, cfg.epochs, epoch_losses[-1], n_pairs)
     return {
