@@ -1,0 +1,1 @@
+"""Privacy: client-level differential privacy (dp.py) and its accountant (accountant.py)."""

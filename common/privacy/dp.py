@@ -1,0 +1,174 @@
+"""Client-level differential privacy for the adapter banks (DP-FedAvg, McMahan et al. 2018): pure numpy.
+
+Guarantee. With `noise_multiplier` sigma > 0 and clip bound C, one client's WHOLE update (every bank it
+trained, all tensors together) is clipped to L2 norm C, so adding, removing or changing one client moves the
+vector of all bank SUMS by at most C in L2 (the client touches global and its segments, but its clipped update
+has norm <= C across all of them). Gaussian noise N(0, (sigma*C)^2) is added to every coordinate of every
+bank's sum, which makes the round's released sums a Gaussian mechanism with noise multiplier sigma at
+sensitivity C. Composed over rounds with the cohort's sampling rate (common/privacy/accountant.py) this gives
+(epsilon, delta) client-level DP: an observer of every released bank, in every round, learns little about
+whether any one client (with all its users) took part. It does not cover what a server sees of single replies
+in plain mode (below), the registration (segments, example counts), or which clients replied.
+
+Uniform weights. With DP on, every contributing client weighs 1 in a bank (example-count weighting would let
+a client with many examples move a bank by more than C). A bank's mean is `noised sum / denominator`; the
+denominator is the number of clients whose (clipped) update went into the sum. The server already knows that
+number in every mode in which it sees who replied (plain, segment-visible secure); it is treated as public,
+like the cohort size. (A fixed expected denominator would also hide it, at the price of shrinking every step
+when clients drop out; we chose the exact count for an unbiased step on the clients that did contribute.)
+
+Modes.
+- "central": the server clips each accepted delta (robust to a client that does not clip), sums per bank and
+  adds N(0, (sigma*C)^2) once to each bank's sum (`central_noise`). Trust: the server sees un-noised updates
+  (plain) or un-noised sums (secure aggregation); the guarantee protects what the server releases.
+- "distributed": each client clips its own update and adds a share N(0, (sigma*C)^2 / t) to every bank it
+  sends (`add_noise_share`), so any t or more contributions to a bank sum carry at least the full variance and
+  the server never sees an un-noised sum. With secure aggregation the server sees only the noised sum; in plain
+  mode it sees each reply with only a 1/sqrt(t) share of the noise (no protection of single replies beyond
+  noise multiplier sigma/sqrt(t)). t per bank comes from `noise_shares` (the bank's sampled clients, less the
+  tolerated drop-outs). FEWER THAN t SURVIVORS: the sum would carry only survivors/t of the variance, so that
+  bank's sum must not be released: `enough_shares` is False, the server does not apply the bank that round, and
+  a secure path must check it before unmasking. The accountant is charged with sigma every round.
+
+API (signatures kept stable for server/secure.py and client/secure.py):
+    DPConfig(noise_multiplier, clip, mode="central", delta=1e-5, target_epsilon=0.0, target_action="stop",
+             dropout_tolerance=0.0)
+    update_norm(update: Mapping[str, ndarray]) -> float
+    clip_update(update: Mapping[str, ndarray], clip: float) -> tuple[dict[str, ndarray], float]
+    noise_shares(sampled_in_bank: int, dropout_tolerance: float) -> int
+    add_noise_share(update, cfg: DPConfig, shares: int, rng: np.random.Generator) -> dict[str, ndarray]
+    central_noise(bank_sum, cfg: DPConfig, rng: np.random.Generator) -> dict[str, ndarray]
+    enough_shares(survivors: int, shares: int) -> bool
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+CENTRAL = "central"
+DISTRIBUTED = "distributed"
+DP_MODES = (CENTRAL, DISTRIBUTED)
+STOP = "stop"
+WARN = "warn"
+TARGET_ACTIONS = (STOP, WARN)
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    """Client-level DP settings (run-config keys in brackets; errors name them).
+
+    noise_multiplier [dp-noise-multiplier]: sigma, noise std per bank sum / clip; 0 turns DP off.
+    clip [dp-clip]: C, the bound on one client's whole-update L2 norm (all banks together).
+    mode [dp-mode]: "central" (server adds the noise) or "distributed" (clients add shares).
+    delta [dp-delta]: the delta of (epsilon, delta); 1e-5 by default, well below 1/N for any federation of
+        fewer than 100,000 clients (the usual rule: delta << 1/N, else the mechanism may leak one client).
+    target_epsilon [target-epsilon]: 0 = none; otherwise the run stops (or warns) before a round that would
+        take epsilon above it.
+    target_action [target-epsilon-action]: "stop" or "warn".
+    dropout_tolerance [dp-dropout-tolerance]: distributed mode only: the fraction of a bank's sampled clients
+        that may drop out with the bank still released (each share is then larger: t shrinks).
+    """
+
+    noise_multiplier: float
+    clip: float
+    mode: str = CENTRAL
+    delta: float = 1e-5
+    target_epsilon: float = 0.0
+    target_action: str = STOP
+    dropout_tolerance: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)):
+            raise ValueError(f"dp-noise-multiplier must be >= 0 (0: DP off), got {self.noise_multiplier}")
+        if not math.isfinite(self.clip) or self.clip < 0:
+            raise ValueError(f"dp-clip must be a finite number >= 0, got {self.clip}")
+        if self.noise_multiplier > 0 and not self.clip > 0:
+            raise ValueError(f"dp-clip must be > 0 when dp-noise-multiplier > 0, got {self.clip}")
+        if self.mode not in DP_MODES:
+            raise ValueError(f"dp-mode {self.mode!r} is not one of {', '.join(DP_MODES)}")
+        if not 0 < self.delta < 1:
+            raise ValueError(f"dp-delta must be in (0, 1), got {self.delta}")
+        if not (self.target_epsilon >= 0 and math.isfinite(self.target_epsilon)):
+            raise ValueError(f"target-epsilon must be >= 0 (0: none), got {self.target_epsilon}")
+        if self.target_epsilon > 0 and self.noise_multiplier == 0:
+            raise ValueError("target-epsilon needs dp-noise-multiplier > 0 (without noise epsilon is infinite)")
+        if self.target_action not in TARGET_ACTIONS:
+            raise ValueError(f"target-epsilon-action {self.target_action!r} is not one of {', '.join(TARGET_ACTIONS)}")
+        if not 0 <= self.dropout_tolerance < 1:
+            raise ValueError(f"dp-dropout-tolerance must be in [0, 1), got {self.dropout_tolerance}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.noise_multiplier > 0
+
+    @property
+    def noise_std(self) -> float:
+        """Std of the noise on each coordinate of a bank SUM: sigma * C."""
+        return self.noise_multiplier * self.clip
+
+
+def update_norm(update: Mapping[str, np.ndarray]) -> float:
+    """L2 norm of a whole update (every tensor of every bank), in float64."""
+    return math.sqrt(sum(float(np.sum(np.square(np.asarray(v, dtype=np.float64)))) for v in update.values()))
+
+
+def clip_update(update: Mapping[str, np.ndarray], clip: float) -> tuple[Arrays, float]:
+    """(update scaled to L2 norm <= clip, its norm before clipping); an update within the bound is unchanged.
+
+    The scale is one factor for the whole update, so the direction across banks is kept (per-bank clipping
+    would bound each bank at C and the whole update only at C * sqrt(banks)). Dtypes are kept.
+    """
+    if not clip > 0:
+        raise ValueError(f"clip must be > 0, got {clip}")
+    norm = update_norm(update)
+    if not math.isfinite(norm):
+        raise ValueError("update has non-finite values; it cannot be clipped")
+    scale = min(1.0, clip / norm) if norm > 0 else 1.0
+    out = {k: (np.asarray(v, dtype=np.float64) * scale).astype(np.asarray(v).dtype) for k, v in update.items()}
+    return out, norm
+
+
+def noise_shares(sampled_in_bank: int, dropout_tolerance: float) -> int:
+    """t for a bank: how many contributions must survive for its noise to be complete (at least 1).
+
+    `sampled_in_bank` clients were asked to train the bank; up to `dropout_tolerance` of them may drop out.
+    """
+    if sampled_in_bank < 1:
+        raise ValueError(f"a bank needs at least one sampled client, got {sampled_in_bank}")
+    if not 0 <= dropout_tolerance < 1:
+        raise ValueError(f"dropout_tolerance must be in [0, 1), got {dropout_tolerance}")
+    return max(1, math.ceil(sampled_in_bank * (1 - dropout_tolerance) - 1e-9))
+
+
+def _gaussian(shape: tuple[int, ...], std: float, rng: np.random.Generator) -> np.ndarray:
+    return rng.normal(0.0, std, size=shape)
+
+
+def add_noise_share(update: Mapping[str, np.ndarray], cfg: DPConfig, shares: int, rng: np.random.Generator
+                    ) -> Arrays:
+    """A client's (already clipped) update plus its distributed-mode share: N(0, (sigma*C)^2 / shares) per
+    coordinate, so that `shares` such contributions sum to the full variance (sigma*C)^2."""
+    if shares < 1:
+        raise ValueError(f"shares must be >= 1, got {shares}")
+    std = cfg.noise_std / math.sqrt(shares)
+    return {k: (np.asarray(v, dtype=np.float64) + _gaussian(np.shape(v), std, rng)).astype(np.asarray(v).dtype)
+            for k, v in update.items()}
+
+
+def central_noise(bank_sum: Mapping[str, np.ndarray], cfg: DPConfig, rng: np.random.Generator) -> Arrays:
+    """A bank's sum of clipped updates plus N(0, (sigma*C)^2) per coordinate (central mode, in float64)."""
+    return {k: np.asarray(v, dtype=np.float64) + _gaussian(np.shape(v), cfg.noise_std, rng)
+            for k, v in bank_sum.items()}
+
+
+def enough_shares(survivors: int, shares: int) -> bool:
+    """Whether a distributed-mode bank sum over `survivors` contributions carries the full noise variance
+    (survivors >= t). When False the sum must not be released (nor unmasked, on a secure path)."""
+    return survivors >= shares
+
