@@ -1,0 +1,42 @@
+"""Who masks with whom: the complete graph, or a k-regular ring graph for large cohorts (SecAgg+).
+
+With the complete graph every pair of clients shares a pairwise mask and every client holds a share of
+every other's secrets: cost per client grows with the cohort (n - 1 masks to expand). SecAgg+ (Bell et al.
+2020) replaces it by a sparse graph of degree k ~ O(log n). Here: the cohort is shuffled by a permutation
+seeded from the round (so the server cannot hand-pick neighbourhoods more than any public shuffle allows)
+and each client is joined to the k/2 clients before and after it on the ring (k rounded up to even).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def neighbour_graph(ids: Sequence[int], degree: int, seed: bytes) -> dict[int, tuple[int, ...]]:
+    """id -> its neighbours (sorted, never itself). degree <= 0 or >= n - 1: the complete graph."""
+    nodes = sorted(int(i) for i in ids)
+    n = len(nodes)
+    if degree <= 0 or degree >= n - 1:
+        return {u: tuple(v for v in nodes if v != u) for u in nodes}
+    half = math.ceil(degree / 2)
+    rng = np.random.default_rng(np.frombuffer(hashlib.sha256(seed).digest(), dtype=np.uint32))
+    ring = [nodes[i] for i in rng.permutation(n)]
+    out: dict[int, set[int]] = {u: set() for u in nodes}
+    for pos, u in enumerate(ring):
+        for step in range(1, half + 1):
+            v = ring[(pos + step) % n]
+            out[u].add(v)
+            out[v].add(u)
+    return {u: tuple(sorted(vs)) for u, vs in out.items()}
+
+
+def threshold_for(holders: int, fraction: float) -> int:
+    """Shamir threshold t for a secret shared among `holders` (neighbours + the client itself):
+    ceil(fraction * holders), at least 2 (one share must never suffice) and at most holders."""
+    if not 0.5 < fraction <= 1:
+        raise ValueError(f"secagg-threshold-fraction must be in (0.5, 1], got {fraction}")
+    return min(holders, max(2, math.ceil(fraction * holders - 1e-9)))
