@@ -12,6 +12,8 @@ Messages (Flower Message API):
           config = round hyper-parameters; reply: arrays = DELTA for exactly those keys, metrics with
           num-examples, the pairs it trained per bank ("examples/<bank>": each bank is weighted by the
           client's examples in that bank; arch=seq counts next-item training targets) and the training loss.
+          With DP in distributed mode the config also carries "dp-shares/<bank>" (t) for each bank sent, and the
+          delta comes back clipped and noised (common/privacy/dp.py); with DP every bank weighs 1 per client.
 - evaluate server -> node: arrays = global + the segment banks the server serves; reply metrics: per-segment
           sums of ndcg/hr/coverage and user counts.
 Every reply is untrusted: server/validate.py checks each against this contract and what the node registered.
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -44,6 +46,7 @@ from common.names import (
     TEXT,
     segment_name,
 )
+from common.privacy.dp import DPConfig
 
 # Record names inside a message's RecordDict.
 ARRAYS = "arrays"
@@ -64,6 +67,7 @@ PROXIMAL_MU = "proximal-mu"
 TRAIN_LOSS = "train-loss"
 EVAL_USERS = "eval-users"
 BANK_EXAMPLES_PREFIX = "examples/"  # "examples/<bank>": training pairs routed through that bank
+DP_SHARES_PREFIX = "dp-shares/"  # train config, distributed DP: "dp-shares/<bank>" = t (common/privacy/dp.py)
 EVAL_METRICS = ("ndcg@10", "hr@10", "coverage")  # what a client's evaluation reply sums per segment
 
 # A segment adapter name is "<segment key>=<value>"; values come from client data, so they are constrained to
@@ -139,6 +143,24 @@ def _flag(key: str, value: object) -> bool:
 
 def bank_examples_key(bank: str) -> str:
     return f"{BANK_EXAMPLES_PREFIX}{bank}"
+
+
+def dp_shares_key(bank: str) -> str:
+    return f"{DP_SHARES_PREFIX}{bank}"
+
+
+def parse_dp_shares(config: Mapping[str, Any], banks: Iterable[str], max_shares: int) -> dict[str, int]:
+    """t per bank from a train config (distributed DP); ValueError naming the key when one is missing, not an
+    integer, or outside [1, max_shares]. A client caps t at the federation's size: a server that asked for a
+    larger t would get replies with too little noise."""
+    shares: dict[str, int] = {}
+    for bank in sorted(banks):
+        key = dp_shares_key(bank)
+        value = config.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= max_shares:
+            raise ValueError(f"train config {key}={value!r} is not an integer in [1, {max_shares}]")
+        shares[bank] = value
+    return shares
 
 
 def check_segment_name(name: object, keys: tuple[str, ...]) -> str:
@@ -225,6 +247,14 @@ class FedConfig:
     stop_after_round: int = 0
     client_threads: int = 1
     round_timeout: float = 3600.0
+    # Client-level differential privacy (common/privacy/dp.py says the guarantee; README, Privacy): 0 noise = off.
+    dp_noise_multiplier: float = 0.0  # sigma: noise std on each bank sum / dp-clip
+    dp_clip: float = 0.0  # C: bound on one client's whole-update L2 norm (required with noise)
+    dp_mode: str = "central"  # central: the server adds the noise; distributed: each client adds a share
+    dp_delta: float = 1e-5  # well below 1/N for federations of up to 100,000 clients
+    dp_dropout_tolerance: float = 0.0  # distributed: fraction of a bank's sampled clients that may drop out
+    target_epsilon: float = 0.0  # 0: none; else stop (or warn) before a round that would exceed it
+    target_epsilon_action: str = "stop"  # stop | warn
 
     def __post_init__(self) -> None:
         positive = ("num_server_rounds", "local_epochs", "batch_size", "max_len", "client_threads", "seq_dim",
@@ -269,9 +299,18 @@ class FedConfig:
             raise ValueError(f"max-client-examples must be >= 1, got {self.max_client_examples}")
         if self.stop_after_round < 0 or self.max_train_users < 0 or self.max_eval_users < 0:
             raise ValueError("stop-after-round, max-train-users and max-eval-users must be >= 0")
+        if self.dp_clip and not self.dp_noise_multiplier:
+            raise ValueError(f"dp-clip={self.dp_clip} is used only with dp-noise-multiplier > 0 (DP is off)")
+        _ = self.dp  # DPConfig validates the dp-* and target-epsilon keys, naming each
         for key in self.segment_key_tuple:
             if not key.isidentifier():
                 raise ValueError(f"segment key {key!r} in segment-keys={self.segment_keys!r} is not a column name")
+
+    @property
+    def dp(self) -> DPConfig:
+        """The differential-privacy settings (`dp.enabled` is False when dp-noise-multiplier is 0)."""
+        return DPConfig(self.dp_noise_multiplier, self.dp_clip, self.dp_mode, self.dp_delta, self.target_epsilon,
+                        self.target_epsilon_action, self.dp_dropout_tolerance)
 
     @property
     def effective_server_lr(self) -> float:

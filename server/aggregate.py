@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from common.names import GLOBAL, bank_of
+from common.privacy.dp import CENTRAL, DISTRIBUTED, DPConfig, central_noise, clip_update, enough_shares
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +79,15 @@ class BankAggregate:
     mean_deltas: per bank, the weighted mean delta (only banks that had enough contributors);
     contributors: per bank, how many clients trained it (weight > 0); examples: per bank, the summed weights;
     fallback: segment banks held back this round because fewer than `min_clients` trained them (their clients
-    still count towards the global bank).
+    still count towards the global bank); noise_short: banks (global included) held back with DP in distributed
+    mode because their sum carries fewer than its t noise shares (common/privacy/dp.py).
     """
 
     mean_deltas: dict[str, Arrays] = field(default_factory=dict)
     contributors: dict[str, int] = field(default_factory=dict)
     examples: dict[str, float] = field(default_factory=dict)
     fallback: list[str] = field(default_factory=list)
+    noise_short: list[str] = field(default_factory=list)  # DP distributed: fewer contributors than noise shares
 
 
 def aggregate_banks(
@@ -120,6 +123,39 @@ def aggregate_banks(
             result.fallback.append(bank)
             continue
         result.mean_deltas[bank] = weighted_mean(states, ws)
+    return result
+
+
+def dp_aggregate_banks(
+    deltas: Sequence[Mapping[str, np.ndarray]], weights: Sequence[Mapping[str, float]], min_clients: int,
+    dp: DPConfig, rng: np.random.Generator, shares: Mapping[str, int] | None = None,
+) -> BankAggregate:
+    """`aggregate_banks` under client-level DP (common/privacy/dp.py): every client that trained a bank weighs 1
+    in it, and each released bank's mean is its noised sum over its number of contributors.
+
+    central: each delta is clipped here to `dp.clip` (whole update), whatever the client did, and each bank
+    sum gets N(0, (sigma*C)^2) once. distributed: deltas arrive clipped and noised by their clients, so they
+    are only summed; a bank with fewer contributors than its `shares[bank]` (t) is held back (`noise_short`),
+    since its sum would carry less than the full noise.
+    """
+    if dp.mode == DISTRIBUTED and shares is None:
+        raise ValueError("distributed DP needs the noise shares (t) per bank")
+    if dp.mode == CENTRAL:
+        deltas = [clip_update(d, dp.clip)[0] for d in deltas]
+    uniform = [{bank: 1.0 for bank, w in bank_weights.items() if w > 0} for bank_weights in weights]
+    result = aggregate_banks(deltas, uniform, min_clients)
+    for bank in sorted(result.mean_deltas):
+        n = result.contributors[bank]
+        if shares is not None and dp.mode == DISTRIBUTED:
+            if not enough_shares(n, shares.get(bank, n + 1)):
+                log.warning("DP: bank %s has %d contributor(s) < %s noise shares: held back", bank, n,
+                            shares.get(bank, "no"))
+                result.noise_short.append(bank)
+                del result.mean_deltas[bank]
+            continue
+        mean = result.mean_deltas[bank]
+        noised = central_noise({k: np.asarray(v, dtype=np.float64) * n for k, v in mean.items()}, dp, rng)
+        result.mean_deltas[bank] = {k: (v / n).astype(np.asarray(mean[k]).dtype) for k, v in noised.items()}
     return result
 
 

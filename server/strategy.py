@@ -20,6 +20,13 @@ each replies with its partition id, segment adapter names and example counts. Pr
 learns each client's segment membership (e.g. its region and season) and data size. It needs the first to
 route segment adapters and the second to bound each client's aggregation weight.
 
+Differential privacy (common/privacy/dp.py states the guarantee). With dp-noise-multiplier > 0 every client
+weighs 1 in each bank it trained (example counts would break the sensitivity bound) and a bank's mean is its
+noised sum over its contributors. central: the server clips each accepted delta to dp-clip (whole update) and
+adds the noise to each bank sum. distributed: each train message names t per bank ("dp-shares/<bank>"), the
+clients clip and add their shares, replies are checked against the clip plus the noise's norm, and a bank with
+fewer than t contributors is held back that round (its sum would carry too little noise).
+
 Reproducibility: cohorts are drawn from rng(seed, round) over partition ids (server/clients.py), and replies
 are aggregated in partition-id order, so a resumed run replays the same rounds.
 """
@@ -27,17 +34,19 @@ are aggregated in partition-id order, so a resumed run replays the same rounds.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
 from common.federation.records import message_bytes, to_record
-from common.names import GLOBAL, OVERALL
-from common.protocol import ARRAYS, CONFIG, SERVER_ROUND
-from server.aggregate import Arrays, aggregate_banks, lora_factor_pairs
+from common.names import GLOBAL, OVERALL, bank_of
+from common.privacy.dp import DISTRIBUTED, DPConfig, noise_shares, share_norm_bound, update_norm
+from common.protocol import ARRAYS, CONFIG, SERVER_ROUND, dp_shares_key
+from server.aggregate import Arrays, aggregate_banks, dp_aggregate_banks, lora_factor_pairs
 from server.clients import ClientInfo
 from server.optimizer import ServerOptimizer
 from server.validate import Rejected, TrainUpdate, ValidationConfig, parse_eval_reply, parse_train_reply, screen_senders
@@ -61,6 +70,8 @@ class RoundStats:
     contributors: dict[str, int] = field(default_factory=dict)
     fallback: list[str] = field(default_factory=list)
     served: list[str] = field(default_factory=list)
+    delta_norms: list[float] = field(default_factory=list)  # accepted replies' L2 norms, before any DP clipping
+    noise_short: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         mean = (lambda xs: float(np.mean(xs)) if xs else 0.0)  # noqa: E731
@@ -72,6 +83,9 @@ class RoundStats:
             "train_loss": self.train_loss, "num_examples": self.num_examples,
             "bank_contributors": dict(self.contributors), "segments_fallback": list(self.fallback),
             "segments_served": list(self.served),
+            "delta_norm_median": float(np.median(self.delta_norms)) if self.delta_norms else float("nan"),
+            "delta_norm_max": max(self.delta_norms, default=float("nan")),
+            **({"dp_banks_short_of_noise": list(self.noise_short)} if self.noise_short else {}),
         }
 
 
@@ -80,7 +94,8 @@ class AdapterBankStrategy:
     (no Flower grid here, so every path is testable with hand-made replies)."""
 
     def __init__(self, banks: dict[str, Arrays], optimizer: ServerOptimizer, validation: ValidationConfig,
-                 min_segment_clients: int, served: Iterable[str] = ()) -> None:
+                 min_segment_clients: int, served: Iterable[str] = (), dp: DPConfig | None = None,
+                 noise_rng: np.random.Generator | None = None) -> None:
         if GLOBAL not in banks:
             raise ValueError(f"banks must include {GLOBAL!r}, got {sorted(banks)}")
         self.banks = banks
@@ -88,6 +103,10 @@ class AdapterBankStrategy:
         self.validation = validation
         self.min_segment_clients = min_segment_clients
         self.served = {s for s in served if s in banks and s != GLOBAL}
+        self.dp = dp if dp is not None and dp.enabled else None
+        # OS entropy by default: a noise seed known to anyone (e.g. from the run config) would let them subtract it
+        self.noise_rng = noise_rng if noise_rng is not None else np.random.default_rng()
+        self.shares: dict[str, int] = {}  # distributed DP: this round's t per bank
 
     def payload(self, client: ClientInfo, served_only: bool = False) -> Arrays:
         """Global + the client's segment banks (only the served ones with `served_only`)."""
@@ -99,12 +118,21 @@ class AdapterBankStrategy:
 
     def train_messages(self, clients: Iterable[ClientInfo], config: Mapping[str, Any], server_round: int
                        ) -> tuple[list[Message], dict[int, Arrays]]:
-        """One train message per client with its own adapters; also returns what was sent, per node."""
+        """One train message per client with its own adapters; also returns what was sent, per node. With
+        distributed DP each message also names t for each of its banks (its sampled holders less the tolerated
+        drop-outs), which the client divides its noise by."""
+        payloads = {c.node_id: self.payload(c) for c in clients}
+        self.shares = {}
+        if self.dp is not None and self.dp.mode == DISTRIBUTED:
+            holders = Counter(b for arrays in payloads.values() for b in {bank_of(k) for k in arrays})
+            self.shares = {b: noise_shares(n, self.dp.dropout_tolerance) for b, n in holders.items()}
         messages, sent = [], {}
         for c in clients:
-            arrays = self.payload(c)
+            arrays = payloads[c.node_id]
             sent[c.node_id] = arrays
-            content = RecordDict({ARRAYS: to_record(arrays), CONFIG: ConfigRecord(dict(config))})
+            banks = sorted({bank_of(k) for k in arrays})
+            extra = {dp_shares_key(b): self.shares[b] for b in banks} if self.shares else {}
+            content = RecordDict({ARRAYS: to_record(arrays), CONFIG: ConfigRecord({**config, **extra})})
             messages.append(Message(content, c.node_id, MessageType.TRAIN, group_id=str(server_round)))
         return messages, sent
 
@@ -130,7 +158,7 @@ class AdapterBankStrategy:
             stats.replied += 1
             try:
                 stats.bytes_up.append(message_bytes(msg))
-                accepted.append(parse_train_reply(msg, sent[node], clients[node], self.validation))
+                accepted.append(parse_train_reply(msg, sent[node], clients[node], self._validation(sent[node])))
             except Rejected as exc:
                 reasons[exc.reason] += 1
                 log.warning("node %d: train reply rejected (%s)", node, exc)
@@ -150,14 +178,29 @@ class AdapterBankStrategy:
         if pairs:
             log.warning("LoRA A and B both trained (%d modules): averaging factors is not exact; use freeze_a",
                         len(pairs))
-        agg = aggregate_banks([u.delta for u in accepted], [u.bank_weights for u in accepted],
-                              self.min_segment_clients)
+        deltas, weights = [u.delta for u in accepted], [u.bank_weights for u in accepted]
+        stats.delta_norms = [update_norm(d) for d in deltas]
+        if self.dp is not None:
+            agg = dp_aggregate_banks(deltas, weights, self.min_segment_clients, self.dp, self.noise_rng, self.shares)
+        else:
+            agg = aggregate_banks(deltas, weights, self.min_segment_clients)
         stats.contributors = agg.contributors
         stats.fallback = agg.fallback
+        stats.noise_short = agg.noise_short
         for bank, mean_delta in agg.mean_deltas.items():
             self.banks[bank] = self.optimizer.step(self.banks[bank], mean_delta)
         self.served = (self.served - set(agg.fallback)) | (set(agg.mean_deltas) - {GLOBAL})
         stats.served = sorted(self.served)
+
+    def _validation(self, sent: Arrays) -> ValidationConfig:
+        """The reply checks for one client: with distributed DP the norm bound is the clip plus the noise
+        its shares may add (common/privacy/dp.py share_norm_bound) instead of max-delta-norm."""
+        if self.dp is None or self.dp.mode != DISTRIBUTED:
+            return self.validation
+        sizes = Counter[str]()
+        for key, value in sent.items():
+            sizes[bank_of(key)] += int(np.size(value))
+        return replace(self.validation, max_norm=share_norm_bound(sizes, self.dp, self.shares))
 
     def pool_evaluation(self, replies: Iterable[Message], clients: Mapping[int, ClientInfo]) -> dict[str, Any]:
         """Validate evaluation replies and pool the accepted per-segment sums into means."""

@@ -39,6 +39,9 @@ API (signatures kept stable for server/secure.py and client/secure.py):
     add_noise_share(update, cfg: DPConfig, shares: int, rng: np.random.Generator) -> dict[str, ndarray]
     central_noise(bank_sum, cfg: DPConfig, rng: np.random.Generator) -> dict[str, ndarray]
     enough_shares(survivors: int, shares: int) -> bool
+    privatize_update(update, cfg: DPConfig, shares: Mapping[str, int], rng) -> dict[str, ndarray]
+        (clip + the share of each bank, keys "<bank>::...": the plain-mode client's whole step)
+    share_norm_bound(sizes: Mapping[str, int], cfg: DPConfig, shares: Mapping[str, int]) -> float
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+
+from common.names import bank_of
 
 CENTRAL = "central"
 DISTRIBUTED = "distributed"
@@ -165,6 +170,32 @@ def central_noise(bank_sum: Mapping[str, np.ndarray], cfg: DPConfig, rng: np.ran
     """A bank's sum of clipped updates plus N(0, (sigma*C)^2) per coordinate (central mode, in float64)."""
     return {k: np.asarray(v, dtype=np.float64) + _gaussian(np.shape(v), cfg.noise_std, rng)
             for k, v in bank_sum.items()}
+
+
+def privatize_update(update: Mapping[str, np.ndarray], cfg: DPConfig, shares: Mapping[str, int],
+                     rng: np.random.Generator) -> Arrays:
+    """What a client sends in distributed mode: its whole update clipped to C, then each bank's tensors plus
+    that bank's share (`shares[bank]` = t; keys are "<bank>::<param path>"). A bank without t is an error."""
+    clipped, _ = clip_update(update, cfg.clip)
+    out: Arrays = {}
+    for key, value in clipped.items():
+        bank = bank_of(key)
+        if bank not in shares:
+            raise ValueError(f"no noise share count (t) for bank {bank!r}")
+        out.update(add_noise_share({key: value}, cfg, shares[bank], rng))
+    return out
+
+
+def share_norm_bound(sizes: Mapping[str, int], cfg: DPConfig, shares: Mapping[str, int]) -> float:
+    """The largest L2 norm an honest distributed-mode reply can have, short of a 1e-15 accident: C for the
+    clipped update plus the norm of its noise (`sizes[bank]` coordinates at std sigma*C/sqrt(t) each), which
+    concentrates at sqrt(sum d_b s_b^2) with std below max s_b / sqrt(2); 6 max s_b is the margin.
+
+    The server cannot enforce the clip in this mode (the noise hides the update): this bound rejects a reply
+    far outside it, not one that spends its noise's room on signal (distributed DP trusts clients to clip)."""
+    stds = {bank: cfg.noise_std / math.sqrt(shares[bank]) for bank in sizes}
+    noise = math.sqrt(sum(sizes[bank] * std**2 for bank, std in stds.items()))
+    return cfg.clip + noise + 6 * max(stds.values(), default=0.0)
 
 
 def enough_shares(survivors: int, shares: int) -> bool:
