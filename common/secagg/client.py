@@ -161,9 +161,11 @@ def share_keys(state: ClientState, server_round: int, roster: Mapping[int, tuple
 
 
 def masked_input(state: ClientState, server_round: int, ciphertexts: Mapping[int, bytes], u2: Sequence[int],
-                 vectors: Mapping[str, np.ndarray], cohorts: Mapping[str, Sequence[int]], bits: int
-                 ) -> dict[str, np.ndarray]:
-    """Stage 3: store the shares sent to this client, then mask each vector (uint64 ring elements)."""
+                 vectors: Mapping[str, np.ndarray], cohorts: Mapping[str, Sequence[int]], bits: int,
+                 min_members: int = 1, exempt: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """Stage 3: store the shares sent to this client, then mask each vector named in `cohorts` (uint64 ring
+    elements). A vector whose cohort is smaller than `min_members` (and not `exempt`) is refused: its sum
+    would reveal too few clients' inputs."""
     state.expect(SHARE, server_round)
     me = state.node_id
     survivors = set(int(v) for v in u2)
@@ -181,11 +183,17 @@ def masked_input(state: ClientState, server_round: int, ciphertexts: Mapping[int
         if (src, dst) != (sender, me):
             raise ProtocolError(f"share from {sender} names {src}->{dst}")
         state.held[sender] = (b_share, s_share)
+    unknown = sorted(set(cohorts) - set(vectors))
+    if unknown:
+        raise ProtocolError(f"asked for vectors this client does not have: {unknown[:5]}")
     out = {}
-    for name, x in vectors.items():
-        members = set(int(v) for v in cohorts.get(name, ()))
-        if me not in members:
-            raise ProtocolError(f"vector {name!r}: this client is not in its cohort")
+    for name in sorted(cohorts):
+        x = vectors[name]
+        members = set(int(v) for v in cohorts[name])
+        if me not in members or not members <= survivors:
+            raise ProtocolError(f"vector {name!r}: cohort without this client or beyond the round's survivors")
+        if len(members) < min_members and name not in exempt:
+            raise ProtocolError(f"vector {name!r}: {len(members)} member(s) < {min_members}; not uploaded")
         y = np.asarray(x, dtype=np.uint64) + masks(self_seed(state.b, state.salt, name), len(x), bits)
         for v in sorted(set(state.neighbours) & survivors & members):
             seed = crypto.agree(state.s_sk, state.roster[v][1], state.salt, pair_info(name, me, v))

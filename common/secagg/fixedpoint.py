@@ -21,6 +21,7 @@ import numpy as np
 
 MIN_BITS = 24
 MAX_BITS = 64
+MAX_STEP = 2.0**-20  # coarser than ~1e-6 per weighted coordinate would swamp honest deltas (~lr = 1e-3)
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,10 @@ class FixedPoint:
             raise ValueError(f"the weight cap must be >= 1, got {self.max_weight}")
         if self.max_clients < 1:
             raise ValueError(f"max_clients must be >= 1, got {self.max_clients}")
-        if self.scale < 1:
-            raise ValueError(f"secagg-bits={self.bits} leaves no precision for {self.max_clients} clients with "
-                             f"weights up to {self.max_weight:g} and clip {self.clip:g}: raise secagg-bits")
+        if self.scale == 0 or self.step > MAX_STEP:
+            raise ValueError(f"secagg-bits={self.bits} leaves a quantization step above {MAX_STEP:.1e} for "
+                             f"{self.max_clients} clients with weights up to {self.max_weight:g} and clip "
+                             f"{self.clip:g}: raise secagg-bits or lower max-client-examples")
 
     @property
     def bound(self) -> float:

@@ -41,7 +41,8 @@ def run_in_memory(spec: RoundSpec, inputs: Mapping[int, Mapping[str, np.ndarray]
               for n, req in requests.items() if n in answering(client.SHARE, requests)}
     requests = server.receive_shares(shares)
     masked = {n: client.masked_input(states[n], rnd, req["ciphertexts"], req["u2"],
-                                     {k: inputs[n][k] for k in req["cohorts"]}, req["cohorts"], spec.bits)
+                                     inputs[n], req["cohorts"], spec.bits,
+                                     spec.min_members, spec.exempt)
               for n, req in requests.items() if n in answering(client.MASK, requests)}
     unmask_requests = server.receive_masked(masked)
     revealed = {n: client.unmask(states[n], rnd, req["survivors"], req["dropped"])

@@ -41,7 +41,9 @@ log = logging.getLogger(__name__)
 class RoundSpec:
     """One secure round: who is in it, what is summed, and the protocol parameters.
 
-    vectors: name -> (the cohort members who upload it, its length); degree: 0 = complete graph."""
+    vectors: name -> (the cohort members who upload it, its length); degree: 0 = complete graph;
+    min_members: a vector (other than those in `exempt`) whose members still in the round after share-keys
+    are fewer is not uploaded at all (its sum would be too few clients' updates; clients check it too)."""
 
     run_id: int
     server_round: int
@@ -50,6 +52,8 @@ class RoundSpec:
     bits: int = 64
     threshold_fraction: float = 0.6
     degree: int = 0
+    min_members: int = 1
+    exempt: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if len(set(self.cohort)) != len(self.cohort) or len(self.cohort) < 2:
@@ -76,6 +80,7 @@ class SecAggServer:
     ciphertexts: dict[int, dict[int, bytes]] = field(default_factory=dict)  # U2: sender -> receiver -> blob
     masked: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # U3
     revealed: dict[int, dict[int, bytes]] = field(default_factory=dict)  # U4: holder -> owner -> share
+    cohorts: dict[str, list[int]] = field(default_factory=dict)  # vectors uploaded: name -> members in U2
 
     @property
     def salt(self) -> bytes:
@@ -131,12 +136,16 @@ class SecAggServer:
                 self.ciphertexts[node] = dict(reply)
         self._need(len(self.ciphertexts), "share-keys")
         u2 = sorted(self.ciphertexts)
-        cohorts = {name: sorted(set(members) & set(u2)) for name, (members, _) in self.spec.vectors.items()}
+        for name, (members, _) in sorted(self.spec.vectors.items()):
+            alive = sorted(set(members) & set(u2))
+            if alive and (len(alive) >= self.spec.min_members or name in self.spec.exempt):
+                self.cohorts[name] = alive
         return {v: {"ciphertexts": {u: self.ciphertexts[u][v] for u in u2 if v in self.ciphertexts[u]},
-                    "u2": u2, "cohorts": {n: m for n, m in cohorts.items() if v in m}} for v in u2}
+                    "u2": u2, "cohorts": {n: m for n, m in self.cohorts.items() if v in m}} for v in u2}
 
     def expected_vectors(self, node: int) -> dict[str, int]:
-        return {name: length for name, (members, length) in self.spec.vectors.items() if node in members}
+        """What a node must upload in masked-input: the vectors whose cohort it is in, with their lengths."""
+        return {name: self.spec.vectors[name][1] for name, members in self.cohorts.items() if node in members}
 
     def receive_masked(self, replies: Mapping[int, Mapping[str, np.ndarray]]) -> dict[int, dict[str, list[int]]]:
         """Stage 3 replies {name: masked vector} -> unmask requests {survivors, dropped}."""
@@ -183,8 +192,9 @@ class SecAggServer:
         shares = {order.index(h) + 1: rev[owner] for h, rev in self.revealed.items() if owner in rev}
         return shamir.combine(shares, self.threshold)
 
-    def totals(self) -> dict[str, np.ndarray]:
-        """Each vector's sum over U3 (uint64 ring elements); SecAggAbort when a secret cannot be rebuilt."""
+    def totals(self, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Each uploaded vector's sum over U3 (uint64 ring elements), or only `names`; SecAggAbort when a
+        secret cannot be rebuilt."""
         order = sorted(self.keys)
         bits, survivors = self.spec.bits, set(self.masked)
         dropped = set(self.ciphertexts) - survivors
@@ -197,7 +207,8 @@ class SecAggServer:
             if crypto.public_key(sk) != self.keys[d].s_pk:
                 raise SecAggAbort(f"the mask key rebuilt for dropped node {d} does not match its public key")
         out = {}
-        for name, (members, length) in self.spec.vectors.items():
+        for name in sorted(self.cohorts) if names is None else names:
+            members, length = self.cohorts[name], self.spec.vectors[name][1]
             alive = sorted(survivors & set(members))
             total = np.zeros(length, dtype=np.uint64)
             for u in alive:
