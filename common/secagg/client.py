@@ -92,7 +92,7 @@ class ClientState:
         if self.stage != stage:
             raise ProtocolError(f"stage out of order: this client completed {self.stage!r}, not {stage!r}")
 
-    def to_record(self) -> dict[str, int | str | bytes | list[int] | list[bytes]]:
+    def to_record(self) -> dict[str, Any]:
         ids = sorted(self.roster)
         owners = sorted(self.held)
         return {"node": self.node_id, "run": self.run_id, "round": self.server_round, "c-sk": self.c_sk,

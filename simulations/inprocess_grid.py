@@ -1,8 +1,10 @@
-"""An in-process Flower Grid for secure-aggregation tests: every message goes straight to a ClientApp.
+"""An in-process Flower Grid: every message goes, as a serialized copy, straight to a ClientApp.
 
-It implements Flower's abstract `Grid` (the object a ServerApp and Flower's own legacy workflows talk to), so
-server code runs unchanged; each node keeps its own `Context` (its `state` persists across messages, as in a
-simulation). `intercept(msg, reply)` lets a test drop a reply (return None), alter it or add a forged one.
+It implements Flower's abstract `Grid` (what a ServerApp and Flower's own legacy workflows talk to), so server
+code runs unchanged, one process, no SuperLink: the secure-aggregation benchmark measures the protocol's own
+cost with it, and tests drive stages with it. Each node keeps its own `Context` (its `state` persists across
+messages, as in a simulation). A handler that raises yields an error reply, as in Flower. `intercept(msg,
+reply)` returns the replies that really arrive: none (a drop-out), an altered one, or extra forged ones.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -21,7 +24,9 @@ Intercept = Callable[[Message, Message], list[Message]]
 
 
 class InProcessGrid(Grid):
-    def __init__(self, app: ClientApp, node_configs: dict[int, dict[str, int | str]], run_config: dict,
+    """Nodes `node_configs` (node id -> node config) served by `app`; `sent` keeps every server message."""
+
+    def __init__(self, app: ClientApp, node_configs: dict[int, dict[str, int | str]], run_config: dict[str, Any],
                  run_id: int = 1, intercept: Intercept | None = None) -> None:
         self.app = app
         self.contexts = {node: Context(run_id=run_id, node_id=node, node_config=dict(cfg), state=RecordDict(),
