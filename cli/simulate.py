@@ -2,6 +2,7 @@
 
     fedadapt simulate --preset smoke --out results/smoke
     fedadapt simulate --data DIR --clients 20 --rounds 3 --adapter lora --segments region,season --out RUN
+    fedadapt simulate --preset demo --dp-noise-multiplier 1.0 --dp-clip 0.5 --target-epsilon 8 --out RUN
     fedadapt simulate --data DIR --clients 10 --rounds 24 --set arch=seq --set batch-size=32 --set lr=0.001
         --set local-epochs=2 --out RUN
 
@@ -24,7 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from common.names import CHECKPOINTS_DIR, DEFAULT_SEGMENT_KEYS, STRATEGIES
+from common.privacy.dp import DP_MODES, TARGET_ACTIONS
 from simulations.runner import PRESETS, STOP_SIGNALS, Interrupted, SimOptions, SimulationFailed, simulate
+
+# DP options -> run-config keys (common/privacy/dp.py); FedConfig checks the values before anything starts.
+DP_OPTIONS = {"dp_noise_multiplier": "dp-noise-multiplier", "dp_clip": "dp-clip", "dp_mode": "dp-mode",
+              "dp_delta": "dp-delta", "target_epsilon": "target-epsilon",
+              "target_epsilon_action": "target-epsilon-action"}
 
 
 def options_from_args(args: argparse.Namespace) -> SimOptions:
@@ -46,6 +53,9 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
         if not sep:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
         config[key] = value
+    for name, key in DP_OPTIONS.items():
+        if getattr(args, name) is not None:
+            config[key] = getattr(args, name)
     backbone = pick("backbone")
     return SimOptions(
         out=Path(args.out), clients=pick("clients"), rounds=pick("rounds"),
@@ -112,6 +122,15 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any run-config key, e.g. lr=0.002")
     p.add_argument("--cpus-per-client", type=float, default=1.0,
                    help="CPUs Ray reserves per virtual client: with C cores, about C / this clients train at once")
+    dp = p.add_argument_group("differential privacy (client-level DP-FedAvg; README, Privacy)")
+    dp.add_argument("--dp-noise-multiplier", type=float, metavar="SIGMA",
+                    help="noise std on each bank sum / clip (0: DP off, the default)")
+    dp.add_argument("--dp-clip", type=float, metavar="C", help="bound on one client's whole-update L2 norm")
+    dp.add_argument("--dp-mode", choices=DP_MODES, help="central (server adds noise, default) or distributed (clients)")
+    dp.add_argument("--dp-delta", type=float, help="delta of the reported (epsilon, delta) (default 1e-5)")
+    dp.add_argument("--target-epsilon", type=float, metavar="E",
+                    help="stop (or warn) before a round that would take epsilon above E")
+    dp.add_argument("--target-epsilon-action", choices=TARGET_ACTIONS, help="stop (default) or warn")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints")
     p.add_argument("--overwrite", action="store_true",

@@ -59,8 +59,18 @@ def summarize(rows: list[dict[str, Any]], extra: dict[str, Any] | None = None) -
         "client_updates": updates,
         "client_updates_per_minute": updates / total_wall * 60 if total_wall > 0 else float("nan"),
     }
+    summary.update(privacy_summary(last))
     summary.update(extra or {})
     return summary
+
+
+def privacy_summary(last: dict[str, Any]) -> dict[str, Any]:
+    """The final epsilon and the DP settings of a run with DP on (the last round's metrics line); {} without."""
+    if "epsilon" not in last:
+        return {}
+    return {"epsilon": _num(last["epsilon"]), "dp_delta": _num(last.get("dp_delta")),
+            "dp": {k: last.get(f"dp_{k}") for k in ("noise_multiplier", "clip", "mode")}
+            | {"epsilon_poisson": _num(last.get("epsilon_poisson"))}}
 
 
 def _mean(values: list[float]) -> float:
@@ -98,6 +108,14 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     lines += ["", f"Client updates/minute: {_f(summary['client_updates_per_minute'], 1)}; mean round "
               f"{_f(summary['round_wall_s_mean'], 1)} s; bytes per client-round up "
               f"{summary['bytes_up_per_client_round']:.0f}, down {summary['bytes_down_per_client_round']:.0f}."]
+    if "epsilon" in summary:
+        dp = summary["dp"]
+        lines += ["", f"Differential privacy (client-level, {dp['mode']}): epsilon {_f(summary['epsilon'], 3)} "
+                      f"at delta {summary['dp_delta']:g} after {summary['rounds']} round(s), noise multiplier "
+                      f"{dp['noise_multiplier']}, clip {dp['clip']} (Poisson-sampling analysis: epsilon "
+                      f"{_f(dp['epsilon_poisson'], 3)})."]
+    if summary.get("stop_reason"):
+        lines += ["", f"Stopped early: {summary['stop_reason']}."]
     return "\n".join(lines) + "\n"
 
 

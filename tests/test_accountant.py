@@ -8,6 +8,8 @@ from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
 from common.privacy.accountant import PrivacyAccountant
+from common.privacy.budget import PrivacyBudget
+from common.privacy.dp import DPConfig
 
 
 @pytest.mark.parametrize(("sigma", "population", "cohort", "rounds"), [
@@ -67,3 +69,28 @@ def test_bad_rounds_and_settings_are_refused() -> None:
         PrivacyAccountant(1.0, 1e-5, [[5]])
     with pytest.raises(ValueError, match="noise multiplier"):
         PrivacyAccountant(0.0, 1e-5)
+
+
+def test_budget_stops_before_the_round_that_would_exceed_the_target(caplog: pytest.LogCaptureFixture) -> None:
+    """stop: no reason while the next round fits, the reason (naming target-epsilon) once it would not; warn:
+    the round may run and the overrun is logged. Every recorded line carries epsilon and the settings."""
+    # Prepare: a target between epsilon after 2 and after 3 rounds of 10 out of 20
+    eps = [PrivacyAccountant(2.0, 1e-5, [(20, 10)] * k).epsilon() for k in (2, 3)]
+    target = (eps[0] + eps[1]) / 2
+    budget = PrivacyBudget(DPConfig(2.0, 0.5, target_epsilon=target))
+    warn = PrivacyBudget(DPConfig(2.0, 0.5, target_epsilon=target, target_action="warn"), [[20, 10]] * 2)
+    # Execute
+    reasons, lines = [], []
+    for _ in range(3):
+        reasons.append(budget.stop_reason(20, 10))
+        if reasons[-1] is None:
+            lines.append(budget.record(20, 10))
+    # Assert
+    assert reasons[:2] == [None, None] and reasons[2] is not None and "target-epsilon" in reasons[2]
+    assert lines[-1]["epsilon"] == pytest.approx(eps[0]) and lines[-1]["dp_delta"] == 1e-5
+    assert lines[-1]["dp_noise_multiplier"] == 2.0 and lines[-1]["dp_clip"] == 0.5
+    assert lines[-1]["dp_mode"] == "central"
+    with caplog.at_level("WARNING"):
+        assert warn.stop_reason(20, 10) is None
+    assert "target-epsilon" in caplog.text
+    assert PrivacyBudget(DPConfig(2.0, 0.5)).stop_reason(20, 20) is None  # no target, no stop
