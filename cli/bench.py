@@ -2,6 +2,7 @@
 
     fedadapt bench adapters [--backbone PATH|tiny] [--json] [--repeats N]
     fedadapt bench quality --data T [--modes M,M|''] [--history session|event] --out R
+    fedadapt bench client [--backbone minilm|tiny|PATH] [--pairs 256] [--repeats N] [--data DIR] [--json]
 
 Each benchmark is one `Benchmark` record in BENCHMARKS (name, help, a function adding its options, and
 `run(args) -> int`); adding one is a new module plus one `register_benchmark` call below. Nothing here knows
@@ -20,8 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cli.train import ARCH_DEFAULTS
+from common.device import DEVICES
 from common.names import ARCHS, DEFAULT_HISTORY, DEFAULT_SEGMENT_KEYS, HISTORIES
 from simulations.bench_adapters import AdapterBenchOptions, bench_adapters, format_table
+from simulations.bench_client import ROWS, ClientBenchOptions, bench_client, format_client_table
 from simulations.bench_federation import (
     ML1M_ITEMS,
     bench_bytes,
@@ -81,6 +84,36 @@ def _run_adapters(args: argparse.Namespace) -> int:
         print(json.dumps({"kinds": {kind: row.as_json() for kind, row in result.rows.items()}}))
     else:
         print(format_table(result))
+    return 0
+
+
+def _configure_client(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", default=None, metavar="minilm|tiny|PATH",
+                        help="backbone of every row (default: the offline MiniLM)")
+    parser.add_argument("--pairs", type=_positive_int, default=256,
+                        help="training pairs of the benchmarked users (whole users of one shard until reached)")
+    parser.add_argument("--repeats", type=_positive_int, default=3, help="timed updates per row (median)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="marketplace folder, e.g. MovieLens-1M (default: demo-sized synthetic data)")
+    parser.add_argument("--users", type=_positive_int, default=1000, help="synthetic users (without --data)")
+    parser.add_argument("--products", type=_positive_int, default=400, help="synthetic products (without --data)")
+    parser.add_argument("--clients", type=_positive_int, default=10, help="partitions of the per-segment partition")
+    parser.add_argument("--partition", type=int, default=0, help="the partition whose users are benchmarked")
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows of {', '.join(ROWS)}")
+    parser.add_argument("--device", choices=DEVICES, default="cpu", help="auto takes CUDA when torch sees a GPU")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: every CPU this process may use)")
+    parser.add_argument("--eval-users", type=_positive_int, default=64, help="validation users scored per row")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+
+
+def _run_client(args: argparse.Namespace) -> int:
+    rows = tuple(r.strip() for r in args.rows.split(",") if r.strip())
+    options = ClientBenchOptions(backbone=args.backbone, pairs=args.pairs, repeats=args.repeats, data=args.data,
+                                 users=args.users, products=args.products, clients=args.clients,
+                                 partition=args.partition, device=args.device,
+                                 threads=args.threads, eval_users=args.eval_users, rows=rows)
+    result = bench_client(options)
+    print(json.dumps(result.as_json()) if args.json else format_client_table(result))
     return 0
 
 
@@ -205,6 +238,8 @@ for _benchmark in (
               "users and candidates, sampled and full-catalog HR@10 / NDCG@10", _configure_quality, _run_quality),
     Benchmark("bytes", "bytes per client-round up/down against the backbone's fp32 size",
               _configure_bytes, _run_bytes),
+    Benchmark("client", "one client update: a naive Flower+PEFT client, the per-example loop and ours (text, seq) "
+              "on the same shard, seconds per 256 pairs and NDCG@10", _configure_client, _run_client),
     Benchmark("fed-demo", "the demo preset: wall time per round, client updates per minute",
               _configure_demo, _run_demo),
     Benchmark("scale", "peak RSS of the whole simulation with N virtual clients (10%% sampled)",

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from common.device import DEVICES
 from common.names import CHECKPOINTS_DIR, DEFAULT_SEGMENT_KEYS, STRATEGIES
 from common.privacy.dp import DP_MODES, TARGET_ACTIONS
 from simulations.runner import PRESETS, STOP_SIGNALS, Interrupted, SimOptions, SimulationFailed, simulate
@@ -53,6 +54,8 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
         if not sep:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
         config[key] = value
+    if args.device is not None:
+        config["device"] = args.device
     for name, key in DP_OPTIONS.items():
         if getattr(args, name) is not None:
             config[key] = getattr(args, name)
@@ -122,6 +125,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any run-config key, e.g. lr=0.002")
     p.add_argument("--cpus-per-client", type=float, default=1.0,
                    help="CPUs Ray reserves per virtual client: with C cores, about C / this clients train at once")
+    p.add_argument("--device", choices=DEVICES, default=None,
+                   help="where clients compute (run-config device; default cpu): cuda also asks Flower for one "
+                        "GPU per client (client-resources-num-gpus=1); auto takes CUDA when torch sees a GPU")
     dp = p.add_argument_group("differential privacy (client-level DP-FedAvg; README, Privacy)")
     dp.add_argument("--dp-noise-multiplier", type=float, metavar="SIGMA",
                     help="noise std on each bank sum / clip (0: DP off, the default)")

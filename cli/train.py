@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from common.adapters import AdapterConfig
+from common.device import DEVICES, resolve_device
 from common.names import ARCHS, DEFAULT_HISTORY, DEFAULT_SEGMENT_KEYS, HISTORIES, OVERALL, SUMMARY_FILE
 from common.rec.baselines import ITEM_TOWERS, MODES
 from common.rec.experiment import ExperimentConfig, run_experiment
@@ -65,6 +66,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--item-tower", choices=ITEM_TOWERS, default="adapted",
                    help="items through the shared adapter (adapted) or the bare backbone (frozen)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=DEVICES, default="cpu",
+                   help="where training and evaluation run: auto takes CUDA when torch sees a GPU")
     p.add_argument("--history", choices=HISTORIES, default=DEFAULT_HISTORY,
                    help="what a context may hold: 'event' (every event before the target, also inside its "
                         "session; the default) or 'session' (only events before the target's session)")
@@ -92,7 +95,7 @@ def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
         epochs=int(text_shared["epochs"]), batch_size=int(text_shared["batch_size"]), lr=float(text_shared["lr"]),
         max_len=args.max_len,
         negatives=args.negatives, pairs_per_user=args.pairs_per_user, seed=args.seed,
-        in_batch_negatives=args.in_batch_negatives,
+        in_batch_negatives=args.in_batch_negatives, device=args.device,
     )
     rank: dict[str, Any] = {} if args.rank is None else {"rank": args.rank}  # unset: the kind's own default
     return ExperimentConfig(
@@ -104,7 +107,7 @@ def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
         history=args.history, arch=args.arch,
         seq=SeqConfig(dim=args.seq_dim, max_len=args.seq_max_len, seed=args.seed),
         seq_train=SeqTrainConfig(epochs=int(shared["epochs"]), batch_size=int(shared["batch_size"]),
-                                 lr=float(shared["lr"]), seed=args.seed),
+                                 lr=float(shared["lr"]), seed=args.seed, device=args.device),
         segment_epochs=args.segment_epochs,
     )
 
@@ -117,6 +120,7 @@ def _line(mode: str, metrics: dict[str, Any], popularity: dict[str, Any]) -> str
 
 def run(args: argparse.Namespace) -> int:
     """Run every mode, printing each one's headline metrics as it finishes."""
+    resolve_device(args.device)  # cuda without a GPU: one line, exit 2, before any data is read
     for result in run_experiment(experiment_config(args)):
         print(f"{_line(result.mode, result.metrics, result.popularity)}  -> {result.summary_path}", flush=True)
     return 0

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from common.device import DEVICES
 from common.names import (
     ADAPTER_KINDS,
     ARCHS,
@@ -245,7 +246,8 @@ class FedConfig:
     max_client_examples: int = 1_000_000  # the most training pairs (or evaluation users) one client may register
     resume: bool = False
     stop_after_round: int = 0
-    client_threads: int = 1
+    client_threads: int = 1  # torch threads per client update; `fedadapt simulate` sets it to --cpus-per-client
+    device: str = "cpu"  # auto | cpu | cuda (common/device.py); simulate also asks Flower for a GPU per client
     round_timeout: float = 3600.0
     # Client-level differential privacy (common/privacy/dp.py says the guarantee; README, Privacy): 0 noise = off.
     dp_noise_multiplier: float = 0.0  # sigma: noise std on each bank sum / dp-clip
@@ -273,6 +275,8 @@ class FedConfig:
         if self.seq_dim % SEQ_HEADS:
             raise ValueError(f"seq-dim must be a multiple of the seq model's {SEQ_HEADS} attention heads, "
                              f"got {self.seq_dim}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
         if self.adapter_kind not in ADAPTER_KINDS:
             raise ValueError(f"adapter-kind {self.adapter_kind!r} is not one of {', '.join(ADAPTER_KINDS)}")
         if self.strategy not in STRATEGIES:

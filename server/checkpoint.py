@@ -47,9 +47,10 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 FORMAT_VERSION = 1
 # Run-config keys a resumed run may change: how long it runs and how patiently it waits. Every other key
 # (data, model, adapters, segments, optimisation, sampling, evaluation) defines the experiment whose rounds
-# metrics.jsonl and the checkpoints continue; out-dir may change so that a copied or moved run folder resumes.
+# metrics.jsonl and the checkpoints continue (where a client computes, client-threads and device, does not);
+# out-dir may change so that a copied or moved run folder resumes.
 RESUMABLE_KEYS = frozenset({"num-server-rounds", "resume", "stop-after-round", "round-timeout", "client-threads",
-                            "out-dir"})
+                            "device", "out-dir"})
 
 
 class CheckpointError(ValueError):

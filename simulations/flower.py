@@ -162,15 +162,18 @@ class SuperLink:
 
 def flwr_run(link: SuperLink, run_config_toml: Path, num_supernodes: int, cpus_per_client: float = 1.0,
              on_line: Callable[[str], None] | None = None, timeout: float | None = None,
-             app_dir: Path = PROJECT_ROOT, log_file: IO[str] | None = None) -> int:
+             app_dir: Path = PROJECT_ROOT, log_file: IO[str] | None = None, gpus_per_client: float = 0.0) -> int:
     """`flwr run <app> <connection> --stream` with the run config file; returns its exit status.
 
     Each output line goes to `log_file` and `on_line` (progress display). The exit status alone does not
     say whether the run succeeded.
     """
     cpus = int(cpus_per_client) if float(cpus_per_client).is_integer() else cpus_per_client
+    federation = f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus}"
+    if gpus_per_client > 0:  # a GPU run (run-config device cuda/auto on a GPU machine)
+        federation += f" client-resources-num-gpus={gpus_per_client}"
     cmd = [_bin("flwr"), "run", str(app_dir), CONNECTION, "--stream", "--run-config", str(run_config_toml),
-           "--federation-config", f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus}"]
+           "--federation-config", federation]
     proc = subprocess.Popen(cmd, env=link.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=str(app_dir), start_new_session=True)
     deadline = None if timeout is None else time.monotonic() + timeout

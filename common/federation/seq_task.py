@@ -121,9 +121,10 @@ def counts(cfg: FedConfig, records: Sequence[RecordLike]) -> dict[str, int]:
 
 
 def train(model: SeqRecModel, records: Sequence[RecordLike], names: Sequence[str], hp: RoundHParams, seed: int,
-          reference: Mapping[str, torch.Tensor] | None) -> dict[str, float]:
+          reference: Mapping[str, torch.Tensor] | None, device: str = "cpu") -> dict[str, float]:
     """Train the banks `names` for the round: batch-size users per step, Adam at lr, FedProx when mu > 0."""
-    tcfg = SeqTrainConfig(epochs=hp.epochs, batch_size=hp.batch_size, lr=hp.lr, prox_mu=hp.proximal_mu, seed=seed)
+    tcfg = SeqTrainConfig(epochs=hp.epochs, batch_size=hp.batch_size, lr=hp.lr, prox_mu=hp.proximal_mu, seed=seed,
+                          device=device)
     return train_seq(model, records, tcfg, names, reference_state=reference)
 
 

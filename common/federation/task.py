@@ -26,6 +26,7 @@ import torch
 
 from common.adapters import AdapterConfig
 from common.backbone import Backbone, load_backbone
+from common.device import resolve_device
 from common.federation import seq_task
 from common.federation.cache import ProcessCache
 from common.federation.client_data import ClientData, client_data
@@ -193,10 +194,13 @@ def _seed(cfg: FedConfig, server_round: int, partition_id: int) -> int:
 
 
 def client_model(cfg: FedConfig, data: ClientData) -> BankModel:
-    """The per-process cached model of the run's arch (seq: on this client's catalog)."""
-    if cfg.arch == SEQ:
-        return seq_task.model_for(cfg, backbone_for(cfg.backbone), data.item_texts)
-    return model_for(cfg)
+    """The per-process cached model of the run's arch (seq: on this client's catalog), on the run's device."""
+    model: BankModel = (seq_task.model_for(cfg, backbone_for(cfg.backbone), data.item_texts) if cfg.arch == SEQ
+                        else model_for(cfg))
+    device = resolve_device(cfg.device)
+    if isinstance(model, RecModel):
+        return model.to_device(device)
+    return model.to(device)
 
 
 def local_train(cfg: FedConfig, data: ClientData, received: Mapping[str, np.ndarray], hp: RoundHParams) -> TrainResult:
@@ -209,10 +213,10 @@ def local_train(cfg: FedConfig, data: ClientData, received: Mapping[str, np.ndar
     seed = _seed(cfg, hp.server_round, data.partition_id)
     reference = {k: torch.from_numpy(np.array(v)) for k, v in received.items()} if hp.proximal_mu > 0 else None
     if isinstance(model, SeqRecModel):
-        stats = seq_task.train(model, records, names, hp, seed, reference)
+        stats = seq_task.train(model, records, names, hp, seed, reference, cfg.device)
     else:
         tcfg = TrainConfig(epochs=hp.epochs, batch_size=hp.batch_size, lr=hp.lr, max_len=cfg.max_len, seed=seed,
-                           prox_mu=hp.proximal_mu)
+                           prox_mu=hp.proximal_mu, device=cfg.device)
         stats = train_epochs(model, records, data.item_texts, tcfg, names, reference_state=reference)
     trained = adapter_arrays(model, names)
     delta = {k: (trained[k] - np.asarray(received[k])).astype(np.asarray(received[k]).dtype) for k in received}

@@ -117,7 +117,7 @@ def evaluate(
         users = model.encode_users([queries[u][0] for u in chunk], model.user_routing(chunk_segs))
         for row, u in enumerate(chunk):
             matrix = tables[user_group[u]][1]
-            scores[u] = model.score(users[row : row + 1], matrix[rows_of(u)])[0].numpy()
+            scores[u] = model.score(users[row : row + 1], matrix[rows_of(u)])[0].cpu().numpy()
     batched_ms = (time.perf_counter() - user_start) * 1000 / len(records)
 
     latencies = []

@@ -159,6 +159,18 @@ class RecModel(nn.Module):
         self.serving: frozenset[str] | None = None
         self.eval()
 
+    @property
+    def device(self) -> torch.device:
+        """Where the encoder's weights are (`model.to(device)` moves the adapters and the backbone they share)."""
+        return next(self.encoder.parameters()).device
+
+    def to_device(self, device: torch.device) -> RecModel:
+        """Move the model (adapters and backbone) to `device`; cached item vectors of the old device are dropped."""
+        if self.device != device:
+            self.to(device)
+            self.item_cache.clear()
+        return self
+
     # -- adapters ---------------------------------------------------------------------------------------
     @property
     def adapter_names(self) -> list[str]:
@@ -218,6 +230,7 @@ class RecModel(nn.Module):
     def encode(self, texts: Sequence[str], routing: Routing | None, max_len: int | None = None) -> torch.Tensor:
         """(B, H) unit vectors: mean of the last hidden states over real (and virtual prompt) tokens."""
         input_ids, attention_mask = self.tokenize(texts, max_len)
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         if self.adapted is not None:
             hidden = self.adapted(input_ids, attention_mask, routing=routing)  # (B, T', H)
             mask = self.adapted.output_mask(attention_mask, routing)  # (B, T')

@@ -169,7 +169,7 @@ class SeqRecModel(nn.Module):
         self.index = {item: j + 1 for j, item in enumerate(self.catalog)}
         self.text_vectors: torch.Tensor
         self.register_buffer("text_vectors", torch.cat([torch.zeros(1, text_vectors.shape[1]),
-                                                        text_vectors.float()]), persistent=False)
+                                                        text_vectors.float().cpu()]), persistent=False)
         self.user_levels = tuple(user_levels)
         self.banks = nn.ModuleList()
         self._names: list[str] = []
@@ -177,6 +177,11 @@ class SeqRecModel(nn.Module):
         for name in names:
             self.add_adapter(name)
         self.eval()
+
+    @property
+    def device(self) -> torch.device:
+        """Where the banks and the text vectors are (`model.to(device)` moves both)."""
+        return self.text_vectors.device
 
     # -- banks (the same surface as AdaptedModel, so the federation treats both alike) ----------------
     @property
@@ -280,7 +285,7 @@ class SeqRecModel(nn.Module):
         """(N+1, d) item vectors; row 0 (padding) is zero."""
         g = self.global_bank
         table = g.text_proj(self.text_vectors) + g.item_rows
-        return table * (torch.arange(table.shape[0]) > 0).unsqueeze(1).to(table.dtype)
+        return table * (torch.arange(table.shape[0], device=table.device) > 0).unsqueeze(1).to(table.dtype)
 
     def indices(self, items: Sequence[str]) -> list[int]:
         try:
@@ -297,8 +302,9 @@ class SeqRecModel(nn.Module):
         real = seqs != PAD
         x = table[seqs] * math.sqrt(self.cfg.dim) + g.positions[:t].flip(0)  # position 0 = the most recent item
         x = F.dropout(x, self.cfg.dropout, self.training)
-        causal = torch.ones(t, t, dtype=torch.bool).tril()
-        mask = causal & (real.unsqueeze(1) | torch.eye(t, dtype=torch.bool))  # (B, T, T); a pad sees itself only
+        causal = torch.ones(t, t, dtype=torch.bool, device=seqs.device).tril()
+        eye = torch.eye(t, dtype=torch.bool, device=seqs.device)
+        mask = causal & (real.unsqueeze(1) | eye)  # (B, T, T); a pad sees itself only
         mask = mask.unsqueeze(1)
         for block in g.blocks:
             x = block(x, mask)
@@ -309,10 +315,10 @@ class SeqRecModel(nn.Module):
         when no row is routed). A bank runs on its own rows only, and the bias deltas are one matrix product."""
         names = sorted({n for r in routes for n in r})
         if not names:
-            return users, torch.zeros(1, self.text_vectors.shape[0])
+            return users, torch.zeros(1, self.text_vectors.shape[0], device=users.device)
         column = {name: k for k, name in enumerate(names)}
         pairs = [(row, column[name]) for row, route in enumerate(routes) for name in route]
-        gate = torch.zeros(users.shape[0], len(names), dtype=users.dtype)
+        gate = torch.zeros(users.shape[0], len(names), dtype=users.dtype, device=users.device)
         gate[torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])] = 1.0
         banks = [self.segment_bank(name) for name in names]
         # all routed banks at once: (P, K*r) hidden units, each bank's block kept only on its own rows

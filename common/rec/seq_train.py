@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.device import check_device_name, resolve_device
 from common.names import GLOBAL, make_key
 from common.protocol import segment_adapter_names
 from common.rec.metrics import aggregate, full_ranking_metrics, sampled_metrics, served_by_segment_adapter
@@ -48,8 +49,10 @@ class SeqTrainConfig:
     max_grad_norm: float = 5.0
     prox_mu: float = 0.0
     seed: int = 0
+    device: str = "cpu"  # auto | cpu | cuda: where training runs (the model is moved there)
 
     def __post_init__(self) -> None:
+        check_device_name(self.device)
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -102,6 +105,7 @@ def train_seq(model: SeqRecModel, records: Sequence[RecordLike], cfg: SeqTrainCo
     unknown = [n for n in trainable_names if n not in model.adapter_names]
     if unknown:
         raise ValueError(f"unknown banks {unknown}; the model has {model.adapter_names}")
+    model.to(resolve_device(cfg.device))
     params = model.trainable_parameters(trainable_names)
     if not params:
         raise ValueError(f"nothing to train in banks {list(trainable_names)}")
@@ -131,7 +135,8 @@ def train_seq(model: SeqRecModel, records: Sequence[RecordLike], cfg: SeqTrainCo
         losses = []
         for start in range(0, len(users), cfg.batch_size):
             batch = [users[int(i)] for i in order[start:start + cfg.batch_size]]
-            inputs, targets = left_pad([b[0] for b in batch]), left_pad([b[1] for b in batch])
+            inputs = left_pad([b[0] for b in batch]).to(model.device)
+            targets = left_pad([b[1] for b in batch]).to(model.device)
             routes = [r for b in batch for r in b[2]]
             table = model.item_table()
             with torch.set_grad_enabled(trains_global):
@@ -172,9 +177,9 @@ def score_catalog(model: SeqRecModel, histories: Sequence[Sequence[str]], segmen
     out = np.zeros((len(histories), len(model.catalog)), dtype=np.float32)
     for start in range(0, len(histories), batch_size):
         rows = [window(model.indices(h), model.cfg.max_len) for h in histories[start:start + batch_size]]
-        states = model.encode_sequences(left_pad(rows), table)[:, -1]
+        states = model.encode_sequences(left_pad(rows).to(model.device), table)[:, -1]
         users, bias = model.personalise(states, [model.routes(s) for s in segments[start:start + batch_size]])
-        out[start:start + len(rows)] = model.logits(users, table, bias)[:, 1:].numpy()
+        out[start:start + len(rows)] = model.logits(users, table, bias)[:, 1:].cpu().numpy()
     return out
 
 

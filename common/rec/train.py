@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from common.adapters.routing import Routing
+from common.device import check_device_name, resolve_device
 from common.names import make_key
 from common.rec.model import RecModel, routing_signature
 from common.rec.user_record import RecordLike
@@ -71,14 +72,19 @@ class TrainConfig:
     lr: float = 3e-3  # adapters start at identity and are small: a higher rate than full fine-tuning
     max_len: int = 64  # tokens per text; user contexts are truncated from the right
     negatives: int = 32  # shared sampled catalog negatives per step, on top of the in-batch ones
+    # Sampled negatives through the adapted item tower: encoded once per epoch without gradient (True), or with
+    # gradient at every step (False). The positives (and so the in-batch negatives) keep their gradient either way.
+    negative_pool: bool = True
     in_batch_negatives: bool = True  # other users' positives as negatives (popularity-skewed, free)
     pairs_per_user: int | None = None  # cap on a user's pairs per epoch (seeded draw); None = all of them
     seed: int = 0
     prox_mu: float = 0.0  # FedProx: mu/2 * ||w - w_ref||^2, used only when a reference state is given
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    device: str = "cpu"  # auto | cpu | cuda: where training runs (the model is moved there)
 
     def __post_init__(self) -> None:
+        check_device_name(self.device)
         for name in ("epochs", "batch_size", "max_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -130,6 +136,27 @@ def _batches(
     return [batches[int(i)] for i in rng.permutation(len(batches))]
 
 
+@torch.no_grad()
+def _negative_pool(model: RecModel, batches: Sequence[tuple[tuple[str, ...], list[Pair]]],
+                   draws: Sequence[Sequence[str]], item_texts: Mapping[str, str], cfg: TrainConfig,
+                   chunk: int = 64) -> dict[tuple[str, ...], dict[str, torch.Tensor]]:
+    """Every negative an epoch draws, encoded once per item-tower routing without gradient, in length-sorted
+    chunks (little padding): {routing names: {item: (H,) vector}}."""
+    wanted: dict[tuple[str, ...], set[str]] = defaultdict(set)
+    for (names, _), negatives in zip(batches, draws, strict=True):
+        wanted[names].update(negatives)
+    pool: dict[tuple[str, ...], dict[str, torch.Tensor]] = {}
+    for names, items in wanted.items():
+        ordered = sorted(items, key=lambda i: (len(item_texts[i]), i))
+        routing: Routing | None = list(names) or None
+        vectors: dict[str, torch.Tensor] = {}
+        for start in range(0, len(ordered), chunk):
+            part = ordered[start:start + chunk]
+            vectors.update(zip(part, model.encode([item_texts[i] for i in part], routing, cfg.max_len), strict=True))
+        pool[names] = vectors
+    return pool
+
+
 def _named_trainable(model: RecModel, names: Sequence[str]) -> dict[str, torch.nn.Parameter]:
     """State keys ("<adapter>::<path>") of the trainable adapter parameters, mapped to the live parameters."""
     if model.adapted is None:
@@ -147,7 +174,7 @@ def prox_term(named: Mapping[str, torch.nn.Parameter], reference: Mapping[str, t
     total = torch.zeros(())
     for key, param in named.items():
         if key in reference:
-            total = total + (param - reference[key].to(param.dtype)).pow(2).sum()
+            total = total + (param - reference[key].to(param.device, param.dtype)).pow(2).sum()
     return total
 
 
@@ -182,6 +209,7 @@ def train_epochs(
     FedProx term with `cfg.prox_mu`. Returns {"loss", "loss_first_epoch", "prox", "steps", "num_examples",
     "seconds"}; "num_examples" is the number of (user, positive) pairs per epoch, the federated weight.
     """
+    model.to_device(resolve_device(cfg.device))
     params = model.trainable_parameters(trainable_names)
     if not params:
         raise ValueError(f"nothing to train: adapters {list(trainable_names)} have no trainable parameters")
@@ -207,24 +235,34 @@ def train_epochs(
         pairs = _epoch_pairs(all_pairs, cfg, rng)
         n_pairs = len(pairs)
         losses = []
-        for names, batch in _batches(model, pairs, cfg, rng):
-            negatives = [str(i) for i in rng.choice(catalog, size=min(cfg.negatives, len(catalog)), replace=False)]
+        batches = _batches(model, pairs, cfg, rng)
+        draws = [[str(i) for i in rng.choice(catalog, size=min(cfg.negatives, len(catalog)), replace=False)]
+                 for _ in batches]
+        adapted = [model.finetune_backbone or bool(trainable.intersection(names)) for names, _ in batches]
+        pooled = [(b, d) for b, d, a in zip(batches, draws, adapted, strict=True) if a and cfg.negative_pool]
+        pool = _negative_pool(model, [b for b, _ in pooled], [d for _, d in pooled], item_texts, cfg)
+        for (names, batch), negatives, item_grad in zip(batches, draws, adapted, strict=True):
             candidates = [p.item for p in batch] + negatives
             routing = model.user_routing([p.segments for p in batch])
             user_vecs = model.encode([p.context for p in batch], routing, cfg.max_len)  # (B, H)
-            if model.finetune_backbone or trainable.intersection(names):
+            if item_grad:
                 item_routing: Routing | None = list(names) or None
-                item_vecs = model.encode([item_texts[i] for i in candidates], item_routing, cfg.max_len)
+                if cfg.negative_pool:  # positives with gradient, negatives from this epoch's pool
+                    positives_vecs = model.encode([item_texts[p.item] for p in batch], item_routing, cfg.max_len)
+                    item_vecs = torch.cat([positives_vecs, torch.stack([pool[names][i] for i in negatives])])
+                else:
+                    item_vecs = model.encode([item_texts[i] for i in candidates], item_routing, cfg.max_len)
             else:
                 cached = model.item_embeddings(candidates, item_texts, names)
                 item_vecs = torch.stack([cached[i] for i in candidates])
             logits = model.score(user_vecs, item_vecs)  # (B, B + N)
-            seen = torch.tensor([[c in positives[p.user] for c in candidates] for p in batch], dtype=torch.bool)
+            seen = torch.tensor([[c in positives[p.user] for c in candidates] for p in batch], dtype=torch.bool,
+                                device=logits.device)
             if not cfg.in_batch_negatives:
                 seen[:, : len(batch)] = True  # only the uniformly sampled catalog items compete
             seen.fill_diagonal_(False)  # (B, B+N): the labelled positive stays
             logits = logits.masked_fill(seen, float("-inf"))
-            loss = F.cross_entropy(logits, torch.arange(len(batch)))
+            loss = F.cross_entropy(logits, torch.arange(len(batch), device=logits.device))
             if reference_state is not None and cfg.prox_mu > 0:
                 prox = prox_term(named, reference_state)
                 prox_value = prox.item()
