@@ -186,6 +186,7 @@ def masked_input(state: ClientState, server_round: int, ciphertexts: Mapping[int
     unknown = sorted(set(cohorts) - set(vectors))
     if unknown:
         raise ProtocolError(f"asked for vectors this client does not have: {unknown[:5]}")
+    shared = {v: crypto.exchange(state.s_sk, state.roster[v][1]) for v in set(state.neighbours) & survivors}
     out = {}
     for name in sorted(cohorts):
         x = vectors[name]
@@ -196,7 +197,7 @@ def masked_input(state: ClientState, server_round: int, ciphertexts: Mapping[int
             raise ProtocolError(f"vector {name!r}: {len(members)} member(s) < {min_members}; not uploaded")
         y = np.asarray(x, dtype=np.uint64) + masks(self_seed(state.b, state.salt, name), len(x), bits)
         for v in sorted(set(state.neighbours) & survivors & members):
-            seed = crypto.agree(state.s_sk, state.roster[v][1], state.salt, pair_info(name, me, v))
+            seed = crypto.derive(shared[v], state.salt, pair_info(name, me, v))
             pair = masks(seed, len(x), bits)
             y = y + pair if me < v else y - pair
         out[name] = y & np.uint64(2**bits - 1)

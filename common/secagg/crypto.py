@@ -37,18 +37,22 @@ def public_key(private: bytes) -> bytes:
     return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
 
 
-def agree(private: bytes, peer_public: bytes, salt: bytes, info: bytes) -> bytes:
-    """HKDF-SHA256(X25519(private, peer_public)) -> 32 bytes; symmetric in the two parties.
+def exchange(private: bytes, peer_public: bytes) -> bytes:
+    """The raw X25519 shared secret (feed it to `derive`, never use it as a key); symmetric in the two parties.
 
     A malformed peer key (wrong length, or a low-order point whose agreed secret is all zeros) raises
     ProtocolError rather than yielding a predictable key."""
     if len(peer_public) != PUBLIC_KEY_BYTES:
         raise ProtocolError(f"public key has {len(peer_public)} bytes, expected {PUBLIC_KEY_BYTES}")
     try:
-        shared = X25519PrivateKey.from_private_bytes(private).exchange(X25519PublicKey.from_public_bytes(peer_public))
+        return X25519PrivateKey.from_private_bytes(private).exchange(X25519PublicKey.from_public_bytes(peer_public))
     except ValueError as exc:
         raise ProtocolError(f"key agreement failed: {exc}") from exc
-    return derive(shared, salt, info)
+
+
+def agree(private: bytes, peer_public: bytes, salt: bytes, info: bytes) -> bytes:
+    """HKDF-SHA256(X25519(private, peer_public)) -> 32 bytes for the purpose `info`."""
+    return derive(exchange(private, peer_public), salt, info)
 
 
 def derive(secret: bytes, salt: bytes, info: bytes) -> bytes:

@@ -206,6 +206,8 @@ class SecAggServer:
         for d, sk in s_keys.items():
             if crypto.public_key(sk) != self.keys[d].s_pk:
                 raise SecAggAbort(f"the mask key rebuilt for dropped node {d} does not match its public key")
+        shared = {(d, v): crypto.exchange(s_keys[d], self.keys[v].s_pk)
+                  for d in s_keys for v in set(self.graph[d]) & survivors}
         out = {}
         for name in sorted(self.cohorts) if names is None else names:
             members, length = self.cohorts[name], self.spec.vectors[name][1]
@@ -215,7 +217,7 @@ class SecAggServer:
                 total += self.masked[u][name] - masks(self_seed(seeds[u], self.salt, name), length, bits)
             for d in sorted(dropped & set(members)):
                 for v in sorted(set(self.graph[d]) & set(alive)):
-                    seed = crypto.agree(s_keys[d], self.keys[v].s_pk, self.salt, pair_info(name, v, d))
+                    seed = crypto.derive(shared[(d, v)], self.salt, pair_info(name, v, d))
                     pair = masks(seed, length, bits)
                     total = total - pair if v < d else total + pair  # undo the mask v added for d
             out[name] = total & np.uint64(2**bits - 1)
