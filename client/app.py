@@ -1,15 +1,21 @@
 """The ClientApp: thin Flower handlers around `common.federation.task` (which holds the ML and never imports Flower).
 
-Each handler reads the typed run config and its node's partition, gets the per-process cached model and
-data, runs one job, packs the reply and passes it through `check_outgoing` before returning it: a reply that
-would carry anything but this round's adapter tensors raises instead of being sent.
+Each handler reads the typed run config with its node's own settings (`node_settings`), gets the
+per-process cached model and data, runs one job, packs the reply and passes it through `check_outgoing`
+before returning it: a reply that would carry anything but this round's adapter tensors raises instead of
+being sent.
 
-- query: reports the node's partition id, segment adapter names and example counts per bank (the server needs
-  them to route segment adapters and to bound aggregation weights; see server/strategy.py for what that
-  reveals).
+- query: reports the node's partition id, segment adapter names and example counts per bank; the server asks
+  once per run, the first time it samples the node (it needs them to route segment adapters and to bound
+  aggregation weights; see server/strategy.py for what that reveals).
 - train: loads the received global + segment adapters, trains locally, replies with the DELTA and the
   training pairs per bank.
 - evaluate: loads the received adapters, ranks each user's held-out item, replies with per-segment sums.
+
+Node config (`flower-supernode --node-config`, set per node; the server cannot read it): `partition-id` and
+`num-partitions` always; in a deployment also `data-dir` (a folder holding only this node's users, used
+whole) and `client-state-dir` (where the node keeps its anonymization secret). Both override the run
+config's values, which describe the simulation's shared folder and cannot know a remote node's disk.
 """
 
 from __future__ import annotations
@@ -54,6 +60,18 @@ def node_partition(context: Context) -> tuple[int, int]:
     return pid, num
 
 
+NODE_OWN_KEYS = ("data-dir", "client-state-dir")  # node-config keys that override the run config
+
+
+def node_settings(context: Context) -> tuple[FedConfig, task.ClientData]:
+    """The run config with the node's own data-dir / client-state-dir (node config), and the node's data:
+    its shard of the shared folder, or its whole own folder when the node config names one."""
+    pid, num = node_partition(context)
+    own = {key: str(context.node_config[key]) for key in NODE_OWN_KEYS if key in context.node_config}
+    cfg = FedConfig.from_run_config({**context.run_config, **own})
+    return cfg, task.client_data(cfg, pid, num, own_data="data-dir" in own)
+
+
 def received_arrays(msg: Message) -> dict[str, np.ndarray]:
     """The adapter arrays of a server message; a message without them is refused with the reason (the server
     is checked too: a client never trains on what it cannot read)."""
@@ -72,18 +90,15 @@ def _reply(msg: Message, content: RecordDict, sent: dict[str, np.ndarray]) -> Me
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    cfg = FedConfig.from_run_config(context.run_config)
-    pid, num = node_partition(context)
-    data = task.client_data(cfg, pid, num)
-    config = ConfigRecord({PARTITION_ID: pid, SEGMENTS: data.segment_names, **task.registration(cfg, data)})
+    cfg, data = node_settings(context)
+    config = ConfigRecord({PARTITION_ID: data.partition_id, SEGMENTS: data.segment_names,
+                           **task.registration(cfg, data)})
     return _reply(msg, RecordDict({CONFIG: config}), {})
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    cfg = FedConfig.from_run_config(context.run_config)
-    pid, num = node_partition(context)
-    data = task.client_data(cfg, pid, num)
+    cfg, data = node_settings(context)
     sent = received_arrays(msg)
     config = msg.content.config_records[CONFIG] if CONFIG in msg.content.config_records else {}
     hparams = RoundHParams.from_config(dict(config), cfg)
@@ -95,9 +110,7 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    cfg = FedConfig.from_run_config(context.run_config)
-    pid, num = node_partition(context)
-    data = task.client_data(cfg, pid, num)
+    cfg, data = node_settings(context)
     sent = received_arrays(msg)
     sums = task.local_evaluate(cfg, data, sent)
     content = RecordDict({METRICS: MetricRecord(dict[str, MetricRecordValues](sums))})

@@ -4,41 +4,48 @@ Flower's built-in `Strategy.start` sends every client the same arrays; here each
 adapter plus its own segment adapters, so the loop drives `grid.send_and_receive` itself and keeps the
 strategy (server/strategy.py) free of Flower's grid. Per round it:
 
-1. samples a cohort (deterministic in seed and round), sends train messages, validates and aggregates;
+1. samples a cohort over the grid's node ids (deterministic in seed and round, server/clients.py), registers
+   the sampled nodes it does not know yet (one query each, once per run: server/registration.py), adds
+   starting banks for segments it meets for the first time, sends train messages, validates and aggregates;
 2. evaluates on a fixed cohort of clients (federated evaluation: test items never leave the clients);
    a fresh run first evaluates the untrained adapters as "round 0", the no-adapter baseline;
 3. appends one line to `<out-dir>/metrics.jsonl` and checkpoints atomically to `<out-dir>/checkpoints/`.
 
-`resume=true` continues after the last complete checkpoint; `stop-after-round=k` ends the run after round
-k (how tests and users simulate an interrupted server). At the end `<out-dir>/run-complete.json` says the
-run really finished, because `flwr run` exits 0 even when the ServerApp failed.
+No node is asked anything before it is first sampled, so the time before round 1 grows with the cohort, not
+with the number of nodes. Each metrics line says how many query messages its round sent
+(`registration_queries`) and the seconds they took (`registration_s`), how many nodes are registered so far
+(`clients_registered`) and the run's registration rejections by reason (`registration_rejected_reasons`).
+
+`resume=true` continues after the last complete checkpoint (cohorts replay as far as node ids allow, see
+server/clients.py); `stop-after-round=k` ends the run after round k (how tests and users simulate an
+interrupted server). At the end `<out-dir>/run-complete.json` says the run really finished, because
+`flwr run` exits 0 even when the ServerApp failed.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
 from common.federation.records import message_bytes
 from common.names import CHECKPOINTS_DIR, COMPLETE_FILE, GLOBAL, METRICS_FILE, STOPPED_FILE
-from common.protocol import CONFIG, FedConfig, RoundHParams
+from common.protocol import FedConfig, RoundHParams
 from server.aggregate import Arrays, split_banks
 from server.checkpoint import Checkpoint, check_resumable, latest_complete_round, load_checkpoint, save_checkpoint
-from server.clients import ClientInfo, sample_clients
+from server.clients import ClientInfo, sample_nodes
 from server.optimizer import OptimizerConfig, ServerOptimizer
+from server.registration import Registry
 from server.strategy import AdapterBankStrategy, RoundStats
-from server.validate import Rejected, ValidationConfig, parse_registration, screen_senders
+from server.validate import ValidationConfig
 
 app = ServerApp()
-
 
 
 def wait_for_nodes(grid: Grid, timeout: float = 120.0) -> list[int]:
@@ -56,43 +63,6 @@ def wait_for_nodes(grid: Grid, timeout: float = 120.0) -> list[int]:
     raise RuntimeError(f"no nodes connected within {timeout:.0f} s")
 
 
-def register_clients(grid: Grid, timeout: float, validation: ValidationConfig
-                     ) -> tuple[list[ClientInfo], Counter[str]]:
-    """Ask every node for its partition id, segments and counts (see server/strategy.py for the privacy
-    trade-off); returns the valid registrations and the rejected ones counted by reason."""
-    nodes = wait_for_nodes(grid)
-    messages = [Message(RecordDict({CONFIG: ConfigRecord({})}), n, MessageType.QUERY, group_id="register")
-                for n in nodes]
-    single, reasons, _ = screen_senders(grid.send_and_receive(messages, timeout=timeout), nodes)
-    infos: list[ClientInfo] = []
-    for node, msg in sorted(single.items()):
-        if msg.has_error():
-            log(WARNING, "node %d failed the registration query: %s", node, msg.error.reason)
-            continue
-        try:
-            infos.append(parse_registration(msg, validation))
-        except Rejected as exc:
-            reasons[exc.reason] += 1
-            log(WARNING, "node %d: registration rejected (%s)", node, exc)
-    claimed = Counter(c.partition_id for c in infos)
-    for pid in sorted(p for p, n in claimed.items() if n > 1):
-        log(WARNING, "partition id %d claimed by %d nodes: all of them rejected", pid, claimed[pid])
-        reasons["partition-id"] += claimed[pid]
-    infos = [c for c in infos if claimed[c.partition_id] == 1]
-    if not infos:
-        raise RuntimeError(f"none of {len(nodes)} nodes sent a valid registration (rejected: {dict(reasons)}); "
-                           "see the ClientApp log for the clients' errors")
-    empty = [c.partition_id for c in infos if c.num_examples <= 0]
-    if empty:
-        log(WARNING, "partitions %s have no usable users and are left out of sampling", empty)
-        infos = [c for c in infos if c.num_examples > 0]
-        if not infos:
-            raise RuntimeError("no client has any usable user")
-    log(INFO, "registered %d/%d clients, %d segment(s)", len(infos), len(nodes),
-        len({s for c in infos for s in c.segments}))
-    return sorted(infos, key=lambda c: c.partition_id), reasons
-
-
 def initial_banks(cfg: FedConfig, segments: list[str]) -> dict[str, Arrays]:
     """Identity-at-init adapter banks for global + every segment (seeded: same on every run)."""
     from common.federation.task import initial_state  # torch + backbone: imported only when a run starts
@@ -103,7 +73,7 @@ def initial_banks(cfg: FedConfig, segments: list[str]) -> dict[str, Arrays]:
 
 
 class FederatedRun:
-    """One run of the ServerApp: registration, optional resume, rounds, files."""
+    """One run of the ServerApp: optional resume, rounds (each registering the nodes it samples first), files."""
 
     def __init__(self, cfg: FedConfig, grid: Grid) -> None:
         if not cfg.out_dir:
@@ -117,26 +87,43 @@ class FederatedRun:
         self.validation = ValidationConfig(cfg.max_delta_norm, cfg.adapter_segment_keys, cfg.segment_key_tuple,
                                            cfg.max_client_examples)
         self.served: list[str] = []  # segments served after the last complete round (server/strategy.py)
+        self.registry = Registry(self.validation, cfg.round_timeout)
 
-    def _restore(self, clients: list[ClientInfo]) -> tuple[dict[str, Arrays], int]:
-        segments = sorted({s for c in clients for s in c.segments})
+    def _restore(self) -> tuple[dict[str, Arrays], int]:
+        """The banks to start from (segment banks are added as their segments are met) and the first round."""
         last = latest_complete_round(self.ckpt_dir) if self.cfg.resume else None
         if last is None:
             if self.cfg.resume:
                 log(WARNING, "resume requested but no checkpoint under %s: starting fresh", self.ckpt_dir)
-            return initial_banks(self.cfg, segments), 1
+            return initial_banks(self.cfg, []), 1
         ckpt = load_checkpoint(self.ckpt_dir, last)  # CheckpointError names a damaged file
         check_resumable(ckpt, self.cfg, self.ckpt_dir)  # another experiment must not continue this one's rounds
         self.history = list(ckpt.state.get("history", []))
         self.served = list(ckpt.state.get("served_segments", []))
         self.optimizer.load_state(ckpt.optimizer_arrays, ckpt.state.get("optimizer_steps", {}))
-        missing = sorted(set(segments) - set(ckpt.banks))
-        banks = ckpt.banks
-        if missing:
-            log(WARNING, "segments %s have no bank in the checkpoint: starting them fresh", missing)
-            banks.update({k: v for k, v in initial_banks(self.cfg, missing).items() if k in missing})
         log(INFO, "resuming after round %d from %s", last, self.ckpt_dir)
-        return banks, last + 1
+        return ckpt.banks, last + 1
+
+    def _cohort(self, strategy: AdapterBankStrategy, fraction: float, rnd: int, salt: int = 0
+                ) -> list[ClientInfo]:
+        """The usable registered clients of the cohort drawn over the grid's current nodes; registers the
+        sampled nodes met for the first time and gives their new segments starting banks (seeded by name,
+        so a bank starts the same whenever its segment is first met)."""
+        sampled = sample_nodes(self.grid.get_node_ids(), fraction, self.cfg.seed, rnd, salt)
+        clients = self.registry.resolve(self.grid, sampled)
+        if not clients and not self.registry.usable:
+            raise RuntimeError(f"none of the {len(sampled)} sampled nodes sent a valid registration (rejected: "
+                               f"{dict(self.registry.reasons)}); see the ClientApp log for the clients' errors")
+        new = sorted({s for c in clients for s in c.segments} - set(strategy.banks))
+        if new:
+            strategy.banks.update({k: v for k, v in initial_banks(self.cfg, new).items() if k in new})
+        return clients
+
+    def _registration(self, queries_before: int, seconds_before: float) -> dict[str, Any]:
+        return {"clients_registered": self.registry.usable,
+                "registration_queries": self.registry.queries - queries_before,
+                "registration_s": self.registry.seconds - seconds_before,
+                "registration_rejected_reasons": dict(sorted(self.registry.reasons.items()))}
 
     def _write_history(self) -> None:
         tmp = self.out / (METRICS_FILE + ".tmp")
@@ -151,49 +138,51 @@ class FederatedRun:
         for marker in (COMPLETE_FILE, STOPPED_FILE):
             (self.out / marker).unlink(missing_ok=True)
         t_start = time.monotonic()
-        clients, rejected = register_clients(self.grid, cfg.round_timeout, self.validation)
-        banks, first = self._restore(clients)
+        nodes = wait_for_nodes(self.grid)
+        log(INFO, "%d node(s) connected; each is registered when first sampled", len(nodes))
+        banks, first = self._restore()
         strategy = AdapterBankStrategy(banks, self.optimizer, self.validation, cfg.min_segment_clients, self.served)
         if first == 1 and not self.history:
-            line: dict[str, Any] = {"round": 0, "clients_registered": len(clients),
-                                    "registration_rejected_reasons": dict(sorted(rejected.items()))}
+            line: dict[str, Any] = {"round": 0}
             if cfg.fraction_evaluate > 0:
-                line.update(self._initial_evaluation(strategy, clients))
+                line.update(self._initial_evaluation(strategy))
+            line.update(self._registration(0, 0.0))
             self.history.append(line)
             # round 0 = the starting adapters: what `bench fed-vs-central --round 0` scores, and a resume point
             save_checkpoint(self.ckpt_dir, Checkpoint(0, strategy.banks, self._state(strategy), self._opt_arrays()))
         self._write_history()
         for rnd in range(first, cfg.num_server_rounds + 1):
-            self.history.append(self._round(strategy, clients, rnd))
+            self.history.append(self._round(strategy, rnd))
             self._write_history()
             save_checkpoint(self.ckpt_dir, Checkpoint(rnd, strategy.banks, self._state(strategy),
                                                       self._opt_arrays()))
             if cfg.stop_after_round and rnd >= cfg.stop_after_round and rnd < cfg.num_server_rounds:
-                self._marker(STOPPED_FILE, rnd, t_start, len(clients))
+                self._marker(STOPPED_FILE, rnd, t_start, self.registry.usable)
                 log(INFO, "stopping after round %d as configured (stop-after-round)", rnd)
                 return
-        self._marker(COMPLETE_FILE, cfg.num_server_rounds, t_start, len(clients))
+        self._marker(COMPLETE_FILE, cfg.num_server_rounds, t_start, self.registry.usable)
 
-    def _evaluate(self, strategy: AdapterBankStrategy, clients: list[ClientInfo], rnd: int) -> dict[str, Any]:
-        # the same evaluation cohort every round, so that rounds are comparable
-        cohort = sample_clients(clients, self.cfg.fraction_evaluate, self.cfg.seed, 0, salt=1)
+    def _evaluate(self, strategy: AdapterBankStrategy, rnd: int) -> dict[str, Any]:
+        # the same evaluation cohort every round (while the nodes stay), so that rounds are comparable
+        cohort = self._cohort(strategy, self.cfg.fraction_evaluate, 0, salt=1)
         replies = self.grid.send_and_receive(strategy.evaluate_messages(cohort, rnd), timeout=self.cfg.round_timeout)
         return strategy.pool_evaluation(replies, {c.node_id: c for c in cohort})
 
-    def _initial_evaluation(self, strategy: AdapterBankStrategy, clients: list[ClientInfo]) -> dict[str, Any]:
+    def _initial_evaluation(self, strategy: AdapterBankStrategy) -> dict[str, Any]:
         """Round 0: the untrained adapters (identity at init), i.e. the frozen backbone alone, on the same
         evaluation cohort: the no-adapter baseline of this very run."""
         t0 = time.monotonic()
-        line = {**self._evaluate(strategy, clients, 0), "wall_s": time.monotonic() - t0}
+        line = {**self._evaluate(strategy, 0), "wall_s": time.monotonic() - t0}
         log(INFO, "[fedadapt] round 0 (before training) ndcg@10=%s hr@10=%s", _fmt(line.get("ndcg@10")),
             _fmt(line.get("hr@10")))
         return line
 
-    def _round(self, strategy: AdapterBankStrategy, clients: list[ClientInfo], rnd: int) -> dict[str, Any]:
+    def _round(self, strategy: AdapterBankStrategy, rnd: int) -> dict[str, Any]:
         cfg = self.cfg
         t0 = time.monotonic()
+        queries, seconds = self.registry.queries, self.registry.seconds
         stats = RoundStats()
-        cohort = sample_clients(clients, cfg.fraction_train, cfg.seed, rnd)
+        cohort = self._cohort(strategy, cfg.fraction_train, rnd)
         stats.sampled = len(cohort)
         hp = RoundHParams.from_run(cfg, rnd).to_config()
         messages, sent = strategy.train_messages(cohort, hp, rnd)
@@ -203,8 +192,9 @@ class FederatedRun:
         t_train = time.monotonic() - t0
         evaluation: dict[str, Any] = {}
         if cfg.fraction_evaluate > 0:
-            evaluation = self._evaluate(strategy, clients, rnd)
-        line = {"round": rnd, **evaluation, **stats.as_dict(), "train_s": t_train, "wall_s": time.monotonic() - t0}
+            evaluation = self._evaluate(strategy, rnd)
+        line = {"round": rnd, **evaluation, **stats.as_dict(), **self._registration(queries, seconds),
+                "train_s": t_train, "wall_s": time.monotonic() - t0}
         log(INFO, "[fedadapt] round %d/%d ndcg@10=%s hr@10=%s loss=%.4f sampled=%d rejected=%d dropped=%d "
             "up=%.0fB down=%.0fB (%.1fs)", rnd, cfg.num_server_rounds, _fmt(line.get("ndcg@10")),
             _fmt(line.get("hr@10")), stats.train_loss, stats.sampled, stats.rejected, stats.dropped,

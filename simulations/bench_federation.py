@@ -9,12 +9,18 @@ bytes: serialized size of a train message (down) and its reply (up) for one clie
        size (what full fine-tuning would ship each way). Kind "seq" is arch=seq's banks, whose size grows
        with the catalog: measured for `seq_items` items (default MovieLens-1M's 3,883).
 fed-demo: runs the demo preset and prints wall time per round and client updates per minute.
-scale: runs the same tiny federation with N virtual clients (10% sampled per round) and samples the summed
-       RSS of the SuperLink's whole process tree (SuperLink, simulation runtime, Ray workers) every 0.5 s.
+scale: runs the same tiny federation (max(4000, 12 max N) synthetic users) with N virtual clients (10% sampled per
+       round, 10% evaluated) and samples the summed RSS of the SuperLink's whole process tree (SuperLink,
+       simulation runtime, Ray workers) every 0.5 s. "s before round 1" is the run's wall time minus its
+       rounds' own wall time: start-up, registration of the round-0 evaluation cohort, round 0's evaluation
+       and shutdown; "registration queries" counts the query messages of the whole run (one per node the
+       server sampled, server/registration.py); "registration s up to round 1's training" is the time those
+       queries took for round 0's evaluation cohort and round 1's training cohort.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -23,11 +29,12 @@ from typing import Any
 import numpy as np
 import psutil
 
-from common.names import GLOBAL
+from common.names import GLOBAL, METRICS_FILE
 from simulations.flower import SuperLink
 
 MINILM_FP32_BYTES = 22_713_216 * 4
 ML1M_ITEMS = 3_883  # MovieLens-1M's catalog: the default catalog size of the seq row
+USERS_PER_CLIENT = 12  # scale: 4 per client left nothing after k=5 anonymity; 12 keeps every sampled shard
 SEQ_KIND = "seq"  # in `kinds`: arch=seq's banks instead of an adapter kind
 
 
@@ -115,9 +122,11 @@ def bench_scale(clients: list[int], out: Path, rounds: int = 2) -> list[dict[str
     from common.data.synthetic import generate_marketplace
     from simulations.runner import SimOptions, simulate
 
-    data = out / "data"
+    # one data set for every N (memory compares like with like); a shard must keep users after k-anonymity
+    users = max(4000, USERS_PER_CLIENT * max(clients))
+    data = out / f"data-{users}"
     if not (data / ".complete").is_file():
-        write_marketplace(generate_marketplace(4000, 300, seed=0), data)
+        write_marketplace(generate_marketplace(users, 300, seed=0), data)
         (data / ".complete").write_text("ok\n")
     rows = []
     for n in clients:
@@ -138,10 +147,14 @@ def bench_scale(clients: list[int], out: Path, rounds: int = 2) -> list[dict[str
             for w in watchers:
                 w.__exit__()
         wall = time.monotonic() - t0
-        watcher = watchers[0]
+        lines = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
+        rounds_s = sum(line["wall_s"] for line in lines if line["round"] >= 1)
+        before = [line for line in lines if line["round"] == 0] + [line for line in lines if line["round"] == 1]
         rows.append({"clients": n, "sampled_per_round": summary["clients_sampled_total"] / rounds,
-                     "peak_rss_mb": watcher.peak / 2**20, "wall_s": wall,
-                     "round_wall_s_mean": summary["round_wall_s_mean"]})
+                     "peak_rss_mb": watchers[0].peak / 2**20, "wall_s": wall,
+                     "round_wall_s_mean": summary["round_wall_s_mean"], "before_round_1_s": wall - rounds_s,
+                     "registration_queries": sum(line.get("registration_queries", 0) for line in lines),
+                     "registration_s_to_round_1": sum(line.get("registration_s", 0.0) for line in before)})
     return rows
 
 
@@ -157,10 +170,12 @@ def format_bytes(rows: list[dict[str, Any]]) -> str:
 
 def format_scale(rows: list[dict[str, Any]]) -> str:
     """`bench_scale` rows as a Markdown table."""
-    lines = ["| virtual clients | sampled/round | peak RSS (MB, whole tree) | round s | total s |",
-             "|---:|---:|---:|---:|---:|"]
+    lines = ["| virtual clients | sampled/round | registration queries | peak RSS (MB, whole tree) | "
+             "s before round 1 | registration s up to round 1's training | round s | total s |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['clients']} | {r['sampled_per_round']:.0f} | {r['peak_rss_mb']:.0f} | "
+        lines.append(f"| {r['clients']} | {r['sampled_per_round']:.0f} | {r['registration_queries']} | "
+                     f"{r['peak_rss_mb']:.0f} | {r['before_round_1_s']:.0f} | {r['registration_s_to_round_1']:.1f} | "
                      f"{r['round_wall_s_mean']:.1f} | {r['wall_s']:.0f} |")
     return "\n".join(lines)
 

@@ -16,9 +16,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 
 from common.names import GLOBAL
 from common.protocol import ARRAYS, CONFIG, EVAL_USERS, METRICS, NUM_EXAMPLES, PARTITION_ID, SEGMENTS, metric_key
-from server.app import register_clients
 from server.clients import ClientInfo
 from server.optimizer import OptimizerConfig, ServerOptimizer
+from server.registration import Registry
 from server.strategy import AdapterBankStrategy, RoundStats
 from server.validate import REASONS, ValidationConfig
 from tests.fed_fakes import set_task_identity
@@ -322,9 +322,11 @@ def test_hostile_registrations_are_rejected_and_the_run_goes_on() -> None:
             return [registration_reply(msg, node, ["region=EU"], {GLOBAL: 30, "region=EU": 30}, 6)]
         return [hostile_cases[(node - 100) % len(hostile_cases)][0](msg)]
 
-    # Execute
-    clean, clean_reasons = register_clients(FakeGrid(honest_nodes, answer), 10, VALIDATION)
-    infos, reasons = register_clients(FakeGrid(honest_nodes + hostile_nodes, answer), 10, VALIDATION)
+    # Execute: every node sampled at once, as with fraction 1
+    clean_registry, registry = Registry(VALIDATION, 10), Registry(VALIDATION, 10)
+    clean = clean_registry.resolve(FakeGrid(honest_nodes, answer), honest_nodes)
+    infos = registry.resolve(FakeGrid(honest_nodes + hostile_nodes, answer), honest_nodes + hostile_nodes)
+    clean_reasons, reasons = clean_registry.reasons, registry.reasons
     # Assert: node 1 lost its partition id to the impostors' claims, which are all rejected with it
     expected = Counter(reason for node in hostile_nodes for reason in [hostile_cases[(node - 100) % 14][1]])
     expected["partition-id"] += 1

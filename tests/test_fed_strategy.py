@@ -8,7 +8,7 @@ from flwr.app import Array, ArrayRecord, Error, Message, RecordDict
 
 from common.federation.records import message_bytes
 from common.protocol import ARRAYS
-from server.clients import ClientInfo, sample_clients
+from server.clients import ClientInfo, sample_nodes
 from server.optimizer import OptimizerConfig, ServerOptimizer
 from server.strategy import AdapterBankStrategy, RoundStats
 from server.validate import ValidationConfig
@@ -34,13 +34,16 @@ VALIDATION = ValidationConfig(50.0, ("region",), ("region",))
 
 
 def test_sampling_is_deterministic_and_sized() -> None:
-    """Same seed and round give the same cohort; the size is ceil(fraction * N), at least one."""
-    clients = [ClientInfo(1000 + i, i, ()) for i in range(10)]
-    a = sample_clients(clients, 0.3, seed=5, server_round=2)
-    b = sample_clients(list(reversed(clients)), 0.3, seed=5, server_round=2)
-    assert [c.partition_id for c in a] == [c.partition_id for c in b] and len(a) == 3
-    assert len(sample_clients(clients, 0.01, 5, 1)) == 1
-    assert len(sample_clients(clients, 1.0, 5, 1)) == 10
+    """Same seed, round and node ids give the same cohort in any order; the size is ceil(fraction * N), at
+    least one; another round or salt draws another cohort."""
+    nodes = [1000 + 7 * i for i in range(10)]
+    a = sample_nodes(nodes, 0.3, seed=5, server_round=2)
+    b = sample_nodes(list(reversed(nodes)), 0.3, seed=5, server_round=2)
+    assert a == b and len(a) == 3 and set(a) <= set(nodes) and a == sorted(a)
+    assert len(sample_nodes(nodes, 0.01, 5, 1)) == 1
+    assert sample_nodes(nodes, 1.0, 5, 1) == nodes
+    assert sample_nodes(nodes, 0.3, 5, 3) != a or sample_nodes(nodes, 0.3, 5, 2, salt=1) != a
+    assert sample_nodes([], 0.5, 5, 1) == []
 
 
 def test_round_aggregates_per_segment_and_drops_bad_replies() -> None:

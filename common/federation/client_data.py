@@ -11,7 +11,9 @@ generalising a client's region to "other" would erase the segment it trains for.
 are shared by fewer than k users of the shard is left out of training.
 
 The partitioning (common/data/partition.py) splits the users table for any node count, before any example
-is built, so examples are only ever built from anonymized client tables.
+is built, so examples are only ever built from anonymized client tables. A deployed node that holds only its
+own users (`own_data`: its node config names its own data folder, see client/app.py) skips the partitioning
+and uses its whole folder; `fedadapt deploy` writes each node exactly the shard the partitioning gives it.
 
 Caching (common/federation/cache.py): the partitioning of a data folder is computed once per worker process, each
 client's anonymized records once per process as well (bounded LRU), so a worker serving many virtual
@@ -99,24 +101,28 @@ def _world(cfg: FedConfig, num_partitions: int) -> tuple[Marketplace, list[list[
     return WORLDS.get((cfg.data_dir, num_partitions, cfg.partition_mode, cfg.seed), build)
 
 
-def _build_client(cfg: FedConfig, partition_id: int, num_partitions: int) -> ClientData:
-    market, shards = _world(cfg, num_partitions)
-    raw = shard_marketplace(market, shards[partition_id])
+def _build_client(cfg: FedConfig, partition_id: int, num_partitions: int, own_data: bool) -> ClientData:
+    if own_data:
+        raw = read_marketplace(cfg.data_dir)
+    else:
+        market, shards = _world(cfg, num_partitions)
+        raw = shard_marketplace(market, shards[partition_id])
     local = anonymize_marketplace(raw, client_anonymization(cfg, partition_id, list(raw.users.columns)))
     records = build_examples(local, ExampleConfig(seed=cfg.seed, history=cfg.history))
     return ClientData(partition_id, list(records), build_item_texts(local.products),
                       record_segment_names(records, cfg.adapter_segment_keys))
 
 
-def client_data(cfg: FedConfig, partition_id: int, num_partitions: int) -> ClientData:
-    """This client's data, built once per process and partition."""
+def client_data(cfg: FedConfig, partition_id: int, num_partitions: int, own_data: bool = False) -> ClientData:
+    """This client's data, built once per process and partition; with `own_data` the data folder holds only
+    this client's users (no partitioning)."""
     if not cfg.data_dir:
         raise ValueError("run config data-dir is empty; every client needs the marketplace folder")
-    return CLIENTS.get(cache_key(cfg, partition_id, num_partitions),
-                       lambda: _build_client(cfg, partition_id, num_partitions))
+    return CLIENTS.get(cache_key(cfg, partition_id, num_partitions, own_data),
+                       lambda: _build_client(cfg, partition_id, num_partitions, own_data))
 
 
-def cache_key(cfg: FedConfig, partition_id: int, num_partitions: int) -> tuple[object, ...]:
+def cache_key(cfg: FedConfig, partition_id: int, num_partitions: int, own_data: bool = False) -> tuple[object, ...]:
     """What a client's data depends on; another state folder means another secret, hence other pseudonyms."""
     return (cfg.data_dir, num_partitions, cfg.partition_mode, cfg.seed, cfg.segment_keys, cfg.adapter_segment_keys,
-            cfg.client_state_dir, cfg.history, partition_id)
+            cfg.client_state_dir, cfg.history, partition_id, own_data)
