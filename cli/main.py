@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("cli.train", "train a centralized baseline and write RUN/summary.json"),
     "simulate": ("cli.simulate", "run a federated simulation with Flower and write results"),
     "bench": ("cli.bench", "benchmarks (reported, not asserted)"),
+    "privacy": ("cli.privacy", "privacy experiments: membership, segment and item inference, privacy-utility curve"),
 }
 
 # What a subcommand raises for a user's mistake: printed as one line, exit status 2, never a traceback.

@@ -1,0 +1,148 @@
+"""The federated runs the privacy experiments attack and plot: one per (pool, DP level), through `simulate`.
+
+Each run is a real `fedadapt simulate` federation (simulations/runner.py: Flower, SuperLink, per-bank
+aggregation, checkpoints) on the users of one pool only (target-in for the attacked model, shadow-in for the
+attacker's shadow model, trained the same way), so its members are known: exactly the users of that pool
+(minus those the clients' k-anonymity leaves out, counted in `members_trained`). The DP levels are no DP plus
+one run per target epsilon, whose noise multiplier is calibrated by the project's accountant
+(common/privacy/accountant.py) for the run's rounds and sampling rate at DELTA.
+
+The privacy-utility curve reads NDCG@10 and epsilon of the target runs from their summary.json; membership
+inference loads their last checkpoints (simulations/compare.py `federated_model`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simulations.privacy_setup import DELTA, PrivacyOptions, Setup
+
+log = logging.getLogger(__name__)
+
+FED_DIR = "federated"  # OUT/federated/<pool>-data and OUT/federated/<run name>/
+EVAL_USERS = 20  # max-eval-users per client: the curve's NDCG@10 is measured on these
+RUN_POOLS = ("target", "shadow")
+
+
+@dataclass(frozen=True)
+class FedRun:
+    """One finished federated run: its pool, DP level and what its summary says."""
+
+    pool: str  # "target" or "shadow"
+    epsilon_target: float | None  # None: no DP
+    noise_multiplier: float
+    clip: float  # dp-clip (0 without DP)
+    folder: Path
+    data: Path
+    summary: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return run_name(self.pool, self.epsilon_target)
+
+    @property
+    def epsilon(self) -> float | None:
+        """The epsilon the run itself reported after its last round (None without DP)."""
+        value = self.summary.get("epsilon")
+        return float(value) if isinstance(value, int | float) else None
+
+    @property
+    def ndcg(self) -> float:
+        return float(self.summary["final"]["ndcg@10"])
+
+
+def run_name(pool: str, epsilon: float | None) -> str:
+    return f"{pool}-no-dp" if epsilon is None else f"{pool}-eps-{epsilon:g}"
+
+
+def noise_for_epsilon(epsilon: float, rounds: int, population: int, cohort: int, delta: float = DELTA) -> float:
+    """The smallest noise multiplier (to 0.1%) whose epsilon after `rounds` cohorts of `cohort` drawn from
+    `population` clients is <= `epsilon`, by the accountant the runs report with (bisection)."""
+    from common.privacy.accountant import epsilon_fixed_size
+
+    def eps(sigma: float) -> float:
+        return epsilon_fixed_size(sigma, delta, [(population, cohort)] * rounds)
+
+    low, high = 0.05, 1.0
+    while eps(high) > epsilon:
+        high *= 2
+        if high > 1e4:
+            raise ValueError(f"epsilon {epsilon} is out of reach for {rounds} rounds of {cohort} of {population}")
+    if eps(low) <= epsilon:
+        return low
+    while high - low > 1e-3 * high:
+        mid = (low + high) / 2
+        low, high = (low, mid) if eps(mid) <= epsilon else (mid, high)
+    return high
+
+
+def median_delta_norm(run_folder: Path) -> float:
+    """The median over rounds of the median L2 norm of the accepted client updates of a run (metrics.jsonl)."""
+    from simulations.report import read_metrics
+
+    norms = [float(r["delta_norm_median"]) for r in read_metrics(run_folder)
+             if r.get("round", 0) >= 1 and isinstance(r.get("delta_norm_median"), int | float)]
+    if not norms or not all(math.isfinite(n) and n > 0 for n in norms):
+        raise ValueError(f"{run_folder}: no client update norms in its metrics to set the DP clip from")
+    return float(np.median(norms))
+
+
+def run_config(opts: PrivacyOptions, noise: float, clip: float) -> dict[str, Any]:
+    """Run-config overrides of every run: cheap evaluation, segments released from one client, the DP level."""
+    config: dict[str, Any] = {"arch": opts.arch, "max-eval-users": EVAL_USERS, "min-segment-clients": 1,
+                              "local-epochs": 2}
+    if opts.arch == "seq":
+        config.update({"batch-size": 32, "lr": 1e-3})
+    if noise > 0:
+        config.update({"dp-noise-multiplier": noise, "dp-clip": clip})
+    return config
+
+
+def pool_data(setup: Setup, pool: str) -> Path:
+    """OUT/federated/<pool>-data: the tables of the pool's `-in` users (written once, reused by every run)."""
+    from common.data.schema import write_marketplace
+
+    folder = (setup.opts.out / FED_DIR / f"{pool}-data").resolve()
+    if not (folder / ".complete").is_file():
+        write_marketplace(setup.pool_market(f"{pool}-in"), folder, meta={"source": "fedadapt privacy",
+                                                                         "pool": f"{pool}-in"})
+        (folder / ".complete").write_text("ok\n")
+    return folder
+
+
+def federate(setup: Setup, pool: str, epsilon: float | None, clip: float = 0.0) -> FedRun:
+    """Run (or re-run, replacing) the federation of `pool` at the DP level of `epsilon` with dp-clip `clip`."""
+    from simulations.runner import SimOptions, simulate
+
+    opts = setup.opts
+    noise = 0.0 if epsilon is None else noise_for_epsilon(epsilon, opts.rounds, opts.clients, opts.clients)
+    data = pool_data(setup, pool)
+    folder = (opts.out / FED_DIR / run_name(pool, epsilon)).resolve()
+    log.info("federated run %s: %d clients, %d rounds, noise multiplier %.3f, clip %.3g", folder.name,
+             opts.clients, opts.rounds, noise, clip)
+    summary = simulate(SimOptions(out=folder, clients=opts.clients, rounds=opts.rounds, data=data, seed=opts.seed,
+                                  backbone=opts.fed_backbone, overwrite=True, quiet=True,
+                                  config=run_config(opts, noise, clip)))
+    return FedRun(pool, epsilon, noise, clip if noise > 0 else 0.0, folder, data, summary)
+
+
+def dp_levels(opts: PrivacyOptions) -> list[float | None]:
+    """No DP, then every target epsilon from the largest (least noise) to the smallest."""
+    return [None, *sorted(opts.epsilons, reverse=True)]
+
+
+def dp_runs(setup: Setup, pools: tuple[str, ...] = RUN_POOLS) -> list[FedRun]:
+    """Every (pool, DP level) run, targets first. The DP runs of a pool clip at the median update norm of its
+    no-DP run (the usual choice: most honest updates pass unchanged, and the noise is no larger than needed)."""
+    runs = []
+    for pool in pools:
+        plain = federate(setup, pool, None)
+        clip = median_delta_norm(plain.folder)
+        runs += [plain, *(federate(setup, pool, eps, clip) for eps in dp_levels(setup.opts)[1:])]
+    return runs
