@@ -3,6 +3,7 @@
     fedadapt bench adapters [--backbone PATH|tiny] [--json] [--repeats N]
     fedadapt bench quality --data T [--modes M,M|''] [--history session|event] --out R
     fedadapt bench client [--backbone minilm|tiny|PATH] [--pairs 256] [--repeats N] [--data DIR] [--json]
+    fedadapt bench secagg [--clients 10,50,100] [--modes off,segment,segment-hidden] [--arch text|seq]
 
 Each benchmark is one `Benchmark` record in BENCHMARKS (name, help, a function adding its options, and
 `run(args) -> int`); adding one is a new module plus one `register_benchmark` call below. Nothing here knows
@@ -228,6 +229,37 @@ def _run_scale(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+
+
+def _configure_secagg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--clients", type=_int_list, default=(10, 50, 100), help="cohort sizes (default 10,50,100)")
+    parser.add_argument("--modes", default="off,segment,segment-hidden", help="secure-aggregation modes to compare")
+    parser.add_argument("--arch", choices=("text", "seq"), default="text", help="whose bank shapes (text: LoRA)")
+    parser.add_argument("--backbone", default="tiny", help="tiny, or a backbone folder (bank shapes only)")
+    parser.add_argument("--seq-items", type=_positive_int, default=ML1M_ITEMS,
+                        help="catalog size of --arch seq (default: MovieLens-1M's 3,883 items)")
+    parser.add_argument("--regions", type=_positive_int, default=4, help="region banks")
+    parser.add_argument("--seasons", type=_positive_int, default=4, help="season banks")
+    parser.add_argument("--degree", type=int, default=0, help="secagg-degree: 0 complete graph, k k-regular")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+
+
+def _run_secagg(args: argparse.Namespace) -> int:
+    from simulations.bench_secagg import SecAggBenchOptions, bench_secagg, format_secagg
+
+    options = SecAggBenchOptions(clients=args.clients, modes=tuple(m.strip() for m in args.modes.split(",") if m),
+                                 arch=args.arch, backbone=args.backbone, regions=args.regions, seasons=args.seasons,
+                                 seq_items=args.seq_items, degree=args.degree)
+    rows = bench_secagg(options)
+    print(json.dumps(rows) if args.json else format_secagg(rows))
+    return 0
+
+
 for _benchmark in (
     Benchmark("adapters", "size, int8 size and step time of every adapter kind on a backbone",
               _configure_adapters, _run_adapters),
@@ -244,6 +276,8 @@ for _benchmark in (
               _configure_demo, _run_demo),
     Benchmark("scale", "peak RSS of the whole simulation with N virtual clients (10%% sampled)",
               _configure_scale, _run_scale),
+    Benchmark("secagg", "round time and bytes per client with secure aggregation off / segment / segment-hidden "
+              "(the protocol's own cost: synthetic deltas, in-process grid)", _configure_secagg, _run_secagg),
 ):
     register_benchmark(_benchmark)
 

@@ -3,6 +3,7 @@
     fedadapt simulate --preset smoke --out results/smoke
     fedadapt simulate --data DIR --clients 20 --rounds 3 --adapter lora --segments region,season --out RUN
     fedadapt simulate --preset demo --dp-noise-multiplier 1.0 --dp-clip 0.5 --target-epsilon 8 --out RUN
+    fedadapt simulate --preset smoke --secure-aggregation segment-hidden --out RUN
     fedadapt simulate --data DIR --clients 10 --rounds 24 --set arch=seq --set batch-size=32 --set lr=0.001
         --set local-epochs=2 --out RUN
 
@@ -27,6 +28,7 @@ from typing import Any
 from common.device import DEVICES
 from common.names import CHECKPOINTS_DIR, DEFAULT_SEGMENT_KEYS, STRATEGIES
 from common.privacy.dp import DP_MODES, TARGET_ACTIONS
+from common.secagg.layout import SECURE_MODES
 from simulations.runner import PRESETS, STOP_SIGNALS, Interrupted, SimOptions, SimulationFailed, simulate
 
 # DP options -> run-config keys (common/privacy/dp.py); FedConfig checks the values before anything starts.
@@ -59,6 +61,8 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
     for name, key in DP_OPTIONS.items():
         if getattr(args, name) is not None:
             config[key] = getattr(args, name)
+    if args.secure_aggregation is not None:
+        config["secure-aggregation"] = args.secure_aggregation
     backbone = pick("backbone")
     return SimOptions(
         out=Path(args.out), clients=pick("clients"), rounds=pick("rounds"),
@@ -137,6 +141,9 @@ def add_parser(subparsers: Any) -> None:
     dp.add_argument("--target-epsilon", type=float, metavar="E",
                     help="stop (or warn) before a round that would take epsilon above E")
     dp.add_argument("--target-epsilon-action", choices=TARGET_ACTIONS, help="stop (default) or warn")
+    p.add_argument("--secure-aggregation", choices=SECURE_MODES,
+                   help="off (default): the server sees each delta; segment: it sees only per-bank sums (and who "
+                        "holds which segment); segment-hidden: only sums, never a client's segments (README, Privacy)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints")
     p.add_argument("--overwrite", action="store_true",

@@ -3,7 +3,7 @@
 Each handler reads the typed run config with its node's own settings (`node_settings`), gets the
 per-process cached model and data, runs one job, packs the reply and passes it through `check_outgoing`
 before returning it: a reply that would carry anything but this round's adapter tensors raises instead of
-being sent.
+being sent (secure-aggregation replies are checked field by field in common/secagg/wire.py).
 
 - query: reports the node's partition id, segment adapter names and example counts per bank; the server asks
   once per run, the first time it samples the node (it needs them to route segment adapters and to bound
@@ -11,6 +11,11 @@ being sent.
 - train: loads the received global + segment adapters, trains locally, replies with the DELTA and the
   training pairs per bank.
 - evaluate: loads the received adapters, ranks each user's held-out item, replies with per-segment sums.
+
+With `secure-aggregation` on (client/secure.py), train starts a secure round and the query handler also
+answers its later stages; the update leaves the node only masked. In segment-hidden mode the node registers
+without its segments, trains and evaluates only its own banks among all it receives, and reports evaluation
+sums only overall.
 
 Node config (`flower-supernode --node-config`, set per node; the server cannot read it): `partition-id` and
 `num-partitions` always; in a deployment also `data-dir` (a folder holding only this node's users, used
@@ -21,11 +26,13 @@ config's values, which describe the simulation's shared folder and cannot know a
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, MetricRecordValues, RecordDict
 from flwr.clientapp import ClientApp
 
+from client import secure
 from client.guard import check_outgoing
 from common.federation import task
 from common.federation.records import from_record, to_record
@@ -41,6 +48,7 @@ from common.protocol import (
     RoundHParams,
     bank_examples_key,
 )
+from common.secagg.layout import OFF, SEGMENT_HIDDEN
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +99,27 @@ def _reply(msg: Message, content: RecordDict, sent: dict[str, np.ndarray]) -> Me
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     cfg, data = node_settings(context)
-    config = ConfigRecord({PARTITION_ID: data.partition_id, SEGMENTS: data.segment_names,
-                           **task.registration(cfg, data)})
-    return _reply(msg, RecordDict({CONFIG: config}), {})
+    if secure.stage_of(msg) is not None:  # a secure round's share-keys, masked-input or unmask stage
+        return secure.answer_stage(msg, context, cfg)
+    fields: dict[str, Any] = {PARTITION_ID: data.partition_id, SEGMENTS: data.segment_names,
+                              **task.registration(cfg, data)}
+    if cfg.secure_aggregation == SEGMENT_HIDDEN:
+        fields = secure.hidden_registration(fields)
+    return _reply(msg, RecordDict({CONFIG: ConfigRecord(fields)}), {})
+
+
+def _trained(cfg: FedConfig, data: task.ClientData, mine: dict[str, np.ndarray], hp: RoundHParams
+             ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    result = task.local_train(cfg, data, mine, hp)
+    return result.delta, result.bank_examples
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     cfg, data = node_settings(context)
+    if cfg.secure_aggregation != OFF:  # train, then the update leaves only masked (client/secure.py)
+        return secure.train_and_advertise(msg, context, cfg, data.adapter_names,
+                                          lambda mine, hp: _trained(cfg, data, mine, hp))
     sent = received_arrays(msg)
     config = msg.content.config_records[CONFIG] if CONFIG in msg.content.config_records else {}
     hparams = RoundHParams.from_config(dict(config), cfg)
@@ -112,6 +133,8 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     cfg, data = node_settings(context)
     sent = received_arrays(msg)
-    sums = task.local_evaluate(cfg, data, sent)
+    hidden = cfg.secure_aggregation == SEGMENT_HIDDEN
+    sums = task.local_evaluate(cfg, data, secure.own_banks(data.adapter_names, sent) if hidden else sent)
+    sums = secure.overall_only(sums) if hidden else sums
     content = RecordDict({METRICS: MetricRecord(dict[str, MetricRecordValues](sums))})
     return _reply(msg, content, sent)

@@ -5,9 +5,10 @@ without the federation stack. Record names and keys follow Flower's conventions 
 "metrics", "num-examples") so the messages read like any Flower app's.
 
 Messages (Flower Message API):
-- query   server -> every node once at start: "who are you?"; reply config record: partition-id, the
-          node's segment adapter names, its training pairs per bank ("examples/<bank>") and its number of
-          evaluation users (see server/strategy.py on what this reveals).
+- query   server -> a node the first time the server samples it (once per run, server/registration.py):
+          "who are you?"; reply config record: partition-id, the node's segment adapter names, its training
+          pairs per bank ("examples/<bank>") and its number of evaluation users (see server/strategy.py on
+          what this reveals).
 - train   server -> sampled node: arrays = current global + the node's segment adapters (full weights),
           config = round hyper-parameters; reply: arrays = DELTA for exactly those keys, metrics with
           num-examples, the pairs it trained per bank ("examples/<bank>": each bank is weighted by the
@@ -257,6 +258,13 @@ class FedConfig:
     dp_dropout_tolerance: float = 0.0  # distributed: fraction of a bank's sampled clients that may drop out
     target_epsilon: float = 0.0  # 0: none; else stop (or warn) before a round that would exceed it
     target_epsilon_action: str = "stop"  # stop | warn
+    # Secure aggregation (common/secagg/, server/secure.py; README, Privacy): off | segment | segment-hidden.
+    secure_aggregation: str = "off"
+    secagg_clip_range: float = 1.0  # |delta coordinate| bound before fixed-point encoding (clients clip to it)
+    secagg_bits: int = 64  # masks live in Z_(2^bits); <= 32 halves the upload but needs small weights
+    secagg_threshold_fraction: float = 0.6  # Shamir t = ceil(fraction * share holders): survives 40% drop-outs
+    secagg_degree: int = 0  # mask graph: 0 = complete (every pair); k >= 2 = k-regular ring (SecAgg+)
+    secagg_banks: str = ""  # segment-hidden: the run's public list of segment banks, e.g. "region=EU,season=holiday"
 
     def __post_init__(self) -> None:
         positive = ("num_server_rounds", "local_epochs", "batch_size", "max_len", "client_threads", "seq_dim",
@@ -306,9 +314,37 @@ class FedConfig:
         if self.dp_clip and not self.dp_noise_multiplier:
             raise ValueError(f"dp-clip={self.dp_clip} is used only with dp-noise-multiplier > 0 (DP is off)")
         _ = self.dp  # DPConfig validates the dp-* and target-epsilon keys, naming each
+        self._check_secure_aggregation()
         for key in self.segment_key_tuple:
             if not key.isidentifier():
                 raise ValueError(f"segment key {key!r} in segment-keys={self.segment_keys!r} is not a column name")
+
+    def _check_secure_aggregation(self) -> None:
+        from common.secagg.fixedpoint import FixedPoint  # numpy only
+        from common.secagg.graph import threshold_for
+        from common.secagg.layout import SECURE_MODES, SEGMENT_HIDDEN
+
+        if self.secure_aggregation not in SECURE_MODES:
+            raise ValueError(f"secure-aggregation {self.secure_aggregation!r} is not one of {', '.join(SECURE_MODES)}")
+        if self.secagg_degree < 0 or self.secagg_degree == 1:
+            raise ValueError(f"secagg-degree must be 0 (complete graph) or >= 2, got {self.secagg_degree}")
+        threshold_for(2, self.secagg_threshold_fraction)  # names secagg-threshold-fraction outside (0.5, 1]
+        if self.secure_aggregation != "off":  # enough precision for 1,000 clients a round, else name the key
+            FixedPoint(self.secagg_bits, self.secagg_clip_range, self.secagg_max_weight, 1000)
+        if self.secagg_banks and self.secure_aggregation != SEGMENT_HIDDEN:
+            raise ValueError("secagg-banks is used only with secure-aggregation=segment-hidden")
+        for name in self.secagg_bank_tuple:
+            check_segment_name(name, self.adapter_segment_keys)
+
+    @property
+    def secagg_max_weight(self) -> float:
+        """The most one client may weigh in a bank of a secure sum: 1 with DP, else max-client-examples."""
+        return 1.0 if self.dp.enabled else float(self.max_client_examples)
+
+    @property
+    def secagg_bank_tuple(self) -> tuple[str, ...]:
+        """segment-hidden: the segment banks every client receives (the server never learns whose they are)."""
+        return tuple(sorted({b.strip() for b in self.secagg_banks.split(",") if b.strip()}))
 
     @property
     def dp(self) -> DPConfig:

@@ -7,6 +7,8 @@ strategy (server/strategy.py) free of Flower's grid. Per round it:
 1. samples a cohort over the grid's node ids (deterministic in seed and round, server/clients.py), registers
    the sampled nodes it does not know yet (one query each, once per run: server/registration.py), adds
    starting banks for segments it meets for the first time, sends train messages, validates and aggregates;
+   with `secure-aggregation` segment | segment-hidden the training and aggregation are a secure round
+   (server/secure.py: the server sees only per-bank sums; an aborted round applies nothing);
 2. evaluates on a fixed cohort of clients (federated evaluation: test items never leave the clients);
    a fresh run first evaluates the untrained adapters as "round 0", the no-adapter baseline;
 3. appends one line to `<out-dir>/metrics.jsonl` and checkpoints atomically to `<out-dir>/checkpoints/`.
@@ -37,11 +39,13 @@ from flwr.supercore import log
 from common.federation.records import message_bytes
 from common.names import CHECKPOINTS_DIR, COMPLETE_FILE, GLOBAL, METRICS_FILE, STOPPED_FILE
 from common.protocol import FedConfig, RoundHParams
+from common.secagg.layout import OFF, SEGMENT_HIDDEN
 from server.aggregate import Arrays, split_banks
 from server.checkpoint import Checkpoint, check_resumable, latest_complete_round, load_checkpoint, save_checkpoint
 from server.clients import ClientInfo, sample_nodes
 from server.optimizer import OptimizerConfig, ServerOptimizer
 from server.registration import Registry
+from server.secure import SecureRound, SecureSettings, hidden_view
 from server.strategy import AdapterBankStrategy, RoundStats
 from server.validate import ValidationConfig
 
@@ -95,7 +99,7 @@ class FederatedRun:
         if last is None:
             if self.cfg.resume:
                 log(WARNING, "resume requested but no checkpoint under %s: starting fresh", self.ckpt_dir)
-            return initial_banks(self.cfg, []), 1
+            return initial_banks(self.cfg, list(self.cfg.secagg_bank_tuple)), 1  # hidden: the public bank list
         ckpt = load_checkpoint(self.ckpt_dir, last)  # CheckpointError names a damaged file
         check_resumable(ckpt, self.cfg, self.ckpt_dir)  # another experiment must not continue this one's rounds
         self.history = list(ckpt.state.get("history", []))
@@ -165,6 +169,8 @@ class FederatedRun:
     def _evaluate(self, strategy: AdapterBankStrategy, rnd: int) -> dict[str, Any]:
         # the same evaluation cohort every round (while the nodes stay), so that rounds are comparable
         cohort = self._cohort(strategy, self.cfg.fraction_evaluate, 0, salt=1)
+        if self.cfg.secure_aggregation == SEGMENT_HIDDEN:  # every served bank; each client picks its own
+            cohort = hidden_view(cohort, strategy)
         replies = self.grid.send_and_receive(strategy.evaluate_messages(cohort, rnd), timeout=self.cfg.round_timeout)
         return strategy.pool_evaluation(replies, {c.node_id: c for c in cohort})
 
@@ -185,15 +191,20 @@ class FederatedRun:
         cohort = self._cohort(strategy, cfg.fraction_train, rnd)
         stats.sampled = len(cohort)
         hp = RoundHParams.from_run(cfg, rnd).to_config()
-        messages, sent = strategy.train_messages(cohort, hp, rnd)
-        stats.bytes_down = [message_bytes(m) for m in messages]
-        replies = list(self.grid.send_and_receive(messages, timeout=cfg.round_timeout))
-        strategy.aggregate_train(replies, sent, {c.node_id: c for c in cohort}, stats)
+        secure: dict[str, Any] = {}
+        if cfg.secure_aggregation == OFF:
+            messages, sent = strategy.train_messages(cohort, hp, rnd)
+            stats.bytes_down = [message_bytes(m) for m in messages]
+            replies = list(self.grid.send_and_receive(messages, timeout=cfg.round_timeout))
+            strategy.aggregate_train(replies, sent, {c.node_id: c for c in cohort}, stats)
+        else:  # server/secure.py: the four SecAgg+ stages; an abort leaves every bank as it was
+            secure = SecureRound(self.grid, SecureSettings.from_config(cfg), cfg.round_timeout,
+                                 strategy.noise_rng).run(strategy, cohort, hp, rnd, self.grid.run.run_id, stats)
         t_train = time.monotonic() - t0
         evaluation: dict[str, Any] = {}
         if cfg.fraction_evaluate > 0:
             evaluation = self._evaluate(strategy, rnd)
-        line = {"round": rnd, **evaluation, **stats.as_dict(), **self._registration(queries, seconds),
+        line = {"round": rnd, **evaluation, **stats.as_dict(), **secure, **self._registration(queries, seconds),
                 "train_s": t_train, "wall_s": time.monotonic() - t0}
         log(INFO, "[fedadapt] round %d/%d ndcg@10=%s hr@10=%s loss=%.4f sampled=%d rejected=%d dropped=%d "
             "up=%.0fB down=%.0fB (%.1fs)", rnd, cfg.num_server_rounds, _fmt(line.get("ndcg@10")),

@@ -15,10 +15,11 @@ A round in which no client of the segment was sampled leaves its status as it wa
 carry every segment bank a client holds, since training it is how a segment reaches the threshold.
 
 How the server learns a client's segments. Flower's server cannot read a node's `node_config`, and node
-ids are assigned per run, so at the start of a run the server sends one "query" message to every node and
-each replies with its partition id, segment adapter names and example counts. Privacy trade-off: the server
-learns each client's segment membership (e.g. its region and season) and data size. It needs the first to
-route segment adapters and the second to bound each client's aggregation weight.
+ids are assigned per run, so the first time the server samples a node it sends it one "query" message and the
+node replies with its partition id, segment adapter names and example counts (server/registration.py; never a
+round trip to every node before round 1). Privacy trade-off: the server learns the segment membership (e.g.
+region and season) and data size of every client it samples. It needs the first to route segment adapters and
+the second to bound each client's aggregation weight.
 
 Differential privacy (common/privacy/dp.py states the guarantee). With dp-noise-multiplier > 0 every client
 weighs 1 in each bank it trained (example counts would break the sensitivity bound) and a bank's mean is its
@@ -27,8 +28,9 @@ adds the noise to each bank sum. distributed: each train message names t per ban
 clients clip and add their shares, replies are checked against the clip plus the noise's norm, and a bank with
 fewer than t contributors is held back that round (its sum would carry too little noise).
 
-Reproducibility: cohorts are drawn from rng(seed, round) over partition ids (server/clients.py), and replies
-are aggregated in partition-id order, so a resumed run replays the same rounds.
+Reproducibility: cohorts are drawn from rng(seed, round) over node ids (server/clients.py) and replies are
+aggregated in partition-id order, so a resumed run replays the same rounds while the nodes keep their ids
+(with fraction 1 always).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from common.federation.records import message_bytes, to_record
 from common.names import GLOBAL, OVERALL, bank_of
 from common.privacy.dp import DISTRIBUTED, DPConfig, noise_shares, share_norm_bound, update_norm
 from common.protocol import ARRAYS, CONFIG, SERVER_ROUND, dp_shares_key
-from server.aggregate import Arrays, aggregate_banks, dp_aggregate_banks, lora_factor_pairs
+from server.aggregate import Arrays, BankAggregate, aggregate_banks, dp_aggregate_banks, lora_factor_pairs
 from server.clients import ClientInfo
 from server.optimizer import ServerOptimizer
 from server.validate import Rejected, TrainUpdate, ValidationConfig, parse_eval_reply, parse_train_reply, screen_senders
@@ -184,6 +186,11 @@ class AdapterBankStrategy:
             agg = dp_aggregate_banks(deltas, weights, self.min_segment_clients, self.dp, self.noise_rng, self.shares)
         else:
             agg = aggregate_banks(deltas, weights, self.min_segment_clients)
+        self.apply(agg, stats)
+
+    def apply(self, agg: BankAggregate, stats: RoundStats) -> None:
+        """Step every bank that has a mean delta, update the served segments (the plain and the secure round,
+        server/secure.py, both end here) and record the outcome in `stats`."""
         stats.contributors = agg.contributors
         stats.fallback = agg.fallback
         stats.noise_short = agg.noise_short

@@ -2,6 +2,6 @@
 
 Pure: numpy + cryptography, no Flower, no torch. crypto (X25519, HKDF, AES-GCM, AES-CTR PRG), shamir (secret
 sharing over GF(2^521 - 1)), fixedpoint (encoding into Z_(2^bits)), graph (who masks with whom), layout (banks
-<-> vectors in the segment-visible and segment-hidden modes), client / server (the four stages), and
-`run_in_memory` (all parties in one process: tests and benchmarks).
+<-> vectors in the segment-visible and segment-hidden modes), client / server (the four stages), wire (the
+fields of each stage's messages, checked) and inmemory (all parties in one process, for tests).
 """

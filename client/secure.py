@@ -1,0 +1,190 @@
+"""Client handlers of a secure round (server/secure.py drives it; common/secagg/client.py is the protocol).
+
+- advertise-keys arrives as the round's TRAIN message: the client trains the banks it holds, turns the delta
+  into the round's vectors (common/secagg/layout.py: each bank clipped per coordinate to secagg-clip-range and
+  scaled by its weight, plus weight and contributor slots; DP: whole update clipped to dp-clip, weight 1, and
+  in distributed mode its noise share added), encodes them in Z_(2^bits) and keeps them in the node's
+  `context.state` with its secrets; the reply carries only public keys and a commitment.
+- share-keys, masked-input and unmask arrive as QUERY messages and answer from that state; the encoded
+  vectors leave the node only masked, and the state is dropped after unmask.
+
+segment-hidden: the TRAIN message carries every bank of the run; the client trains only its own (the others
+stay zero in its vector), registers without segment names or per-segment counts (`hidden_registration`) and
+reports evaluation sums only overall (`overall_only`), so which banks are its own never leaves it.
+With secure aggregation on, a plain TRAIN message is refused: a client never sends a delta in the clear.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+from common.federation.records import from_record
+from common.names import GLOBAL, OVERALL, bank_of
+from common.privacy.dp import DISTRIBUTED, add_noise_share, clip_update
+from common.protocol import (
+    ARRAYS,
+    CONFIG,
+    EVAL_USERS,
+    PARTITION_ID,
+    SEGMENTS,
+    FedConfig,
+    RoundHParams,
+    bank_examples_key,
+    parse_dp_shares,
+    parse_metric_key,
+)
+from common.secagg import client as protocol
+from common.secagg.errors import ProtocolError
+from common.secagg.fixedpoint import FixedPoint
+from common.secagg.layout import SEGMENT, SEGMENT_HIDDEN, bank_layouts, client_vectors
+from common.secagg.wire import COHORT_PREFIX, COHORT_SIZE, read_config, stage_config, stage_in
+
+log = logging.getLogger(__name__)
+
+STATE_RECORD = "secagg-state"  # context.state: the protocol state (secrets included) between stages
+INPUT_RECORD = "secagg-input"  # context.state: the encoded vectors until they are masked
+MAX_COHORT = 100_000
+# What trains: (the received tensors of the client's own banks, round hyper-parameters) ->
+# (delta for exactly those keys, examples per bank). client/app.py passes task.local_train on the node's data.
+Trainer = Callable[[dict[str, np.ndarray], RoundHParams], tuple[dict[str, np.ndarray], Mapping[str, int]]]
+
+
+def own_banks(own: Collection[str], received: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The received tensors of the banks this client holds (segment-hidden: the server sends every bank)."""
+    return {k: v for k, v in received.items() if bank_of(k) in own}
+
+
+def stage_of(msg: Message) -> tuple[str, int] | None:
+    """(stage, round) when a server message drives a secure stage, else None."""
+    return stage_in(msg.content.config_records[CONFIG]) if CONFIG in msg.content.config_records else None
+
+
+def reply_content(stage: str, server_round: int, payload: Mapping[str, Any],
+                  vectors: Mapping[str, np.ndarray] | None = None) -> RecordDict:
+    content = RecordDict({CONFIG: ConfigRecord(stage_config(stage, server_round, payload, "reply"))})
+    if vectors is not None:
+        content[ARRAYS] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in vectors.items()})
+    return content
+
+
+def hidden_registration(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """segment-hidden: what a node registers without its segments: no names, no per-segment counts."""
+    keep = {PARTITION_ID, EVAL_USERS, bank_examples_key(GLOBAL)}
+    return {**{k: v for k, v in fields.items() if k in keep}, SEGMENTS: []}
+
+
+def overall_only(sums: Mapping[str, float]) -> dict[str, float]:
+    """segment-hidden: evaluation sums without the per-segment rows (they would name the node's segments)."""
+    out = {}
+    for key, value in sums.items():
+        parsed = parse_metric_key(key)
+        if parsed is None or parsed[0] == OVERALL:
+            out[key] = value
+    return out
+
+
+def secure_weights(cfg: FedConfig, counts: Mapping[str, int]) -> dict[str, float]:
+    """Each bank's weight: its examples capped at max-client-examples, or 1 per trained bank with DP."""
+    if cfg.dp.enabled:
+        return {b: 1.0 for b, n in counts.items() if n > 0}
+    return {b: float(min(n, cfg.max_client_examples)) for b, n in counts.items()}
+
+
+def private_delta(cfg: FedConfig, delta: Mapping[str, np.ndarray], config: Mapping[str, object], cohort: int
+                  ) -> dict[str, np.ndarray]:
+    """With DP: the whole update clipped to dp-clip, plus (distributed) each bank's noise share."""
+    dp = cfg.dp
+    if not dp.enabled:
+        return dict(delta)
+    clipped, _ = clip_update(delta, dp.clip)
+    if dp.mode != DISTRIBUTED:
+        return clipped
+    banks = sorted({bank_of(k) for k in clipped})
+    shares = parse_dp_shares(config, banks, cohort)
+    rng = np.random.default_rng()  # OS entropy: noise nobody else can subtract
+    out: dict[str, np.ndarray] = {}
+    for bank in banks:
+        part = {k: v for k, v in clipped.items() if bank_of(k) == bank}
+        out.update(add_noise_share(part, dp, shares[bank], rng))
+    return out
+
+
+def train_and_advertise(msg: Message, context: Context, cfg: FedConfig, own: Collection[str], train: Trainer
+                        ) -> Message:
+    """Stage 1: train the banks in `own` that were sent, keep the encoded vectors in the node state, reply
+    with public keys."""
+    stage = stage_of(msg)
+    if stage is None or stage[0] != protocol.ADVERTISE:
+        raise ProtocolError(f"this run uses secure-aggregation={cfg.secure_aggregation}: a train message must start "
+                            "a secure round; no plain delta is sent")
+    rnd = stage[1]
+    config = dict(msg.content.config_records[CONFIG])
+    cohort = config.get(COHORT_SIZE)
+    if isinstance(cohort, bool) or not isinstance(cohort, int) or not 2 <= cohort <= MAX_COHORT:
+        raise ProtocolError(f"{COHORT_SIZE}={cohort!r} is not an integer in [2, {MAX_COHORT}]")
+    if ARRAYS not in msg.content.array_records:
+        raise ProtocolError("the secure train message has no arrays")
+    received = from_record(msg.content.array_records[ARRAYS])
+    mine = own_banks(own, received) if cfg.secure_aggregation == SEGMENT_HIDDEN else received
+    raw_delta, counts = train(mine, RoundHParams.from_config(config, cfg))
+    delta = private_delta(cfg, raw_delta, config, cohort)
+    weights = secure_weights(cfg, counts)
+    vectors = client_vectors(cfg.secure_aggregation, bank_layouts(received), delta, weights, cfg.secagg_clip_range)
+    fixed = FixedPoint(cfg.secagg_bits, cfg.secagg_clip_range, cfg.secagg_max_weight, cohort)
+    clipped = sum(int(np.sum(np.abs(v) > cfg.secagg_clip_range)) for v in delta.values())
+    if clipped:
+        log.warning("secure round %d: %d delta coordinate(s) clipped to +-%g", rnd, clipped, cfg.secagg_clip_range)
+    state, keys = protocol.advertise(msg.metadata.dst_node_id, msg.metadata.run_id, rnd)
+    context.state[STATE_RECORD] = ConfigRecord(state.to_record())
+    context.state[INPUT_RECORD] = ArrayRecord({name: Array(fixed.encode(v)) for name, v in vectors.items()})
+    return Message(reply_content(protocol.ADVERTISE, rnd, keys), reply_to=msg)
+
+
+def answer_stage(msg: Message, context: Context, cfg: FedConfig) -> Message:
+    """Stages 2-4 from the node state; ProtocolError (sent back as an error reply) on anything inconsistent."""
+    stage_round = stage_of(msg)
+    assert stage_round is not None
+    stage, rnd = stage_round
+    if stage == protocol.ADVERTISE:
+        raise ProtocolError("advertise-keys comes as a train message, not a query")
+    payload = read_config(msg.content.config_records[CONFIG], stage, rnd, "request")
+    if STATE_RECORD not in context.state.config_records:
+        raise ProtocolError(f"{stage} for round {rnd}, but this node has no secure round in progress")
+    state = protocol.ClientState.from_record(context.state.config_records[STATE_RECORD])
+    if stage == protocol.SHARE:
+        roster = dict(zip(payload["roster-ids"], zip(payload["roster-c"], payload["roster-s"], strict=True),
+                          strict=True))
+        out = protocol.share_keys(state, rnd, roster, payload["neighbours"], payload["threshold"])
+        content = reply_content(stage, rnd, {"receivers": sorted(out), "ciphertexts": [out[r] for r in sorted(out)]})
+    elif stage == protocol.MASK:
+        content = _masked_input(state, rnd, payload, context, cfg)
+    else:
+        shares = protocol.unmask(state, rnd, payload["survivors"], payload["dropped"])
+        content = reply_content(stage, rnd, {"owners": sorted(shares), "shares": [shares[o] for o in sorted(shares)]})
+        del context.state[STATE_RECORD]
+        return Message(content, reply_to=msg)
+    context.state[STATE_RECORD] = ConfigRecord(state.to_record())
+    return Message(content, reply_to=msg)
+
+
+def _masked_input(state: protocol.ClientState, rnd: int, payload: Mapping[str, Any], context: Context,
+                  cfg: FedConfig) -> RecordDict:
+    if len(payload["senders"]) != len(payload["ciphertexts"]):
+        raise ProtocolError("senders and ciphertexts differ in length")
+    ciphertexts = dict(zip(payload["senders"], payload["ciphertexts"], strict=True))
+    names = list(payload["vector-names"])
+    cohorts = {name: payload.get(COHORT_PREFIX + name, []) for name in names}
+    if INPUT_RECORD not in context.state.array_records:
+        raise ProtocolError("no encoded input waiting for masked-input")
+    vectors = {k: a.numpy() for k, a in context.state.array_records[INPUT_RECORD].items()}
+    min_members = cfg.min_segment_clients if cfg.secure_aggregation == SEGMENT else 1
+    masked = protocol.masked_input(state, rnd, ciphertexts, payload["u2"], vectors, cohorts,
+                                   cfg.secagg_bits, min_members, (GLOBAL,))
+    del context.state[INPUT_RECORD]
+    wire = np.uint32 if cfg.secagg_bits <= 32 else np.uint64
+    return reply_content(protocol.MASK, rnd, {}, {k: v.astype(wire) for k, v in masked.items()})
