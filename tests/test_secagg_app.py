@@ -1,0 +1,74 @@
+"""The whole app in one process: server/app.py's FederatedRun and client/app.py's ClientApp (tiny backbone, real
+training and evaluation) over the in-process Grid, plain and in both secure modes, same seed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Message
+
+from client.app import app as client_app
+from common.data.schema import write_marketplace
+from common.data.synthetic import generate_marketplace
+from common.federation.task import client_data
+from common.protocol import FedConfig
+from server.app import FederatedRun
+from server.checkpoint import latest_complete_round, load_checkpoint
+from simulations.inprocess_grid import InProcessGrid
+from tests.fed_fakes import set_task_identity
+from tests.test_secagg_rounds import _strings
+
+CLIENTS = 3
+ROUNDS = 2
+
+
+def _run(root: Path, mode: str, banks: str = "") -> tuple[dict[str, dict[str, np.ndarray]], list[Message]]:
+    set_task_identity()
+    cfg = FedConfig(num_server_rounds=ROUNDS, data_dir=str(root / "data"), out_dir=str(root / mode),
+                    backbone="tiny", min_segment_clients=1, lr=0.005, batch_size=8, secure_aggregation=mode,
+                    secagg_banks=banks, client_state_dir=str(root / "state"))
+    replies: list[Message] = []
+
+    def keep(msg: Message, reply: Message) -> list[Message]:
+        replies.append(reply)
+        return [reply]
+
+    nodes = {100 + pid: {"partition-id": pid, "num-partitions": CLIENTS} for pid in range(CLIENTS)}
+    FederatedRun(cfg, InProcessGrid(client_app, nodes, cfg.to_run_config(), intercept=keep)).run()
+    ckpt = root / mode / "checkpoints"
+    last = latest_complete_round(ckpt)
+    assert last == ROUNDS
+    return load_checkpoint(ckpt, last).banks, replies
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict[str, dict[str, np.ndarray]], list[Message]]]:
+    root = tmp_path_factory.mktemp("secagg-app")
+    write_marketplace(generate_marketplace(120, 300, seed=3), root / "data")
+    plain, plain_replies = _run(root, "off")
+    probe = FedConfig(data_dir=str(root / "data"), backbone="tiny", client_state_dir=str(root / "state"))
+    names = sorted({s for pid in range(CLIENTS) for s in client_data(probe, pid, CLIENTS).segment_names})
+    return {"off": (plain, plain_replies), "segment": _run(root, "segment"),
+            "segment-hidden": _run(root, "segment-hidden", ",".join(names))}
+
+
+@pytest.mark.parametrize("mode", ["segment", "segment-hidden"])
+def test_secure_runs_end_with_the_plain_runs_banks(runs: dict, mode: str) -> None:
+    """After 2 rounds of real training, every bank of a secure run equals the plain run's within 1e-5."""
+    plain, _ = runs["off"]
+    secure, _ = runs[mode]
+    assert set(secure) == set(plain) and len(plain) > 2
+    for bank, arrays in plain.items():
+        for key, value in arrays.items():
+            np.testing.assert_allclose(secure[bank][key], value, atol=1e-5, err_msg=f"{mode} {key}")
+
+
+def test_hidden_mode_never_sends_a_segment_name(runs: dict) -> None:
+    """Registration, secure stages and evaluation: no reply of a segment-hidden run names a segment, while
+    the plain run's registration does (the check can see one)."""
+    segment_words = [w for r in runs["off"][1] for w in _strings(r.content) if "region=" in w or "season=" in w]
+    assert segment_words
+    hidden = [w for r in runs["segment-hidden"][1] for w in _strings(r.content)]
+    assert hidden and not [w for w in hidden if "region" in w or "season" in w]
