@@ -31,6 +31,7 @@ demo: install
 
 lint: install
 	$(BIN)/ruff check cli common client server simulations tests
+	$(BIN)/hadolint docker/*Dockerfile
 
 typecheck: install
 	$(BIN)/mypy cli common client server simulations

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("cli.data", "generate, load or fetch marketplace tables"),
     "train": ("cli.train", "train a centralized baseline and write RUN/summary.json"),
     "simulate": ("cli.simulate", "run a federated simulation with Flower and write results"),
+    "deploy": ("cli.deploy", "run the federation on Flower's deployment runtime (TLS, node authentication)"),
     "bench": ("cli.bench", "benchmarks (reported, not asserted)"),
     "privacy": ("cli.privacy", "privacy experiments: membership, segment and item inference, privacy-utility curve"),
 }

@@ -80,14 +80,16 @@ def _interrupt(signum: int, frame: object) -> None:
     raise Interrupted(signum)
 
 
-def interrupted_message(signum: int, out: Path) -> str:
-    """The one line an interrupted run prints: what happened and where it can continue from."""
+def interrupted_message(signum: int, out: Path, command: str = "simulate") -> str:
+    """The one line an interrupted run (`fedadapt <command>`) prints: what happened and where it can continue
+    from."""
     from server.checkpoint import latest_complete_round
 
     last = latest_complete_round(out / CHECKPOINTS_DIR)
     where = (f"last checkpoint: round {last} under {out / CHECKPOINTS_DIR} (continue with --resume)"
              if last is not None else "no checkpoint was written")
-    return f"fedadapt simulate: interrupted by {signal.Signals(signum).name}; the run's processes are stopped; {where}"
+    return (f"fedadapt {command}: interrupted by {signal.Signals(signum).name}; the run's processes are stopped; "
+            f"{where}")
 
 
 def run(args: argparse.Namespace) -> int:

