@@ -229,6 +229,21 @@ def _run_scale(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure_deploy(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nodes", type=_positive_int, default=4, help="SuperNodes / virtual clients")
+    parser.add_argument("--rounds", type=_positive_int, default=2)
+    parser.add_argument("--backbone", default="tiny", help="tiny, minilm or a backbone folder")
+    parser.add_argument("--out", default="results/bench-deploy")
+
+
+def _run_deploy(args: argparse.Namespace) -> int:
+    from simulations.bench_deploy import bench_deploy, format_deploy
+
+    backbone = "" if args.backbone == "minilm" else args.backbone
+    print(format_deploy(bench_deploy(Path(args.out), args.nodes, args.rounds, backbone)))
+    return 0
+
+
 def _int_list(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in text.split(",") if x.strip())
@@ -276,6 +291,8 @@ for _benchmark in (
               _configure_demo, _run_demo),
     Benchmark("scale", "peak RSS of the whole simulation with N virtual clients (10%% sampled)",
               _configure_scale, _run_scale),
+    Benchmark("deploy", "the same federation simulated and deployed (TLS, node auth): round time, bytes as the app "
+              "and the SuperLink count them, one SuperNode's RSS and start-up", _configure_deploy, _run_deploy),
     Benchmark("secagg", "round time and bytes per client with secure aggregation off / segment / segment-hidden "
               "(the protocol's own cost: synthetic deltas, in-process grid)", _configure_secagg, _run_secagg),
 ):

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.constant import SUPERLINK_NODE_ID
 
 from common.names import GLOBAL, OVERALL, bank_of
 from common.protocol import (
@@ -106,11 +107,14 @@ def screen_senders(replies: Iterable[Message], expected: Collection[int]
                    ) -> tuple[dict[int, Message], Counter[str], set[int]]:
     """(the one reply of each expected node, rejection counts, the expected nodes that answered at all).
 
-    Replies from nodes not asked, and every reply of a node that answered more than once, are rejected."""
+    Replies from nodes not asked, and every reply of a node that answered more than once, are rejected. An error
+    the runtime itself sends for a node that went offline (source: the SuperLink) counts as no answer."""
     by_node: dict[int, list[Message]] = {}
     reasons: Counter[str] = Counter()
     for msg in replies:
         node = msg.metadata.src_node_id
+        if node == SUPERLINK_NODE_ID and msg.has_error():
+            continue  # the runtime's "node unavailable / reply expired": the addressed node did not answer
         if node not in expected:
             reasons["unknown-sender"] += 1
         else:

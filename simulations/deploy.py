@@ -81,6 +81,7 @@ class Deployment:
     superlink: subprocess.Popen[bytes] | None = None
     nodes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
     keys: dict[int, NodeKeys] = field(default_factory=dict)
+    started_at: dict[int, float] = field(default_factory=dict)  # time.monotonic() when each node was started
     env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -140,6 +141,7 @@ class Deployment:
                 cmd += ["--auth-supernode-private-key", str(keys.private_key)]
         proc = _spawn(cmd, env, self.logs / f"node-{index}.log")
         self.nodes[index] = proc
+        self.started_at[index] = time.monotonic()
         log.info("SuperNode %d pid %d", index, proc.pid)
         return proc
 

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable
 
 import pytest
 from flwr.app import Error, Message
+from flwr.common.constant import SUPERLINK_NODE_ID
 
 from common.names import GLOBAL
 from server.clients import sample_nodes
@@ -115,3 +116,26 @@ def test_a_cohort_without_any_valid_registration_stays_empty() -> None:
     assert cohort == [] and registry.usable == 0
     assert registry.refused == {5: "duplicate-sender", 6: "duplicate-sender"}
     assert registry.reasons["duplicate-sender"] == 4
+
+
+def test_the_runtimes_node_unavailable_error_counts_as_no_answer() -> None:
+    """When a node goes offline the SuperLink answers in its place with an error from SUPERLINK_NODE_ID: the node
+    is asked again later, and nothing is counted as an unknown sender."""
+    # Prepare: node 7's first query is answered by the runtime (as for a SuperNode that was killed)
+    calls: dict[int, int] = {}
+
+    def answer(node: int, msg: Message) -> list[Message]:
+        calls[node] = calls.get(node, 0) + 1
+        if node == 7 and calls[node] == 1:
+            error = Message(Error(5, "node unavailable"), reply_to=msg)
+            error.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID  # what the SuperLink's own reply carries
+            return [error]
+        return [registration_reply(msg, node, [], {GLOBAL: 5}, 1)]
+
+    grid, registry = RecordingGrid(answer), Registry(VALIDATION, 10)
+    # Execute
+    first = registry.resolve(grid, [6, 7])
+    second = registry.resolve(grid, [6, 7])
+    # Assert
+    assert [c.node_id for c in first] == [6] and [c.node_id for c in second] == [6, 7]
+    assert not registry.reasons and not registry.refused
