@@ -23,13 +23,14 @@ import shutil
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from common.data.schema import Marketplace
+from common.data.schema import Marketplace, read_marketplace
 from common.names import CHECKPOINTS_DIR, COMPLETE_FILE, METRICS_FILE, STOPPED_FILE, SUMMARY_FILE
 from common.protocol import FedConfig
+from common.secagg.layout import SEGMENT_HIDDEN
 from simulations.flower import PROJECT_ROOT, SuperLink, flwr_run
 from simulations.preflight import (
     DataFacts,
@@ -40,6 +41,7 @@ from simulations.preflight import (
     check_segments,
     inspect_data,
 )
+from simulations.public_banks import public_banks
 from simulations.report import write_report
 from simulations.runlock import RunLock
 
@@ -136,6 +138,9 @@ def preflight(opts: SimOptions) -> Plan:
     cfg = run_config(opts, data_dir)
     generated, facts = _data(opts, data_dir)
     check_segments(cfg.segment_key_tuple, facts.user_columns)
+    if cfg.secure_aggregation == SEGMENT_HIDDEN and not cfg.secagg_banks:  # the run's public bank list
+        market = facts.market if facts.market is not None else read_marketplace(data_dir)
+        cfg = replace(cfg, secagg_banks=",".join(public_banks(market, cfg.adapter_segment_keys)))
     check_clients(facts, cfg, opts.clients)
     resume_after = check_resume(opts.out / CHECKPOINTS_DIR, cfg) if opts.resume else None
     gpus_per_client(cfg)  # cuda without a GPU: one line, exit 2, nothing started
