@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +42,22 @@ def options_from_args(args: argparse.Namespace) -> PrivacyOptions:
                           backbone=args.backbone, arch=args.arch, epsilons=epsilons, **ints)
 
 
+def command_line(args: argparse.Namespace) -> str:
+    """The command as run, every option spelt out (recorded in the summary so that it can be repeated)."""
+    parts = ["fedadapt", "privacy", args.experiment]
+    for name in ("data", "out", "backbone", "arch", "epsilons", "rounds", "clients", "seed", "users", "products",
+                 "central_epochs"):
+        value = getattr(args, name)
+        if value is not None:
+            parts += [f"--{name.replace('_', '-')}", str(value)]
+    return shlex.join(parts)
+
+
 def run(args: argparse.Namespace) -> int:
     opts = options_from_args(args)
     from simulations.privacy_experiments import run_privacy
 
-    summary = run_privacy(opts, "fedadapt " + shlex.join(sys.argv[1:]))
+    summary = run_privacy(opts, command_line(args))
     print((opts.out / "summary.md").read_text())
     print(f"summary: {opts.out / 'summary.json'}")
     print(f"plots:   {', '.join(summary['plots']) or 'none'}")

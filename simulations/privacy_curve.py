@@ -22,6 +22,7 @@ def curve_rows(runs: Sequence[FedRun]) -> list[dict[str, Any]]:
     rows = []
     for run in (r for r in runs if r.pool == "target"):
         rows.append({"epsilon_target": run.epsilon_target, "epsilon": run.epsilon,
+                     "epsilon_source": run.epsilon_source,
                      "noise_multiplier": run.noise_multiplier, "clip": run.clip,
                      "ndcg@10": run.ndcg, "hr@10": float(run.summary["final"]["hr@10"]),
                      "ndcg@10_round0": float(run.summary.get("initial", {}).get("ndcg@10", math.nan)),

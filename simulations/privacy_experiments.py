@@ -1,8 +1,9 @@
 """`fedadapt privacy`: run the chosen privacy experiments in order and write OUT/summary.{md,json} and plots.
 
 The federated runs (simulations/privacy_runs.py) are shared: membership inference attacks their checkpoints
-and the curve plots their quality, so `all` runs them once. Everything is validated before anything is
-written (simulations/privacy_setup.py).
+and the curve plots their quality, so `all` runs them once, after the in-process experiments (segment, items).
+Everything is validated before anything is written (simulations/privacy_setup.py); the summary is rewritten
+after every experiment, so a long run that is stopped keeps what it finished.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from simulations.privacy_setup import PrivacyOptions, validate, write_data
 
 log = logging.getLogger(__name__)
 
+FEDERATED = ("membership", "curve")  # the experiments on federated runs (run once, shared)
+
 
 def run_privacy(opts: PrivacyOptions, command: str) -> dict[str, Any]:
     """Validate, then run every experiment of `opts.experiments`; returns the summary (also on disk)."""
@@ -24,15 +27,22 @@ def run_privacy(opts: PrivacyOptions, command: str) -> dict[str, Any]:
     write_data(setup)
     seconds: dict[str, float] = {}
     results: dict[str, dict[str, Any]] = {}
-    runs = None
-    if {"membership", "curve"} & set(opts.experiments):
-        from simulations.privacy_runs import dp_runs
+    header = {"command": command, "data": str(opts.data_dir), "users": len(setup.records),
+              "backbone": opts.backbone, "arch": opts.arch, "clients": opts.clients, "rounds": opts.rounds,
+              "seed": opts.seed, "epsilons": list(opts.epsilons), "seconds": seconds,
+              "settings": {"membership": "central reference (over-fitted, no DP) and federated checkpoints",
+                           "segment": "honest round-1 client updates; SecAgg+ rounds in one process",
+                           "items": "honest round-1 client updates of the seq model",
+                           "curve": "federated runs (fedadapt simulate)"}}
+    summary: dict[str, Any] = {}
+    runs: list[Any] | None = None
+    for name in sorted(opts.experiments, key=lambda e: e in FEDERATED):  # the in-process experiments first
+        if name in FEDERATED and runs is None:
+            from simulations.privacy_runs import dp_runs
 
-        started = time.perf_counter()
-        pools = ("target", "shadow") if "membership" in opts.experiments else ("target",)
-        runs = dp_runs(setup, pools)
-        seconds["federated runs"] = time.perf_counter() - started
-    for name in opts.experiments:
+            started = time.perf_counter()
+            runs = dp_runs(setup, ("target", "shadow") if "membership" in opts.experiments else ("target",))
+            seconds["federated runs"] = time.perf_counter() - started
         started = time.perf_counter()
         if name == "membership":
             from simulations.privacy_membership import run_membership
@@ -54,11 +64,5 @@ def run_privacy(opts: PrivacyOptions, command: str) -> dict[str, Any]:
             results[name] = run_items(setup)
         seconds[name] = time.perf_counter() - started
         log.info("privacy %s done in %.0f s", name, seconds[name])
-    header = {"command": command, "data": str(opts.data_dir), "users": len(setup.records),
-              "backbone": opts.backbone, "arch": opts.arch, "clients": opts.clients, "rounds": opts.rounds,
-              "seed": opts.seed, "epsilons": list(opts.epsilons), "seconds": seconds,
-              "settings": {"membership": "central reference (over-fitted, no DP) and federated checkpoints",
-                           "segment": "honest round-1 client updates; SecAgg+ rounds in one process",
-                           "items": "honest round-1 client updates of the seq model",
-                           "curve": "federated runs (fedadapt simulate)"}}
-    return write_report(opts.out, header, results)
+        summary = write_report(opts.out, header, results)  # after each experiment: a long run keeps what it has
+    return summary

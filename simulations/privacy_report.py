@@ -71,11 +71,16 @@ def items_md(result: dict[str, Any]) -> list[str]:
 
 
 def curve_md(result: dict[str, Any]) -> list[str]:
-    header = ["DP", "epsilon reported", "noise multiplier", "clip", "NDCG@10", "HR@10", "NDCG@10 round 0"]
+    header = ["DP", "epsilon (from)", "noise multiplier", "clip", "NDCG@10", "HR@10", "NDCG@10 round 0"]
     rows = [["none" if row["epsilon_target"] is None else f"target epsilon {row['epsilon_target']:g}",
-             _f(row["epsilon"], 2), _f(row["noise_multiplier"], 3), _f(row["clip"], 3), _f(row["ndcg@10"], 4),
+             f"{_f(row['epsilon'], 2)} ({row['epsilon_source']})", _f(row["noise_multiplier"], 3),
+             _f(row["clip"], 3), _f(row["ndcg@10"], 4),
              _f(row["hr@10"], 4), _f(row["ndcg@10_round0"], 4)] for row in result["rows"]]
-    return ["## Privacy-utility curve (federated runs on the target-in users)", "", *table(header, rows)]
+    intro = ("Epsilon is client-level at delta 1e-5, as the run reported it (run) or, where the run's summary has "
+             "none, from the project's accountant for its noise multiplier, rounds and cohort (accountant). DP runs "
+             "go through secure aggregation (segment mode), the no-DP run is plain FedAvg.")
+    return ["## Privacy-utility curve (federated runs on the target-in users)", "", intro, "",
+            *table(header, rows)]
 
 
 SECTIONS = {"membership": membership_md, "segment": segment_md, "items": items_md, "curve": curve_md}

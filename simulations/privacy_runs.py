@@ -5,7 +5,9 @@ aggregation, checkpoints) on the users of one pool only (target-in for the attac
 attacker's shadow model, trained the same way), so its members are known: exactly the users of that pool
 (minus those the clients' k-anonymity leaves out, counted in `members_trained`). The DP levels are no DP plus
 one run per target epsilon, whose noise multiplier is calibrated by the project's accountant
-(common/privacy/accountant.py) for the run's rounds and sampling rate at DELTA.
+(common/privacy/accountant.py) for the run's rounds and sampling rate at DELTA. A DP run uses secure
+aggregation (segment mode, server/secure.py), where the ServerApp clips each update to dp-clip and adds the
+central noise to each bank sum; the no-DP run is plain FedAvg, whose accepted-update norms set the clip.
 
 The privacy-utility curve reads NDCG@10 and epsilon of the target runs from their summary.json; membership
 inference loads their last checkpoints (simulations/compare.py `federated_model`).
@@ -48,9 +50,21 @@ class FedRun:
 
     @property
     def epsilon(self) -> float | None:
-        """The epsilon the run itself reported after its last round (None without DP)."""
+        """Epsilon after the run's last round (None without DP): what the run reported, or, where its summary
+        carries none, the project's accountant for the rounds it ran (every client sampled each round)."""
+        if self.noise_multiplier == 0:
+            return None
         value = self.summary.get("epsilon")
-        return float(value) if isinstance(value, int | float) else None
+        if isinstance(value, int | float):
+            return float(value)
+        from common.privacy.accountant import epsilon_fixed_size
+
+        clients = int(self.summary["clients"])
+        return epsilon_fixed_size(self.noise_multiplier, DELTA, [(clients, clients)] * int(self.summary["rounds"]))
+
+    @property
+    def epsilon_source(self) -> str:
+        return "none" if self.noise_multiplier == 0 else "run" if "epsilon" in self.summary else "accountant"
 
     @property
     def ndcg(self) -> float:
@@ -99,8 +113,8 @@ def run_config(opts: PrivacyOptions, noise: float, clip: float) -> dict[str, Any
                               "local-epochs": 2}
     if opts.arch == "seq":
         config.update({"batch-size": 32, "lr": 1e-3})
-    if noise > 0:
-        config.update({"dp-noise-multiplier": noise, "dp-clip": clip})
+    if noise > 0:  # DP through the secure path, where the ServerApp applies it (server/secure.py)
+        config.update({"dp-noise-multiplier": noise, "dp-clip": clip, "secure-aggregation": "segment"})
     return config
 
 

@@ -141,13 +141,14 @@ def test_privacy_curve_runs_federations_and_plots(tmp_path: Path) -> None:
     # Prepare
     out = tmp_path / "curve"
     # Execute
-    rc = main(["privacy", "curve", "--backbone", "tiny", "--users", "200", "--products", "120", "--epsilons", "50",
+    rc = main(["privacy", "curve", "--backbone", "tiny", "--users", "200", "--products", "150", "--epsilons", "50",
                "--rounds", "1", "--clients", "2", "--out", str(out)])
     # Assert
     assert rc == 0
     rows = json.loads((out / "summary.json").read_text())["curve"]["rows"]
     assert [r["epsilon_target"] for r in rows] == [None, 50.0]
     assert rows[0]["epsilon"] is None and 0 < rows[1]["epsilon"] <= 50.0
+    assert rows[1]["ndcg@10"] != rows[0]["ndcg@10"]  # the noise reached the banks
     assert rows[1]["noise_multiplier"] > 0 and rows[1]["clip"] > 0
     assert all(0.0 <= r["ndcg@10"] <= 1.0 for r in rows)
     assert (out / "curve.png").stat().st_size > 1000
