@@ -114,7 +114,7 @@ def _run_client(args: argparse.Namespace) -> int:
                                  partition=args.partition, device=args.device,
                                  threads=args.threads, eval_users=args.eval_users, rows=rows)
     result = bench_client(options)
-    print(json.dumps(result.as_json()) if args.json else format_client_table(result))
+    print(json.dumps(result.as_json()) if args.json else format_client_table(result.as_json()))
     return 0
 
 

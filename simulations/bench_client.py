@@ -319,9 +319,8 @@ def bench_client(opts: ClientBenchOptions) -> ClientBenchResult:
     return ClientBenchResult(opts, machine_facts(device, opts.thread_count), shard, rows)
 
 
-def format_client_table(result: ClientBenchResult) -> str:
-    """The Markdown table of the README's "Fast clients" subsection."""
-    data = result.as_json()
+def format_client_table(data: Mapping[str, object]) -> str:
+    """The Markdown table of the README's "Fast clients" subsection, from `ClientBenchResult.as_json()`."""
     rows = data["rows"]
     assert isinstance(rows, dict)
     refs = [n for n in ("ours-text", "ours-seq") if n in rows]

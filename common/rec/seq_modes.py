@@ -68,7 +68,7 @@ def save_banks(model: SeqRecModel, folder: Path, item_texts: Mapping[str, str]) 
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in model.adapter_state().items()}
+    state = {k: v.contiguous().cpu() for k, v in model.adapter_state().items()}  # a CUDA-trained model too
     save_file(state, str(folder / BANKS_FILE))
     meta = {"seq": model.cfg.to_dict(), "banks": model.adapter_names, "user_levels": list(model.user_levels),
             "catalog": catalog_fingerprint(model.catalog, item_texts), "items": len(model.catalog)}

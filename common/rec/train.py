@@ -14,6 +14,10 @@ epochs, lr 3e-3, batch 16: 0.169 vs 0.140). A higher rate than usual for LoRA pa
 
 When the item tower's adapters are not being trained (e.g. segment adapters on top of a fixed global one),
 item vectors come from the cache without gradients, saving the item tower's forward and backward pass.
+When they are, the positives (which are also the in-batch negatives) go through the item tower with gradient,
+and the sampled catalog negatives come from a pool encoded once per epoch without gradient
+(`negative_pool`): before, each 16-pair step encoded its 32 negatives with gradient, 4 sequences per pair
+with gradient instead of 2, and the item tower was about two thirds of a client update's compute (issue 12).
 
 Everything stays in eval mode: the backbone is frozen, and dropout would make a fixed seed
 non-reproducible, so `AdapterConfig.dropout` has no effect here.
