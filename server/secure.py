@@ -42,7 +42,7 @@ from flwr.serverapp import Grid
 
 from common.federation.records import message_bytes
 from common.names import GLOBAL, bank_of
-from common.privacy.dp import DISTRIBUTED, DPConfig, central_noise, enough_shares
+from common.privacy.dp import DISTRIBUTED, DPConfig, central_noise, enough_shares, noise_shares
 from common.protocol import ARRAYS, CONFIG, FedConfig, dp_shares_key
 from common.secagg.client import ADVERTISE, MASK, SHARE, UNMASK
 from common.secagg.errors import ProtocolError, SecAggAbort
@@ -155,14 +155,15 @@ class SecureRound:
             cohort = hidden_view(cohort, strategy)
         messages, sent = strategy.train_messages(cohort, hp, rnd)
         layouts = bank_layouts({k: v for arrays in sent.values() for k, v in arrays.items()})
-        spec = self._spec(sent, layouts, rnd, run_id, strategy)
-        train = [self._advertise_message(m, len(cohort), rnd, strategy) for m in messages]
+        spec = self._spec(sent, layouts, rnd, run_id)
+        shares = self._noise_shares(sent)
+        train = [self._advertise_message(m, len(cohort), rnd, shares) for m in messages]
         stats.sampled = len(cohort)
         info: dict[str, Any] = {"secure_aggregation": mode, "secagg_aborted": ""}
         try:
             server = self._protocol(spec, train, rnd)
             stats.replied = len(server.masked)
-            released = self._releasable(server, strategy.shares)
+            released = self._releasable(server, shares)
             agg = self._aggregate(strategy, layouts, server.totals(released), len(cohort))
             agg.fallback += sorted(set(spec.vectors) - set(server.cohorts) - {HIDDEN_VECTOR})
             agg.noise_short = sorted(set(server.cohorts) - set(released))
@@ -183,8 +184,8 @@ class SecureRound:
                      "secagg_vector_words": int(sum(length for _, length in spec.vectors.values()))})
         return info
 
-    def _spec(self, sent: Mapping[int, Arrays], layouts: Mapping[str, BankLayout], rnd: int, run_id: int,
-              strategy: AdapterBankStrategy) -> RoundSpec:
+    def _spec(self, sent: Mapping[int, Arrays], layouts: Mapping[str, BankLayout], rnd: int, run_id: int
+              ) -> RoundSpec:
         nodes = tuple(sorted(sent))
         if self.settings.mode == SEGMENT:
             members: dict[str, list[int]] = {}
@@ -197,16 +198,24 @@ class SecureRound:
         return RoundSpec(run_id, rnd, nodes, vectors, self.settings.bits, self.settings.threshold_fraction,
                          self.settings.degree, min_members=self.settings.min_segment_clients, exempt=(GLOBAL,))
 
-    def _advertise_message(self, msg: Message, cohort_size: int, rnd: int, strategy: AdapterBankStrategy
-                           ) -> Message:
-        """The strategy's train message with the stage fields, its own group id, and (hidden + distributed
-        DP) t = min-segment-clients for every segment bank: the server does not know a bank's holders."""
+    def _noise_shares(self, sent: Mapping[int, Arrays]) -> dict[str, int]:
+        """Distributed DP: t per bank (common/privacy/dp.py noise_shares over the bank's sampled holders). In
+        hidden mode the server does not know a segment bank's holders: t = min-segment-clients, the fewest
+        contributors with which the bank is applied, so an applied bank always carries the full noise."""
+        dp = self.settings.dp
+        if dp is None or dp.mode != DISTRIBUTED:
+            return {}
+        holders = Counter(b for arrays in sent.values() for b in {bank_of(k) for k in arrays})
+        hidden = self.settings.mode == SEGMENT_HIDDEN
+        return {b: (self.settings.min_segment_clients if hidden and b != GLOBAL
+                    else noise_shares(n, dp.dropout_tolerance)) for b, n in holders.items()}
+
+    def _advertise_message(self, msg: Message, cohort_size: int, rnd: int, shares: Mapping[str, int]) -> Message:
+        """The strategy's train message with the stage fields, its own group id and (distributed DP) t for
+        each of its banks."""
         config = dict(msg.content.config_records[CONFIG])
-        if self.settings.mode == SEGMENT_HIDDEN and self.settings.dp and self.settings.dp.mode == DISTRIBUTED:
-            for key in [k for k in config if k.startswith(dp_shares_key("")) and k != dp_shares_key(GLOBAL)]:
-                config[key] = self.settings.min_segment_clients
-            strategy.shares.update({k[len(dp_shares_key("")):]: int(str(v)) for k, v in config.items()
-                                    if k.startswith(dp_shares_key(""))})
+        banks = {bank_of(k) for k in msg.content.array_records[ARRAYS]}
+        config.update({dp_shares_key(b): shares[b] for b in banks if b in shares})
         config.update(stage_config(ADVERTISE, rnd, {COHORT_SIZE: cohort_size}, "request"))
         content = RecordDict({ARRAYS: msg.content.array_records[ARRAYS], CONFIG: ConfigRecord(config)})
         return Message(content, msg.metadata.dst_node_id, MessageType.TRAIN, group_id=group_id(rnd, ADVERTISE))

@@ -62,7 +62,7 @@ def _round(mode: str, nodes: list[int], intercept: Intercept | None = None, min_
     cfg = FedConfig(secure_aggregation=mode, min_segment_clients=min_segment_clients, **dp)  # type: ignore[arg-type]
     grid = InProcessGrid(_app(cfg), {n: {} for n in nodes}, cfg.to_run_config(), intercept=intercept)
     strategy = AdapterBankStrategy(copy.deepcopy(BANKS), ServerOptimizer(OptimizerConfig("fedavg", 1.0)),
-                                   ValidationConfig(), min_segment_clients, dp=cfg.dp)
+                                   ValidationConfig(), min_segment_clients)  # the secure path brings its own DP
     known = (EU, NA) if mode == SEGMENT else ()  # hidden: the server knows no client's segment
     cohort = [ClientInfo(n, n, tuple(s for s in known if s == SEGMENTS[n]), {GLOBAL: 1}) for n in nodes]
     stats = RoundStats()
