@@ -36,6 +36,8 @@ from client import secure
 from client.guard import check_outgoing
 from common.federation import task
 from common.federation.records import from_record, to_record
+from common.names import bank_of
+from common.privacy.dp import DISTRIBUTED, privatize_update
 from common.protocol import (
     ARRAYS,
     CONFIG,
@@ -47,6 +49,7 @@ from common.protocol import (
     FedConfig,
     RoundHParams,
     bank_examples_key,
+    parse_dp_shares,
 )
 from common.secagg.layout import OFF, SEGMENT_HIDDEN
 
@@ -124,9 +127,20 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content.config_records[CONFIG] if CONFIG in msg.content.config_records else {}
     hparams = RoundHParams.from_config(dict(config), cfg)
     result = task.local_train(cfg, data, sent, hparams)
+    delta = _dp_share(cfg, result.delta, dict(config), node_partition(context)[1])
     counts = {bank_examples_key(bank): n for bank, n in result.bank_examples.items()}
     metrics = MetricRecord({NUM_EXAMPLES: result.num_examples, **counts, **dict(result.metrics)})
-    return _reply(msg, RecordDict({ARRAYS: to_record(result.delta), METRICS: metrics}), sent)
+    return _reply(msg, RecordDict({ARRAYS: to_record(delta), METRICS: metrics}), sent)
+
+
+def _dp_share(cfg: FedConfig, delta: dict[str, np.ndarray], config: dict[str, Any], nodes: int
+              ) -> dict[str, np.ndarray]:
+    """Distributed DP (common/privacy/dp.py): the whole update clipped, plus this client's noise share per bank
+    (t from the train config, at most the federation's `nodes`), drawn from OS entropy. Otherwise as trained."""
+    if not cfg.dp.enabled or cfg.dp.mode != DISTRIBUTED:
+        return delta
+    shares = parse_dp_shares(config, {bank_of(key) for key in delta}, nodes)
+    return privatize_update(delta, cfg.dp, shares, np.random.default_rng())
 
 
 @app.evaluate()

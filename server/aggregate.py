@@ -135,14 +135,18 @@ def dp_aggregate_banks(
 
     central: each delta is clipped here to `dp.clip` (whole update), whatever the client did, and each bank
     sum gets N(0, (sigma*C)^2) once. distributed: deltas arrive clipped and noised by their clients, so they
-    are only summed; a bank with fewer contributors than its `shares[bank]` (t) is held back (`noise_short`),
-    since its sum would carry less than the full noise.
+    are only summed, each over every client it was sent to (one with no pair in a bank still added its share
+    there); a bank with fewer contributors than its `shares[bank]` (t) is held back (`noise_short`), since its
+    sum would carry less than the full noise.
     """
     if dp.mode == DISTRIBUTED and shares is None:
         raise ValueError("distributed DP needs the noise shares (t) per bank")
     if dp.mode == CENTRAL:
         deltas = [clip_update(d, dp.clip)[0] for d in deltas]
-    uniform = [{bank: 1.0 for bank, w in bank_weights.items() if w > 0} for bank_weights in weights]
+    if dp.mode == DISTRIBUTED:  # every bank a client was sent carries its noise share, trained or not
+        uniform = [{bank_of(key): 1.0 for key in delta} for delta in deltas]
+    else:
+        uniform = [{bank: 1.0 for bank, w in bank_weights.items() if w > 0} for bank_weights in weights]
     result = aggregate_banks(deltas, uniform, min_clients)
     for bank in sorted(result.mean_deltas):
         n = result.contributors[bank]

@@ -11,7 +11,10 @@ strategy (server/strategy.py) free of Flower's grid. Per round it:
    (server/secure.py: the server sees only per-bank sums; an aborted round applies nothing);
 2. evaluates on a fixed cohort of clients (federated evaluation: test items never leave the clients);
    a fresh run first evaluates the untrained adapters as "round 0", the no-adapter baseline;
-3. appends one line to `<out-dir>/metrics.jsonl` and checkpoints atomically to `<out-dir>/checkpoints/`.
+3. appends one line to `<out-dir>/metrics.jsonl` and checkpoints atomically to `<out-dir>/checkpoints/`;
+4. with DP on (common/privacy/), composes the round in the accountant (epsilon in the metrics line, its rounds in
+   the checkpoint) and, with target-epsilon, stops BEFORE a round that would exceed it: run-complete.json then
+   carries `stop_reason`.
 
 No node is asked anything before it is first sampled, so the time before round 1 grows with the cohort, not
 with the number of nodes. Each metrics line says how many query messages its round sent
@@ -38,6 +41,7 @@ from flwr.supercore import log
 
 from common.federation.records import message_bytes
 from common.names import CHECKPOINTS_DIR, COMPLETE_FILE, GLOBAL, METRICS_FILE, STOPPED_FILE
+from common.privacy.budget import PrivacyBudget
 from common.protocol import FedConfig, RoundHParams
 from common.secagg.layout import OFF, SEGMENT_HIDDEN
 from server.aggregate import Arrays, split_banks
@@ -91,6 +95,7 @@ class FederatedRun:
         self.validation = ValidationConfig(cfg.max_delta_norm, cfg.adapter_segment_keys, cfg.segment_key_tuple,
                                            cfg.max_client_examples)
         self.served: list[str] = []  # segments served after the last complete round (server/strategy.py)
+        self.budget = PrivacyBudget(cfg.dp) if cfg.dp.enabled else None  # epsilon so far (common/privacy/)
         self.registry = Registry(self.validation, cfg.round_timeout)
 
     def _restore(self) -> tuple[dict[str, Arrays], int]:
@@ -105,6 +110,8 @@ class FederatedRun:
         self.history = list(ckpt.state.get("history", []))
         self.served = list(ckpt.state.get("served_segments", []))
         self.optimizer.load_state(ckpt.optimizer_arrays, ckpt.state.get("optimizer_steps", {}))
+        if self.budget is not None:  # epsilon continues from the rounds the checkpoint composed
+            self.budget = PrivacyBudget(self.cfg.dp, ckpt.state.get("dp_rounds", []))
         log(INFO, "resuming after round %d from %s", last, self.ckpt_dir)
         return ckpt.banks, last + 1
 
@@ -145,7 +152,8 @@ class FederatedRun:
         nodes = wait_for_nodes(self.grid)
         log(INFO, "%d node(s) connected; each is registered when first sampled", len(nodes))
         banks, first = self._restore()
-        strategy = AdapterBankStrategy(banks, self.optimizer, self.validation, cfg.min_segment_clients, self.served)
+        strategy = AdapterBankStrategy(banks, self.optimizer, self.validation, cfg.min_segment_clients, self.served,
+                                       dp=cfg.dp)
         if first == 1 and not self.history:
             line: dict[str, Any] = {"round": 0}
             if cfg.fraction_evaluate > 0:
@@ -156,7 +164,16 @@ class FederatedRun:
             save_checkpoint(self.ckpt_dir, Checkpoint(0, strategy.banks, self._state(strategy), self._opt_arrays()))
         self._write_history()
         for rnd in range(first, cfg.num_server_rounds + 1):
+            event = self._dp_event(rnd) if self.budget is not None else (0, 0)
+            reason = self.budget.stop_reason(*event) if self.budget is not None else None
+            if reason:
+                self._marker(COMPLETE_FILE, rnd - 1, t_start, self.registry.usable, stop_reason=reason)
+                log(INFO, "[fedadapt] stopping before round %d: %s", rnd, reason)
+                return
             self.history.append(self._round(strategy, rnd))
+            if self.budget is not None:
+                self.history[-1].update(self.budget.record(*event))
+                log(INFO, "[fedadapt] round %d epsilon=%.3f (delta %g)", rnd, self.history[-1]["epsilon"], cfg.dp_delta)
             self._write_history()
             save_checkpoint(self.ckpt_dir, Checkpoint(rnd, strategy.banks, self._state(strategy),
                                                       self._opt_arrays()))
@@ -212,18 +229,27 @@ class FederatedRun:
             line["bytes_up_per_client"], line["bytes_down_per_client"], line["wall_s"])
         return line
 
+    def _dp_event(self, rnd: int) -> tuple[int, int]:
+        """(population, cohort) of round `rnd` for the accountant: the grid's nodes and the size of the cohort
+        drawn over them (server/clients.py, a fixed-size sample without replacement)."""
+        nodes = self.grid.get_node_ids()
+        return len(set(nodes)), len(sample_nodes(nodes, self.cfg.fraction_train, self.cfg.seed, rnd))
+
     def _state(self, strategy: AdapterBankStrategy) -> dict[str, Any]:
         _, steps = self.optimizer.state()
         return {"seed": self.cfg.seed, "run_config": self.cfg.to_run_config(), "history": self.history,
-                "optimizer_steps": steps, "served_segments": sorted(strategy.served)}
+                "optimizer_steps": steps, "served_segments": sorted(strategy.served),
+                "dp_rounds": self.budget.state() if self.budget is not None else []}
 
     def _opt_arrays(self) -> Arrays:
         arrays, _ = self.optimizer.state()
         return arrays
 
-    def _marker(self, name: str, rounds: int, t_start: float, n_clients: int) -> None:
-        data = {"rounds": rounds, "num_server_rounds": self.cfg.num_server_rounds, "clients": n_clients,
-                "server_wall_s": time.monotonic() - t_start}
+    def _marker(self, name: str, rounds: int, t_start: float, n_clients: int, stop_reason: str = "") -> None:
+        data: dict[str, Any] = {"rounds": rounds, "num_server_rounds": self.cfg.num_server_rounds,
+                                "clients": n_clients, "server_wall_s": time.monotonic() - t_start}
+        if stop_reason:  # ended early on purpose (the privacy budget): the runner reports it
+            data["stop_reason"] = stop_reason
         tmp = self.out / (name + ".tmp")
         tmp.write_text(json.dumps(data, indent=1))
         tmp.replace(self.out / name)

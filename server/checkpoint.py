@@ -45,12 +45,13 @@ _ROUND_DIR = re.compile(r"^round-(\d{4,})$")
 STATE_FILE = "state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 FORMAT_VERSION = 1
-# Run-config keys a resumed run may change: how long it runs and how patiently it waits. Every other key
+# Run-config keys a resumed run may change: how long it runs and how patiently it waits, and the privacy budget
+# (raising target-epsilon continues a run that stopped at it: epsilon goes on from the checkpoint). Every other key
 # (data, model, adapters, segments, optimisation, sampling, evaluation) defines the experiment whose rounds
 # metrics.jsonl and the checkpoints continue (where a client computes, client-threads and device, does not);
 # out-dir may change so that a copied or moved run folder resumes.
 RESUMABLE_KEYS = frozenset({"num-server-rounds", "resume", "stop-after-round", "round-timeout", "client-threads",
-                            "device", "out-dir"})
+                            "device", "out-dir", "target-epsilon", "target-epsilon-action"})
 
 
 class CheckpointError(ValueError):

@@ -29,8 +29,10 @@ from typing import Any
 
 from common.data.schema import Marketplace, read_marketplace
 from common.names import CHECKPOINTS_DIR, COMPLETE_FILE, METRICS_FILE, STOPPED_FILE, SUMMARY_FILE
+from common.privacy.budget import check_first_round
 from common.protocol import FedConfig
 from common.secagg.layout import SEGMENT_HIDDEN
+from server.clients import sample_nodes
 from simulations.flower import PROJECT_ROOT, SuperLink, flwr_run
 from simulations.preflight import (
     DataFacts,
@@ -142,6 +144,8 @@ def preflight(opts: SimOptions) -> Plan:
         market = facts.market if facts.market is not None else read_marketplace(data_dir)
         cfg = replace(cfg, secagg_banks=",".join(public_banks(market, cfg.adapter_segment_keys)))
     check_clients(facts, cfg, opts.clients)
+    if not opts.resume:  # a target below one round's epsilon could not train at all
+        check_first_round(cfg.dp, opts.clients, len(sample_nodes(range(opts.clients), cfg.fraction_train, 0, 1)))
     resume_after = check_resume(opts.out / CHECKPOINTS_DIR, cfg) if opts.resume else None
     gpus_per_client(cfg)  # cuda without a GPU: one line, exit 2, nothing started
     check_backbone(cfg.backbone)  # last: a custom folder costs seconds of imports
@@ -253,12 +257,15 @@ def prepare_run(opts: SimOptions, plan: Plan) -> Prepared:
 def report_run(opts: SimOptions, prepared: Prepared, wall: float, extra: dict[str, Any] | None = None
                ) -> dict[str, Any]:
     """Check the ServerApp's marker (rounds as expected) and write RUN/summary.json, summary.md and plots."""
-    done = json.loads(prepared.marker.read_text())
-    if int(done["rounds"]) != prepared.expected_rounds:
+    marker = prepared.marker if prepared.marker.is_file() else opts.out / COMPLETE_FILE
+    done = json.loads(marker.read_text())
+    reason = str(done.get("stop_reason", ""))  # the ServerApp ended early on purpose (the privacy budget)
+    if int(done["rounds"]) != prepared.expected_rounds and not reason:
         raise SimulationFailed(f"run ended after round {done['rounds']}, expected {prepared.expected_rounds}")
     info = {"clients": opts.clients, "backbone": opts.backbone or "minilm", "adapter": opts.adapter,
             "segments": opts.segments, "wall_s_total": wall, "server_wall_s": done.get("server_wall_s"),
-            "stopped_early": prepared.expected_rounds < opts.rounds, **(extra or {})}
+            "stopped_early": prepared.expected_rounds < opts.rounds or bool(reason), "stop_reason": reason,
+            **(extra or {})}
     return write_report(opts.out, info)
 
 
@@ -283,7 +290,7 @@ def _simulate_locked(opts: SimOptions, plan: Plan, lock_fd: int,
                 on_superlink(link)
             rc = flwr_run(link, toml, opts.clients, opts.cpus_per_client, on_line=on_line, timeout=opts.timeout,
                           log_file=flog, gpus_per_client=gpus_per_client(plan.cfg))
-        finished = marker.is_file()
+        finished = marker.is_file() or (opts.out / COMPLETE_FILE).is_file()  # the privacy budget may end it early
     finally:
         link.stop(keep_log=None if finished else opts.out / SUPERLINK_LOG)
     wall = time.monotonic() - started

@@ -43,3 +43,13 @@ def test_dp_options_map_to_run_config_keys(tmp_path: Path) -> None:
     assert config == {"dp-noise-multiplier": 0.8, "dp-clip": 0.25, "dp-mode": "distributed", "target-epsilon": 9.0,
                       "target-epsilon-action": "warn", "dp-delta": 1e-6} | {
         k: v for k, v in config.items() if not k.startswith(("dp-", "target-"))}
+
+
+def test_a_target_below_one_round_is_refused_before_anything_starts(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A target-epsilon that even the first round would exceed could not train at all: one line naming it."""
+    rc = main(["simulate", "--preset", "smoke", "--out", str(tmp_path / "run"), "--dp-noise-multiplier", "0.5",
+               "--dp-clip", "1", "--target-epsilon", "0.5"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "target-epsilon 0.5 is below the epsilon of one round" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()

@@ -109,6 +109,25 @@ def test_distributed_dp_sends_t_and_holds_back_a_bank_short_of_noise() -> None:
     assert stats.as_dict()["dp_banks_short_of_noise"] == ["region=EU"]
 
 
+def test_distributed_dp_counts_a_client_in_every_bank_it_was_sent() -> None:
+    """A client with no pair in its segment still added its noise share there, so it counts towards t: the
+    bank is released with both contributions (weight 1 each), not held back for a missing share."""
+    dp = DPConfig(noise_multiplier=1.0, clip=1.0, mode="distributed")
+    strategy = _strategy(dp)
+    clients = _clients()[:2]  # both EU: t = 2 for global and for region=EU
+    messages, sent = strategy.train_messages(clients, {"lr": 0.1}, 1)
+    rng = np.random.default_rng(5)
+    deltas = {n: privatize_update({k: rng.normal(size=6).astype(np.float32) for k in sent[n]}, dp,
+                                  {"global": 2, "region=EU": 2}, rng) for n in (11, 12)}
+    replies = [train_reply(m, deltas[m.metadata.dst_node_id],
+                           {"global": 3, "region=EU": 0 if m.metadata.dst_node_id == 12 else 3}) for m in messages]
+    stats = RoundStats(sampled=2)
+    strategy.aggregate_train(replies, sent, {c.node_id: c for c in clients}, stats)
+    assert stats.noise_short == [] and stats.contributors["region=EU"] == 2
+    expect = (deltas[11]["region=EU::w"] + deltas[12]["region=EU::w"]) / 2
+    np.testing.assert_allclose(strategy.banks["region=EU"]["region=EU::w"], expect, rtol=1e-5)
+
+
 def test_distributed_dp_rejects_a_reply_beyond_clip_plus_noise() -> None:
     """The server cannot clip a noised reply, so one far above the clip plus its noise's norm is rejected."""
     dp = DPConfig(noise_multiplier=1.0, clip=1.0, mode="distributed")

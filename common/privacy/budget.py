@@ -52,3 +52,15 @@ class PrivacyBudget:
 
     def state(self) -> list[list[int]]:
         return self.accountant.state()
+
+
+def check_first_round(dp: DPConfig, population: int, cohort: int) -> None:
+    """ValueError naming target-epsilon when a single round would already exceed it (checked before a run
+    starts: such a run could not train at all)."""
+    if not (dp.enabled and dp.target_epsilon):
+        return
+    first = PrivacyAccountant(dp.noise_multiplier, dp.delta).epsilon_after(population, cohort)
+    if first > dp.target_epsilon:
+        raise ValueError(f"target-epsilon {dp.target_epsilon:g} is below the epsilon of one round ({first:.3f} for "
+                         f"{cohort} of {population} clients at dp-noise-multiplier {dp.noise_multiplier:g}); raise "
+                         "it or the noise multiplier")
