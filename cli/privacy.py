@@ -2,6 +2,7 @@
 
     fedadapt privacy all --out OUT                         # synthetic data generated into OUT/data, MiniLM
     fedadapt privacy membership --data DIR --arch seq --epsilons 4,16,64 --out OUT
+    fedadapt privacy segment,items --out OUT                # several, comma-separated
     fedadapt privacy {membership,segment,items,curve,all} [--data DIR] --out OUT [--backbone tiny|minilm|PATH]
         [--arch text|seq] [--epsilons E1,E2,...] [--rounds N] [--clients N] [--seed S]
 
@@ -32,9 +33,21 @@ def _number(flag: str, text: str, kind: type) -> Any:
         raise ValueError(f"{flag} expects {'an integer' if kind is int else 'a number'}, got {text!r}") from None
 
 
+def experiments_of(text: str) -> tuple[str, ...]:
+    """"all", one experiment, or several separated by commas, in EXPERIMENTS order."""
+    names = {n.strip() for n in text.split(",") if n.strip()}
+    if "all" in names:
+        return EXPERIMENTS
+    unknown = sorted(names - set(EXPERIMENTS))
+    if unknown or not names:
+        raise ValueError(f"unknown experiment(s) {unknown or text!r}; expected {', '.join(EXPERIMENTS)}, several "
+                         "of them separated by commas, or all")
+    return tuple(e for e in EXPERIMENTS if e in names)
+
+
 def options_from_args(args: argparse.Namespace) -> PrivacyOptions:
     """The validated options; a bad value raises ValueError naming its flag."""
-    experiments = EXPERIMENTS if args.experiment == "all" else (args.experiment,)
+    experiments = experiments_of(args.experiment)
     epsilons = tuple(_number("--epsilons", e.strip(), float) for e in args.epsilons.split(",") if e.strip())
     ints = {name: _number(f"--{name.replace('_', '-')}", getattr(args, name), int)
             for name in ("rounds", "clients", "seed", "users", "products", "central_epochs")}
@@ -69,7 +82,8 @@ def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser("privacy", help="privacy experiments: membership, segment and item inference, "
                               "privacy-utility curve", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("experiment", choices=(*EXPERIMENTS, "all"), help="which experiment (all: every one)")
+    p.add_argument("experiment", metavar="{membership,segment,items,curve,all}",
+                   help="which experiment: one, several separated by commas (e.g. items,curve), or all")
     p.add_argument("--out", required=True, help="output folder (summary.md, summary.json, *.png, federated/)")
     p.add_argument("--data", help="marketplace folder (default: synthetic data generated into OUT/data)")
     p.add_argument("--backbone", default=DEFAULTS.backbone, help="'tiny', 'minilm' or a local model folder")

@@ -56,7 +56,11 @@ def client_updates(data_dir: Path, clients: int, seed: int, backbone: str, arch:
     hp = RoundHParams.from_run(cfg, 1)
     updates = []
     for pid in range(clients):
-        data = client_data(cfg, pid, clients)
+        try:
+            data = client_data(cfg, pid, clients)
+        except ValueError as exc:  # e.g. a shard too small for k-anonymity: such a node could not take part either
+            log.info("client %d left out: %s", pid, exc)
+            continue
         records = train_records(cfg, data)
         if not records:
             log.info("client %d has no user to train on; left out", pid)
