@@ -184,3 +184,18 @@ def test_missing_data_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFi
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "nope" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_experiments_are_named_one_by_one_or_with_commas(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`segment,items` picks both (in the documented order), `all` every one; an unknown name is refused."""
+    # Prepare
+    from cli.privacy import experiments_of
+
+    # Execute
+    rc = main(["privacy", "items,memb", "--backbone", "tiny", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    # Assert
+    assert experiments_of("items,segment") == ("segment", "items")
+    assert experiments_of("all") == ("membership", "segment", "items", "curve")
+    assert rc == 2 and "'memb'" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
