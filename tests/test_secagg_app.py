@@ -1,5 +1,6 @@
 """The whole app in one process: server/app.py's FederatedRun and client/app.py's ClientApp (tiny backbone, real
-training and evaluation) over the in-process Grid, plain and in both secure modes, same seed."""
+training and evaluation) over the in-process Grid, plain and in both secure modes, same seed, same client
+secrets; arch text in all three modes, arch seq plain and segment-hidden."""
 
 from __future__ import annotations
 
@@ -24,11 +25,12 @@ CLIENTS = 3
 ROUNDS = 2
 
 
-def _run(root: Path, mode: str, banks: str = "") -> tuple[dict[str, dict[str, np.ndarray]], list[Message]]:
+def _run(root: Path, mode: str, banks: str = "", arch: str = "text"
+         ) -> tuple[dict[str, dict[str, np.ndarray]], list[Message]]:
     set_task_identity()
-    cfg = FedConfig(num_server_rounds=ROUNDS, data_dir=str(root / "data"), out_dir=str(root / mode),
-                    backbone="tiny", min_segment_clients=1, lr=0.005, batch_size=8, secure_aggregation=mode,
-                    secagg_banks=banks, client_state_dir=str(root / "state"))
+    cfg = FedConfig(num_server_rounds=ROUNDS, data_dir=str(root / "data"), out_dir=str(root / f"{arch}-{mode}"),
+                    backbone="tiny", min_segment_clients=1, lr=0.005 if arch == "text" else 0.001, batch_size=8,
+                    secure_aggregation=mode, secagg_banks=banks, client_state_dir=str(root / "state"), arch=arch)
     replies: list[Message] = []
 
     def keep(msg: Message, reply: Message) -> list[Message]:
@@ -37,7 +39,7 @@ def _run(root: Path, mode: str, banks: str = "") -> tuple[dict[str, dict[str, np
 
     nodes = {100 + pid: {"partition-id": pid, "num-partitions": CLIENTS} for pid in range(CLIENTS)}
     FederatedRun(cfg, InProcessGrid(client_app, nodes, cfg.to_run_config(), intercept=keep)).run()
-    ckpt = root / mode / "checkpoints"
+    ckpt = Path(cfg.out_dir) / "checkpoints"
     last = latest_complete_round(ckpt)
     assert last == ROUNDS
     return load_checkpoint(ckpt, last).banks, replies
@@ -51,13 +53,16 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict[str, 
     probe = FedConfig(data_dir=str(root / "data"), backbone="tiny", client_state_dir=str(root / "state"))
     names = sorted({s for pid in range(CLIENTS) for s in client_data(probe, pid, CLIENTS).segment_names})
     return {"off": (plain, plain_replies), "segment": _run(root, "segment"),
-            "segment-hidden": _run(root, "segment-hidden", ",".join(names))}
+            "segment-hidden": _run(root, "segment-hidden", ",".join(names)),
+            "seq-off": _run(root, "off", arch="seq"),
+            "seq-segment-hidden": _run(root, "segment-hidden", ",".join(names), arch="seq")}
 
 
-@pytest.mark.parametrize("mode", ["segment", "segment-hidden"])
+@pytest.mark.parametrize("mode", ["segment", "segment-hidden", "seq-segment-hidden"])
 def test_secure_runs_end_with_the_plain_runs_banks(runs: dict, mode: str) -> None:
-    """After 2 rounds of real training, every bank of a secure run equals the plain run's within 1e-5."""
-    plain, _ = runs["off"]
+    """After 2 rounds of real training, every bank of a secure run equals the plain run's within 1e-5 (text:
+    LoRA banks; seq: the sequential model's banks, item rows and biases included)."""
+    plain, _ = runs["seq-off" if mode.startswith("seq") else "off"]
     secure, _ = runs[mode]
     assert set(secure) == set(plain) and len(plain) > 2
     for bank, arrays in plain.items():
