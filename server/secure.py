@@ -45,7 +45,7 @@ from common.names import GLOBAL, bank_of
 from common.privacy.dp import DISTRIBUTED, DPConfig, central_noise, enough_shares, noise_shares
 from common.protocol import ARRAYS, CONFIG, FedConfig, dp_shares_key
 from common.secagg.client import ADVERTISE, MASK, SHARE, UNMASK
-from common.secagg.errors import ProtocolError, SecAggAbort
+from common.secagg.errors import ProtocolError, SecAggAbort, StaleMessage
 from common.secagg.fixedpoint import FixedPoint
 from common.secagg.layout import HIDDEN_VECTOR, SEGMENT, SEGMENT_HIDDEN, BankLayout, bank_layouts, split_totals
 from common.secagg.server import RoundSpec, SecAggServer
@@ -137,8 +137,7 @@ class SecureRound:
                     raise ProtocolError("reply has no config record")
                 out[node] = read_config(msg.content.config_records[CONFIG], stage, rnd, "reply")
             except ProtocolError as exc:
-                reason = "foreign-round" if "round" in str(exc) or "stage" in str(exc).split(":")[0] else "malformed"
-                self.traffic.rejected[reason] += 1
+                self.traffic.rejected["foreign-round" if isinstance(exc, StaleMessage) else "malformed"] += 1
                 log.warning("secure round %d, %s: node %d rejected (%s)", rnd, stage, node, exc)
         return out
 
@@ -151,6 +150,12 @@ class SecureRound:
         """Train + the four stages + apply; returns the round's secure-aggregation metrics."""
         t0 = time.monotonic()
         mode = self.settings.mode
+        self.settings.fixed_point(max(len(cohort), 2))  # a ring too small for this cohort: ValueError naming the key
+        if len(cohort) < 2:  # one client's "sum" is its update: never run, never applied
+            log.warning("secure round %d: %d client(s) sampled, a secure sum needs 2; banks unchanged", rnd,
+                        len(cohort))
+            stats.sampled = len(cohort)
+            return {"secure_aggregation": mode, "secagg_aborted": f"{len(cohort)} client(s) sampled, fewer than 2"}
         if mode == SEGMENT_HIDDEN:  # every client gets every bank; the server never asks which are its own
             cohort = hidden_view(cohort, strategy)
         messages, sent = strategy.train_messages(cohort, hp, rnd)
@@ -164,9 +169,9 @@ class SecureRound:
             server = self._protocol(spec, train, rnd)
             stats.replied = len(server.masked)
             released = self._releasable(server, shares)
-            agg = self._aggregate(strategy, layouts, server.totals(released), len(cohort))
+            agg = self._aggregate(strategy, layouts, server.totals(released), len(cohort), shares)
             agg.fallback += sorted(set(spec.vectors) - set(server.cohorts) - {HIDDEN_VECTOR})
-            agg.noise_short = sorted(set(server.cohorts) - set(released))
+            agg.noise_short = sorted({*agg.noise_short, *(set(server.cohorts) - set(released))})
         except SecAggAbort as exc:
             log.warning("secure round %d aborted, banks unchanged: %s", rnd, exc)
             info["secagg_aborted"] = str(exc)
@@ -253,7 +258,7 @@ class SecureRound:
                     raise ProtocolError("masked-input reply has no arrays")
                 masked[node] = read_vectors(msg.content.array_records[ARRAYS], server.expected_vectors(node))
             except ProtocolError as exc:
-                self.traffic.rejected["malformed"] += 1
+                self.traffic.rejected["foreign-round" if isinstance(exc, StaleMessage) else "malformed"] += 1
                 log.warning("secure round %d: node %d masked input rejected (%s)", rnd, node, exc)
         unmask_requests = server.receive_masked(masked)
         revealed = {}
@@ -277,8 +282,9 @@ class SecureRound:
         return [n for n in names if enough_shares(len(set(server.cohorts[n]) & set(server.masked)), shares[n])]
 
     def _aggregate(self, strategy: AdapterBankStrategy, layouts: Mapping[str, BankLayout],
-                   totals: Mapping[str, np.ndarray], cohort: int) -> BankAggregate:
-        """Decoded sums -> per-bank means of the banks with enough contributors (central DP: noised sums)."""
+                   totals: Mapping[str, np.ndarray], cohort: int, shares: Mapping[str, int]) -> BankAggregate:
+        """Decoded sums -> per-bank means of the banks with enough contributors (central DP: noised sums;
+        distributed DP: a bank with fewer contributors than its t carries too little noise and is held back)."""
         fixed = self.settings.fixed_point(cohort)
         decoded = {name: fixed.decode(total) for name, total in totals.items()}
         sums = split_totals(self.settings.mode, layouts, decoded)
@@ -290,6 +296,9 @@ class SecureRound:
             agg.examples[bank] = bank_sum.weight
             if bank != GLOBAL and bank_sum.contributors < self.settings.min_segment_clients:
                 agg.fallback.append(bank)
+                continue
+            if bank_sum.contributors < shares.get(bank, 0):
+                agg.noise_short.append(bank)
                 continue
             total = bank_sum.sums
             dp = self.settings.dp

@@ -191,6 +191,8 @@ def test_bad_messages_are_rejected_and_the_round_goes_on(case: str) -> None:
     nodes = list(range(1, 7))
     strategy, info, stats, _ = _round(SEGMENT, nodes, _forge(stage, make))
     assert info["secagg_aborted"] == "" and stats.rejected == 1
+    reason = "malformed" if case == "wrong-type" else "foreign-round"
+    assert stats.rejected_reasons == {reason: 1}
     _assert_banks(strategy, _plain(nodes if stage == UNMASK else [n for n in nodes if n != 3]))
 
 
@@ -245,3 +247,20 @@ def test_distributed_dp_adds_each_clients_share_before_masking() -> None:
     noiseless = _plain(nodes, dp=DPConfig(1e-9, 0.4))[GLOBAL]["global::w"]
     noise = strategy.banks[GLOBAL]["global::w"] - noiseless
     assert 0.3 * 2.0 * 0.4 / 6 < float(np.std(noise)) < 3 * 2.0 * 0.4 / 6
+
+
+@pytest.mark.parametrize("mode", [SEGMENT, SEGMENT_HIDDEN])
+def test_distributed_dp_holds_back_a_bank_short_of_its_noise_shares(mode: str) -> None:
+    """t = 6 for the global bank of 6 sampled clients (no drop-out tolerated): one client silent after
+    sharing keys leaves 5 noise shares, so the global bank is not applied (segment mode: not even unmasked)."""
+    strategy, info, stats, _ = _round(mode, list(range(1, 7)), _drop(MASK, {2}), dp_noise_multiplier=1e-9,
+                                      dp_clip=0.4, dp_mode=DISTRIBUTED)
+    assert info["secagg_aborted"] == "" and GLOBAL in stats.noise_short
+    _assert_banks(strategy, {GLOBAL: BANKS[GLOBAL]})
+
+
+def test_a_single_sampled_client_never_runs_a_secure_round() -> None:
+    """A cohort of one: its sum would be its update; the round is reported aborted and nothing moves."""
+    strategy, info, _, grid = _round(SEGMENT, [1])
+    assert "fewer than 2" in str(info["secagg_aborted"]) and not grid.sent
+    _assert_banks(strategy, BANKS)

@@ -8,6 +8,10 @@ class ProtocolError(Exception):
     is dropped (its sender counts as dropped out) and the round goes on."""
 
 
+class StaleMessage(ProtocolError):
+    """A message for another stage or round than the one in progress (a replay, or a straggler): dropped."""
+
+
 class SecAggAbort(Exception):
     """The round cannot recover the sums (fewer than the threshold of clients left, or a secret without enough
     shares): nothing of this round may be applied."""

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from common.secagg.client import ADVERTISE, MASK, SHARE, UNMASK
-from common.secagg.errors import ProtocolError
+from common.secagg.errors import ProtocolError, StaleMessage
 
 STAGE = "secagg-stage"
 ROUND = "secagg-round"
@@ -60,9 +60,9 @@ def stage_config(stage: str, server_round: int, payload: Mapping[str, Any], kind
 def read_config(config: Mapping[str, Any], stage: str, server_round: int, kind: str) -> dict[str, Any]:
     """The payload of a stage message, checked field by field; ProtocolError names the problem."""
     if config.get(STAGE) != stage:
-        raise ProtocolError(f"message is for stage {config.get(STAGE)!r}, expected {stage!r}")
+        raise StaleMessage(f"message is for stage {config.get(STAGE)!r}, expected {stage!r}")
     if config.get(ROUND) != server_round:
-        raise ProtocolError(f"message is for round {config.get(ROUND)!r}, expected {server_round}")
+        raise StaleMessage(f"message is for round {config.get(ROUND)!r}, expected {server_round}")
     fields = FIELDS[stage][kind]
     payload = {k: v for k, v in config.items() if k not in (STAGE, ROUND)}
     for key, value in payload.items():
