@@ -78,7 +78,7 @@ def curve_md(result: dict[str, Any]) -> list[str]:
              _f(row["hr@10"], 4), _f(row["ndcg@10_round0"], 4)] for row in result["rows"]]
     intro = ("Epsilon is client-level at delta 1e-5, as the run reported it (run) or, where the run's summary has "
              "none, from the project's accountant for its noise multiplier, rounds and cohort (accountant). DP runs "
-             "go through secure aggregation (segment mode), the no-DP run is plain FedAvg.")
+             "also use secure aggregation (segment mode), the no-DP run is plain FedAvg.")
     return ["## Privacy-utility curve (federated runs on the target-in users)", "", intro, "",
             *table(header, rows)]
 

@@ -5,9 +5,9 @@ aggregation, checkpoints) on the users of one pool only (target-in for the attac
 attacker's shadow model, trained the same way), so its members are known: exactly the users of that pool
 (minus those the clients' k-anonymity leaves out, counted in `members_trained`). The DP levels are no DP plus
 one run per target epsilon, whose noise multiplier is calibrated by the project's accountant
-(common/privacy/accountant.py) for the run's rounds and sampling rate at DELTA. A DP run uses secure
-aggregation (segment mode, server/secure.py), where the ServerApp clips each update to dp-clip and adds the
-central noise to each bank sum; the no-DP run is plain FedAvg, whose accepted-update norms set the clip.
+(common/privacy/accountant.py) for the run's rounds and sampling rate at DELTA. A DP run also uses secure
+aggregation (segment mode, server/secure.py: each update clipped to dp-clip, central noise on each unmasked
+bank sum); the no-DP run is plain FedAvg, whose accepted-update norms set the clip.
 
 The privacy-utility curve reads NDCG@10 and epsilon of the target runs from their summary.json; membership
 inference loads their last checkpoints (simulations/compare.py `federated_model`).
@@ -113,7 +113,7 @@ def run_config(opts: PrivacyOptions, noise: float, clip: float) -> dict[str, Any
                               "local-epochs": 2}
     if opts.arch == "seq":
         config.update({"batch-size": 32, "lr": 1e-3})
-    if noise > 0:  # DP through the secure path, where the ServerApp applies it (server/secure.py)
+    if noise > 0:  # central DP on secure sums: the server never sees an update or an un-noised sum
         config.update({"dp-noise-multiplier": noise, "dp-clip": clip, "secure-aggregation": "segment"})
     return config
 
