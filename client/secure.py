@@ -25,7 +25,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 
 from common.federation.records import from_record
 from common.names import GLOBAL, OVERALL, bank_of
-from common.privacy.dp import DISTRIBUTED, add_noise_share, clip_update
+from common.privacy.dp import DISTRIBUTED, clip_update, privatize_update
 from common.protocol import (
     ARRAYS,
     CONFIG,
@@ -89,29 +89,25 @@ def overall_only(sums: Mapping[str, float]) -> dict[str, float]:
 
 
 def secure_weights(cfg: FedConfig, counts: Mapping[str, int]) -> dict[str, float]:
-    """Each bank's weight: its examples capped at max-client-examples, or 1 per trained bank with DP."""
+    """Each bank's weight: its examples capped at max-client-examples; with DP 1 per bank, as in the plain path
+    (server/aggregate.py dp_aggregate_banks): central counts the banks it trained, distributed every bank of its
+    own it was sent (each carries its noise share, trained or not)."""
     if cfg.dp.enabled:
-        return {b: 1.0 for b, n in counts.items() if n > 0}
+        return {b: 1.0 for b, n in counts.items() if n > 0 or cfg.dp.mode == DISTRIBUTED}
     return {b: float(min(n, cfg.max_client_examples)) for b, n in counts.items()}
 
 
 def private_delta(cfg: FedConfig, delta: Mapping[str, np.ndarray], config: Mapping[str, object], cohort: int
                   ) -> dict[str, np.ndarray]:
-    """With DP: the whole update clipped to dp-clip, plus (distributed) each bank's noise share."""
+    """With DP: the whole update clipped to dp-clip, plus (distributed) each bank's noise share drawn from OS
+    entropy (common/privacy/dp.py privatize_update; t per bank from the train message, at most the cohort)."""
     dp = cfg.dp
     if not dp.enabled:
         return dict(delta)
-    clipped, _ = clip_update(delta, dp.clip)
     if dp.mode != DISTRIBUTED:
-        return clipped
-    banks = sorted({bank_of(k) for k in clipped})
-    shares = parse_dp_shares(config, banks, cohort)
-    rng = np.random.default_rng()  # OS entropy: noise nobody else can subtract
-    out: dict[str, np.ndarray] = {}
-    for bank in banks:
-        part = {k: v for k, v in clipped.items() if bank_of(k) == bank}
-        out.update(add_noise_share(part, dp, shares[bank], rng))
-    return out
+        return clip_update(delta, dp.clip)[0]
+    shares = parse_dp_shares(config, {bank_of(k) for k in delta}, cohort)
+    return privatize_update(delta, dp, shares, np.random.default_rng())
 
 
 def train_and_advertise(msg: Message, context: Context, cfg: FedConfig, own: Collection[str], train: Trainer
