@@ -249,6 +249,7 @@ class FedConfig:
     stop_after_round: int = 0
     client_threads: int = 1  # torch threads per client update; `fedadapt simulate` sets it to --cpus-per-client
     device: str = "cpu"  # auto | cpu | cuda (common/device.py); simulate also asks Flower for a GPU per client
+    negative_pool: bool = True  # arch=text: sampled negatives encoded once per epoch without gradient (TrainConfig)
     round_timeout: float = 3600.0
     # Client-level differential privacy (common/privacy/dp.py says the guarantee; README, Privacy): 0 noise = off.
     dp_noise_multiplier: float = 0.0  # sigma: noise std on each bank sum / dp-clip

@@ -11,6 +11,8 @@ the repeats after one untimed warm-up update. Rows:
   in-batch softmax over CLS vectors (cosine / 0.05), 32 pairs per step.
 - per-example: the same model trained one example per forward (the notebook loop this project grew from):
   per pair the user, the positive and one sampled catalog negative each get their own forward, one step each.
+- ours-text-grad: ours-text as it was before issue 12 (run config negative-pool=false: the 32 sampled negatives
+  of every step through the adapted item tower with gradient).
 - ours-text / ours-seq: the update the federation runs (`common.federation.task.local_train`) with the demo
   preset's settings (text: batch 16, lr 3e-3; seq: 32 users per step, lr 1e-3). A seq "pair" is a next-item
   training target of the same users.
@@ -25,7 +27,6 @@ import logging
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -50,7 +51,9 @@ from common.rec.user_record import RecordLike
 
 log = logging.getLogger(__name__)
 
-ROWS = ("naive-peft", "per-example", "ours-text", "ours-seq")
+WORK = Path(__file__).resolve().parent.parent / ".work" / "bench-client"  # the project's ignored working area
+
+ROWS = ("naive-peft", "per-example", "ours-text-grad", "ours-text", "ours-seq")
 UNIT = 256  # pairs: the unit the issue's table reports seconds per
 NAIVE_BATCH = 32
 NAIVE_LR = 3e-3  # the project's measured best rate for LoRA on MiniLM, so the naive client is not handicapped
@@ -110,11 +113,16 @@ class Row:
 
 
 # -- the shard ------------------------------------------------------------------------------------------------
-def _synthetic_folder(opts: ClientBenchOptions, folder: Path) -> Path:
+def synthetic_folder(opts: ClientBenchOptions) -> Path:
+    """Synthetic data kept under .work/ and reused: the clients' secrets live next to it, so every run of the
+    benchmark samples the same validation candidates and its NDCG@10 figures compare across runs."""
     from common.data.schema import write_marketplace
     from common.data.synthetic import generate_marketplace
 
-    write_marketplace(generate_marketplace(opts.users, opts.products, seed=opts.seed), folder)
+    folder = WORK / f"synthetic-{opts.users}-{opts.products}-{opts.seed}"
+    if not (folder / ".complete").is_file():
+        write_marketplace(generate_marketplace(opts.users, opts.products, seed=opts.seed), folder)
+        (folder / ".complete").write_text("ok\n")
     return folder
 
 
@@ -141,6 +149,7 @@ class OursClient:
     def __init__(self, cfg: FedConfig, shard: ClientData, eval_records: Sequence[RecordLike]) -> None:
         self.cfg, self.shard, self.eval_records = cfg, shard, eval_records
         self.names = [GLOBAL, *shard.segment_names]
+        self.start_key = cfg.arch  # rows that start from the same model score the same before training
         self.state = task.initial_state(cfg, self.names)
         self.round = 0
 
@@ -182,6 +191,7 @@ class NaiveClient:
         self.pairs: list[Pair] = training_pairs(shard.records)
         self.catalog = sorted(shard.item_texts)
         self.state: dict[str, np.ndarray] | None = None
+        self.start_key = "naive"
         self.rng = np.random.default_rng(seed)
         torch.manual_seed(seed)
 
@@ -288,6 +298,7 @@ def _clients(opts: ClientBenchOptions, folder: Path, device: torch.device
                                           text_cfg.max_len, opts.seed),
         "per-example": lambda: NaiveClient(opts.backbone if backbone else None, shard, evals, device, True,
                                            text_cfg.max_len, opts.seed),
+        "ours-text-grad": lambda: OursClient(replace(text_cfg, negative_pool=False), shard, evals),
         "ours-text": lambda: OursClient(text_cfg, shard, evals),
         "ours-seq": lambda: OursClient(seq_cfg, shard, evals),
     }
@@ -300,22 +311,24 @@ def bench_client(opts: ClientBenchOptions) -> ClientBenchResult:
     """Interleaved timed updates of every row on one shard, then each row's NDCG@10 on the validation users."""
     device = resolve_device(opts.device)
     torch.set_num_threads(opts.thread_count)
-    with tempfile.TemporaryDirectory(prefix="fedadapt-bench-client-") as tmp:
-        folder = Path(opts.data).resolve() if opts.data is not None else _synthetic_folder(opts, Path(tmp) / "data")
-        clients, shard = _clients(opts, folder, device)
-        rows = {name: Row() for name in clients}
+    folder = Path(opts.data).resolve() if opts.data is not None else synthetic_folder(opts)
+    clients, shard = _clients(opts, folder, device)
+    rows = {name: Row() for name in clients}
+    starts: dict[str, float] = {}
+    for name, client in clients.items():
+        if client.start_key not in starts:
+            starts[client.start_key] = client.quality()
+        rows[name].ndcg10_start = starts[client.start_key]
+    for repeat in range(opts.repeats + 1):  # repeat 0 warms caches up and is not timed
         for name, client in clients.items():
-            rows[name].ndcg10_start = client.quality()
-        for repeat in range(opts.repeats + 1):  # repeat 0 warms caches up and is not timed
-            for name, client in clients.items():
-                started = time.perf_counter()
-                rows[name].pairs = client.update()
-                elapsed = time.perf_counter() - started
-                if repeat:
-                    rows[name].seconds.append(elapsed)
-                log.info("repeat %d %s: %.2f s for %d pairs", repeat, name, elapsed, rows[name].pairs)
-        for name, client in clients.items():
-            rows[name].ndcg10 = client.quality()
+            started = time.perf_counter()
+            rows[name].pairs = client.update()
+            elapsed = time.perf_counter() - started
+            if repeat:
+                rows[name].seconds.append(elapsed)
+            log.info("repeat %d %s: %.2f s for %d pairs", repeat, name, elapsed, rows[name].pairs)
+    for name, client in clients.items():
+        rows[name].ndcg10 = client.quality()
     return ClientBenchResult(opts, machine_facts(device, opts.thread_count), shard, rows)
 
 

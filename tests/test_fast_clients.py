@@ -42,6 +42,14 @@ def test_negative_pool_scores_what_the_item_tower_gives() -> None:
     assert any(not torch.allclose(state_pool[k], state_grad[k]) for k in state_pool)
 
 
+def test_negative_pool_is_a_run_config_switch() -> None:
+    """negative-pool defaults to true and parses from the run config like every boolean key; a typo is refused."""
+    assert FedConfig().negative_pool is True
+    assert FedConfig.from_run_config({"negative-pool": "false"}).negative_pool is False
+    with pytest.raises(ValueError, match="negative-pool"):
+        FedConfig.from_run_config({"negative-pool": "maybe"})
+
+
 def test_device_names_are_checked() -> None:
     """auto is the CPU on a machine without CUDA; an unknown name is refused by every config that takes one."""
     if not torch.cuda.is_available():

@@ -216,7 +216,7 @@ def local_train(cfg: FedConfig, data: ClientData, received: Mapping[str, np.ndar
         stats = seq_task.train(model, records, names, hp, seed, reference, cfg.device)
     else:
         tcfg = TrainConfig(epochs=hp.epochs, batch_size=hp.batch_size, lr=hp.lr, max_len=cfg.max_len, seed=seed,
-                           prox_mu=hp.proximal_mu, device=cfg.device)
+                           prox_mu=hp.proximal_mu, device=cfg.device, negative_pool=cfg.negative_pool)
         stats = train_epochs(model, records, data.item_texts, tcfg, names, reference_state=reference)
     trained = adapter_arrays(model, names)
     delta = {k: (trained[k] - np.asarray(received[k])).astype(np.asarray(received[k]).dtype) for k in received}
