@@ -255,7 +255,7 @@ class FedConfig:
     dp_noise_multiplier: float = 0.0  # sigma: noise std on each bank sum / dp-clip
     dp_clip: float = 0.0  # C: bound on one client's whole-update L2 norm (required with noise)
     dp_mode: str = "central"  # central: the server adds the noise; distributed: each client adds a share
-    dp_delta: float = 1e-5  # well below 1/N for federations of up to 100,000 clients
+    dp_delta: float = 1e-5  # at most 1/N for federations of up to 100,000 clients (a tenth of it for 10,000)
     dp_dropout_tolerance: float = 0.0  # distributed: fraction of a bank's sampled clients that may drop out
     target_epsilon: float = 0.0  # 0: none; else stop (or warn) before a round that would exceed it
     target_epsilon_action: str = "stop"  # stop | warn

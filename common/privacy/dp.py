@@ -71,8 +71,9 @@ class DPConfig:
     noise_multiplier [dp-noise-multiplier]: sigma, noise std per bank sum / clip; 0 turns DP off.
     clip [dp-clip]: C, the bound on one client's whole-update L2 norm (all banks together).
     mode [dp-mode]: "central" (server adds the noise) or "distributed" (clients add shares).
-    delta [dp-delta]: the delta of (epsilon, delta); 1e-5 by default, well below 1/N for any federation of
-        fewer than 100,000 clients (the usual rule: delta << 1/N, else the mechanism may leak one client).
+    delta [dp-delta]: the delta of (epsilon, delta); 1e-5 by default: at most 1/N for federations of up to
+        100,000 clients, a tenth of it for 10,000 (the usual rule is delta well below 1/N: a mechanism that
+        published each client's data outright with probability delta would still be (0, delta)-DP).
     target_epsilon [target-epsilon]: 0 = none; otherwise the run stops (or warns) before a round that would
         take epsilon above it.
     target_action [target-epsilon-action]: "stop" or "warn".
