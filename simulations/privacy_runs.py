@@ -15,21 +15,26 @@ inference loads their last checkpoints (simulations/compare.py `federated_model`
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from common.names import COMPLETE_FILE, SUMMARY_FILE
 from simulations.privacy_setup import DELTA, PrivacyOptions, Setup
+from simulations.runner import SimOptions
 
 log = logging.getLogger(__name__)
 
 FED_DIR = "federated"  # OUT/federated/<pool>-data and OUT/federated/<run name>/
 EVAL_USERS = 20  # max-eval-users per client: the curve's NDCG@10 is measured on these
 RUN_POOLS = ("target", "shadow")
+RUN_CONFIG_FILE = "run_config.toml"  # what simulations/runner.py writes into a run folder
 
 
 @dataclass(frozen=True)
@@ -130,9 +135,26 @@ def pool_data(setup: Setup, pool: str) -> Path:
     return folder
 
 
+def finished_summary(sim: SimOptions) -> dict[str, Any] | None:
+    """The summary of a run already finished in `sim.out` with exactly the run config `sim` describes, else None
+    (a later `fedadapt privacy` call into the same OUT reuses it instead of training it again)."""
+    from simulations.runner import run_config
+
+    folder = sim.out
+    if not all((folder / name).is_file() for name in (COMPLETE_FILE, SUMMARY_FILE, RUN_CONFIG_FILE)):
+        return None
+    with open(folder / RUN_CONFIG_FILE, "rb") as fh:
+        written = tomllib.load(fh)
+    if written != run_config(sim, Path(sim.data or "")).to_run_config():
+        return None
+    summary: dict[str, Any] = json.loads((folder / SUMMARY_FILE).read_text())
+    return summary
+
+
 def federate(setup: Setup, pool: str, epsilon: float | None, clip: float = 0.0) -> FedRun:
-    """Run (or re-run, replacing) the federation of `pool` at the DP level of `epsilon` with dp-clip `clip`."""
-    from simulations.runner import SimOptions, simulate
+    """Run the federation of `pool` at the DP level of `epsilon` with dp-clip `clip` (replacing an earlier run
+    in its folder), or reuse the finished run there when its run config is the same."""
+    from simulations.runner import simulate
 
     opts = setup.opts
     noise = 0.0 if epsilon is None else noise_for_epsilon(epsilon, opts.rounds, opts.clients, opts.clients)
@@ -140,9 +162,13 @@ def federate(setup: Setup, pool: str, epsilon: float | None, clip: float = 0.0) 
     folder = (opts.out / FED_DIR / run_name(pool, epsilon)).resolve()
     log.info("federated run %s: %d clients, %d rounds, noise multiplier %.3f, clip %.3g", folder.name,
              opts.clients, opts.rounds, noise, clip)
-    summary = simulate(SimOptions(out=folder, clients=opts.clients, rounds=opts.rounds, data=data, seed=opts.seed,
-                                  backbone=opts.fed_backbone, overwrite=True, quiet=True,
-                                  config=run_config(opts, noise, clip)))
+    sim = SimOptions(out=folder, clients=opts.clients, rounds=opts.rounds, data=data, seed=opts.seed,
+                     backbone=opts.fed_backbone, overwrite=True, quiet=True, config=run_config(opts, noise, clip))
+    summary = finished_summary(sim)
+    if summary is None:
+        summary = simulate(sim)
+    else:
+        log.info("federated run %s: reusing the finished run with the same run config", folder.name)
     return FedRun(pool, epsilon, noise, clip if noise > 0 else 0.0, folder, data, summary)
 
 

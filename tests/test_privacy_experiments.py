@@ -137,12 +137,13 @@ def test_privacy_items_writes_summary_and_table(tmp_path: Path, capsys: pytest.C
 
 def test_privacy_curve_runs_federations_and_plots(tmp_path: Path) -> None:
     """`fedadapt privacy curve` runs a no-DP and a DP federation (tiny backbone) and writes the curve: epsilon
-    reported by the DP run, NDCG@10 in [0, 1] for both, the PNG and the table."""
+    reported by the DP run, NDCG@10 in [0, 1] for both, the PNG and the table; called again, it reuses them."""
     # Prepare
     out = tmp_path / "curve"
     # Execute
-    rc = main(["privacy", "curve", "--backbone", "tiny", "--users", "200", "--products", "150", "--epsilons", "50",
-               "--rounds", "1", "--clients", "2", "--out", str(out)])
+    argv = ["privacy", "curve", "--backbone", "tiny", "--users", "200", "--products", "150", "--epsilons", "50",
+            "--rounds", "1", "--clients", "2", "--out", str(out)]
+    rc = main(argv)
     # Assert
     assert rc == 0
     rows = json.loads((out / "summary.json").read_text())["curve"]["rows"]
@@ -153,6 +154,12 @@ def test_privacy_curve_runs_federations_and_plots(tmp_path: Path) -> None:
     assert all(0.0 <= r["ndcg@10"] <= 1.0 for r in rows)
     assert (out / "curve.png").stat().st_size > 1000
     assert "## Privacy-utility curve" in (out / "summary.md").read_text()
+    # a second call into the same OUT reuses both finished runs: same rows, nothing trained again
+    metrics = out / "federated" / "target-no-dp" / "metrics.jsonl"
+    before = metrics.stat().st_mtime_ns
+    assert main(argv) == 0
+    assert json.loads((out / "summary.json").read_text())["curve"]["rows"] == rows
+    assert metrics.stat().st_mtime_ns == before
 
 
 @pytest.mark.parametrize(("argv", "named"), [
