@@ -1,8 +1,8 @@
 """The privacy accountant: epsilon at the configured delta after every round, from `dp-accounting`'s RDP accountant.
 
-One round is one Gaussian mechanism on the bank sums (common/privacy/dp.py: sensitivity C, noise multiplier
-sigma) applied to a cohort of `cohort` clients drawn uniformly WITHOUT replacement from the `population`
-registered clients (server/clients.py: a fixed-size sample). Rounds compose by adding Renyi-DP curves (RDP
+One round is one Gaussian mechanism on the bank sums (common/privacy/dp.py: sensitivity C, noise multiplier sigma)
+applied to a cohort of `cohort` clients drawn uniformly WITHOUT replacement from the `population` nodes connected
+at that round (server/clients.py sample_nodes: a fixed-size sample). Rounds compose by adding Renyi-DP curves (RDP
 accountant, Mironov 2017); epsilon is read off at delta with dp-accounting's conversion. Two figures:
 
 - `epsilon` (the one the run reports and the target stops at) matches our sampling exactly:

@@ -1,21 +1,24 @@
 """Client-level differential privacy for the adapter banks (DP-FedAvg, McMahan et al. 2018): pure numpy.
 
 Guarantee. With `noise_multiplier` sigma > 0 and clip bound C, one client's WHOLE update (every bank it
-trained, all tensors together) is clipped to L2 norm C, so adding, removing or changing one client moves the
-vector of all bank SUMS by at most C in L2 (the client touches global and its segments, but its clipped update
-has norm <= C across all of them). Gaussian noise N(0, (sigma*C)^2) is added to every coordinate of every
-bank's sum, which makes the round's released sums a Gaussian mechanism with noise multiplier sigma at
-sensitivity C. Composed over rounds with the cohort's sampling rate (common/privacy/accountant.py) this gives
-(epsilon, delta) client-level DP: an observer of every released bank, in every round, learns little about
-whether any one client (with all its users) took part. It does not cover what a server sees of single replies
-in plain mode (below), the registration (segments, example counts), or which clients replied.
+trained, all tensors together) is clipped to L2 norm C, so adding or removing one client moves the vector of
+all bank SUMS by at most C in L2 (the client touches global and its segments, but its clipped update has norm
+<= C across all of them); replacing one client by another moves it by at most 2C. Gaussian noise
+N(0, (sigma*C)^2) is added to every coordinate of every bank's sum, which makes the round's released sums a
+Gaussian mechanism with noise multiplier sigma at sensitivity C (sigma/2 at 2C). Composed over rounds with the
+cohort's sampling (common/privacy/accountant.py: fixed-size cohorts, replace-one, 2C) this gives (epsilon,
+delta) client-level DP: an observer of every released bank, in every round, cannot tell well which of two
+clients (each with all its users) took part. It does not cover what a server sees of single replies in plain
+mode (below), the registration (segments, example counts), or which clients replied.
 
-Uniform weights. With DP on, every contributing client weighs 1 in a bank (example-count weighting would let
-a client with many examples move a bank by more than C). A bank's mean is `noised sum / denominator`; the
-denominator is the number of clients whose (clipped) update went into the sum. The server already knows that
-number in every mode in which it sees who replied (plain, segment-visible secure); it is treated as public,
-like the cohort size. (A fixed expected denominator would also hide it, at the price of shrinking every step
-when clients drop out; we chose the exact count for an unbiased step on the clients that did contribute.)
+Uniform weights. With DP on, every contributing client weighs 1 in a bank (example-count weighting would let a
+client with many examples move a bank by more than C). A bank's mean is `noised sum / denominator`; the denominator
+is the number of clients whose (clipped) update went into the sum. The server already knows that number in every
+mode in which it sees who replied (plain, segment-visible secure); it is treated as public, like the cohort size
+and the registration (strictly, a segment bank's count changes when a client is replaced by one of another segment,
+and the guarantee does not hide that). (A fixed expected denominator would also hide it, at the price of shrinking
+every step when clients drop out; we chose the exact count for an unbiased step on the clients that did
+contribute.)
 
 Modes.
 - "central": the server clips each accepted delta (robust to a client that does not clip), sums per bank and
