@@ -94,6 +94,7 @@ def _configure_client(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", type=_positive_int, default=256,
                         help="training pairs of the benchmarked users (whole users of one shard until reached)")
     parser.add_argument("--repeats", type=_positive_int, default=3, help="timed updates per row (median)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed updates per row before the timed ones")
     parser.add_argument("--data", type=Path, default=None,
                         help="marketplace folder, e.g. MovieLens-1M (default: demo-sized synthetic data)")
     parser.add_argument("--users", type=_positive_int, default=1000, help="synthetic users (without --data)")
@@ -109,7 +110,8 @@ def _configure_client(parser: argparse.ArgumentParser) -> None:
 
 def _run_client(args: argparse.Namespace) -> int:
     rows = tuple(r.strip() for r in args.rows.split(",") if r.strip())
-    options = ClientBenchOptions(backbone=args.backbone, pairs=args.pairs, repeats=args.repeats, data=args.data,
+    options = ClientBenchOptions(backbone=args.backbone, pairs=args.pairs, repeats=args.repeats,
+                                 warmup=args.warmup, data=args.data,
                                  users=args.users, products=args.products, clients=args.clients,
                                  partition=args.partition, device=args.device,
                                  threads=args.threads, eval_users=args.eval_users, rows=rows)

@@ -4,7 +4,7 @@ All clients train on the same users: one client's shard of the project's own per
 data by default, `--data` for a marketplace folder such as MovieLens-1M), whole users in order until `pairs`
 training pairs are reached. In one process, each repeat runs one update of every client back to back
 (interleaved, so load that drifts on a shared machine hits every row alike), and the figures are medians over
-the repeats after one untimed warm-up update. Rows:
+the repeats after `warmup` untimed updates (one by default). Rows:
 
 - naive-peft: a naive Flower+PEFT client. Every update reloads the backbone from disk, wraps it with PEFT LoRA
   (r=8 on query/value), loads the received LoRA state, re-tokenizes every batch and trains one epoch of
@@ -66,6 +66,7 @@ class ClientBenchOptions:
     backbone: str | None = None  # None = offline MiniLM, "tiny" = test BERT, else a folder
     pairs: int = 256  # training pairs of the benchmarked users (whole users, in shard order, until reached)
     repeats: int = 3
+    warmup: int = 1  # untimed updates of every row before the timed ones (they count for the quality column)
     data: Path | None = None  # None: synthetic data like the demo preset's, generated into a temporary folder
     clients: int = 10  # partitions of the per-segment partition; the benchmark uses one of them
     partition: int = 0
@@ -83,6 +84,8 @@ class ClientBenchOptions:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if not 0 <= self.partition < self.clients:
             raise ValueError(f"partition {self.partition} is not in [0, {self.clients})")
+        if self.warmup < 0:
+            raise ValueError(f"warmup={self.warmup} must be >= 0")
         if self.threads < 0:
             raise ValueError(f"threads={self.threads} must be >= 0 (0: every CPU)")
         unknown = [r for r in self.rows if r not in ROWS]
@@ -319,12 +322,12 @@ def bench_client(opts: ClientBenchOptions) -> ClientBenchResult:
         if client.start_key not in starts:
             starts[client.start_key] = client.quality()
         rows[name].ndcg10_start = starts[client.start_key]
-    for repeat in range(opts.repeats + 1):  # repeat 0 warms caches up and is not timed
+    for repeat in range(opts.warmup + opts.repeats):  # the first `warmup` fill caches and are not timed
         for name, client in clients.items():
             started = time.perf_counter()
             rows[name].pairs = client.update()
             elapsed = time.perf_counter() - started
-            if repeat:
+            if repeat >= opts.warmup:
                 rows[name].seconds.append(elapsed)
             log.info("repeat %d %s: %.2f s for %d pairs", repeat, name, elapsed, rows[name].pairs)
     for name, client in clients.items():
