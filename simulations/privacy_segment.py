@@ -16,8 +16,8 @@ server's view in each mode is built with the protocol's own objects, never assum
 
 The masked vectors are those of real SecAgg+ rounds (common/secagg: `client_vectors`, `FixedPoint`,
 `run_in_memory` with every client's keys, shares and masks) over cohorts of COHORT clients; each round's
-unmasked totals are checked against the plain sums. Accuracy is 5-fold cross-validated (seeded) against
-chance = the share of the most common region.
+unmasked totals are compared with the plain sums (largest error reported). Accuracy is 5-fold
+cross-validated (seeded) against chance = the share of the most common region.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ class PrivacyOptions:
     arch: str = "text"  # the attacked model of membership/segment/curve; items always uses seq (item-side rows)
     epsilons: tuple[float, ...] = (4.0, 16.0, 64.0)  # DP targets of the federated runs (no-DP is always added)
     rounds: int = 2  # federated rounds of every run
-    clients: int = 4  # clients of every federated run (segment/items: clients per experiment, see there)
+    clients: int = 4  # clients of every federated run (segment and items make silos of about 8 users instead)
     seed: int = 0
     users: int = 800  # synthetic users to generate when --data is not given
     products: int = 300
