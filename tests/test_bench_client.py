@@ -51,9 +51,10 @@ def test_bench_client_table_for_chosen_rows(capsys: pytest.CaptureFixture[str]) 
 @pytest.mark.parametrize(("extra", "message"), [
     (["--rows", "ours,naive-peft"], "unknown row"),
     (["--partition", "5"], "partition 5"),
+    (["--warmup", "-1"], "warmup=-1"),
 ])
 def test_bench_client_refuses_bad_options(extra: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """A bad row name or partition is one line on stderr and exit status 2."""
+    """A bad row name, partition or warm-up count is one line on stderr and exit status 2."""
     assert main([*SMALL, *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
