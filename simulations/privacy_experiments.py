@@ -28,6 +28,7 @@ def run_privacy(opts: PrivacyOptions, command: str) -> dict[str, Any]:
     seconds: dict[str, float] = {}
     results: dict[str, dict[str, Any]] = {}
     header = {"command": command, "data": str(opts.data_dir), "users": len(setup.records),
+              "pool_users": len(setup.pools["target-in"]),
               "backbone": opts.backbone, "arch": opts.arch, "clients": opts.clients, "rounds": opts.rounds,
               "seed": opts.seed, "epsilons": list(opts.epsilons), "seconds": seconds,
               "settings": {"membership": "central reference (over-fitted, no DP) and federated checkpoints",

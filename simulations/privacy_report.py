@@ -124,9 +124,9 @@ def write_report(out: Path, header: dict[str, Any], results: dict[str, dict[str,
     summary = {**header, **results, "plots": plots}
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, sort_keys=True, default=str), encoding="utf-8")
     lines = ["# fedadapt privacy", "", f"Command: `{header['command']}`", "",
-             f"Data: {header['data']} ({header['users']} usable users); backbone {header['backbone']}; arch "
-             f"{header['arch']}; {header['clients']} clients x {header['rounds']} rounds per federated run; seed "
-             f"{header['seed']}. Seconds per experiment: "
+             f"Data: {header['data']} ({header['users']} user records, pools of {header['pool_users']}); backbone "
+             f"{header['backbone']}; arch {header['arch']}; {header['clients']} clients x {header['rounds']} rounds "
+             f"per federated run; seed {header['seed']}. Seconds per experiment: "
              + ", ".join(f"{k} {v:.0f}" for k, v in header["seconds"].items()) + ".", ""]
     for name, section in SECTIONS.items():
         if name in results:
