@@ -17,14 +17,11 @@ remote machines, README "Run on edge nodes").
 from __future__ import annotations
 
 import argparse
-import signal
-import sys
 from pathlib import Path
 from typing import Any
 
-from cli.simulate import _interrupt, interrupted_message
+from cli.simulate import run_stoppable
 from common.names import DEFAULT_SEGMENT_KEYS
-from simulations.runner import STOP_SIGNALS, Interrupted, SimulationFailed
 
 
 def _options(args: argparse.Namespace) -> Any:
@@ -48,18 +45,9 @@ def run_local(args: argparse.Namespace) -> int:
     from simulations.deploy import deploy_local
 
     opts = _options(args)  # --insecure: deploy_local logs a loud warning first
-    previous = {signum: signal.signal(signum, _interrupt) for signum in STOP_SIGNALS}
-    try:
-        deploy_local(opts)
-    except Interrupted as exc:
-        print(interrupted_message(exc.signum, opts.out, "deploy"), file=sys.stderr)
-        return 128 + exc.signum
-    except SimulationFailed as exc:
-        print(f"fedadapt deploy: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    status = run_stoppable(lambda: deploy_local(opts), opts.out, "deploy")
+    if status:
+        return status
     print((opts.out / "summary.md").read_text())
     print(f"summary: {opts.out / 'summary.json'}; logs: {opts.out / 'deploy' / 'logs'}/")
     return 0

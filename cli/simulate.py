@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,22 +93,34 @@ def interrupted_message(signum: int, out: Path, command: str = "simulate") -> st
             f"{where}")
 
 
-def run(args: argparse.Namespace) -> int:
+def run_stoppable(job: Callable[[], Any], out: Path, command: str) -> int:
+    """Run `job` (a whole run of `fedadapt <command>`) with Ctrl-C, SIGTERM and SIGHUP turned into a clean stop:
+    0 when it finished, 128 + the signal number when interrupted (one line naming the last checkpoint), 1 when
+    the run failed (one line saying why)."""
     previous = {signum: signal.signal(signum, _interrupt) for signum in STOP_SIGNALS}
     try:
-        summary = simulate(options_from_args(args))
+        job()
     except Interrupted as exc:
-        print(interrupted_message(exc.signum, Path(args.out)), file=sys.stderr)
+        print(interrupted_message(exc.signum, out, command), file=sys.stderr)
         return 128 + exc.signum
     except SimulationFailed as exc:
-        print(f"fedadapt simulate: {exc}", file=sys.stderr)
+        print(f"fedadapt {command}: {exc}", file=sys.stderr)
         return 1
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    print((Path(args.out) / "summary.md").read_text())
-    print(f"summary: {Path(args.out) / 'summary.json'}")
-    print(f"plots:   {Path(args.out) / 'plots'}/ ({', '.join(Path(p).name for p in summary['plots'])})")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    summaries: list[dict[str, Any]] = []
+    status = run_stoppable(lambda: summaries.append(simulate(options_from_args(args))), out, "simulate")
+    if status:
+        return status
+    print((out / "summary.md").read_text())
+    print(f"summary: {out / 'summary.json'}")
+    print(f"plots:   {out / 'plots'}/ ({', '.join(Path(p).name for p in summaries[0]['plots'])})")
     return 0
 
 
