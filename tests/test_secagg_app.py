@@ -46,8 +46,12 @@ def _run(root: Path, mode: str, banks: str = "", arch: str = "text"
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict[str, dict[str, np.ndarray]], list[Message]]]:
-    root = tmp_path_factory.mktemp("secagg-app")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("secagg-app")
+
+
+@pytest.fixture(scope="module")
+def runs(root: Path) -> dict[str, tuple[dict[str, dict[str, np.ndarray]], list[Message]]]:
     write_marketplace(generate_marketplace(120, 300, seed=3), root / "data")
     plain, plain_replies = _run(root, "off")
     probe = FedConfig(data_dir=str(root / "data"), backbone="tiny", client_state_dir=str(root / "state"))
@@ -59,15 +63,24 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict[str, 
 
 
 @pytest.mark.parametrize("mode", ["segment", "segment-hidden", "seq-segment-hidden"])
-def test_secure_runs_end_with_the_plain_runs_banks(runs: dict, mode: str) -> None:
-    """After 2 rounds of real training, every bank of a secure run equals the plain run's within 1e-5 (text:
-    LoRA banks; seq: the sequential model's banks, item rows and biases included)."""
-    plain, _ = runs["seq-off" if mode.startswith("seq") else "off"]
+def test_secure_runs_end_with_the_plain_runs_banks(runs: dict, root: Path, mode: str) -> None:
+    """After 2 rounds of real training, every array of every bank of a secure run equals the plain run's (text:
+    LoRA banks; seq: the sequential model's banks, item rows and biases included) up to 1% of how far training
+    moved it. Not bit-exact: CPU BLAS kernels are not bit-reproducible across allocations, and Adam turns a 1e-7
+    difference in a near-zero gradient into a step of either sign, so a bias moved 1e-2 may differ by 1e-5 between
+    two plain runs too. A broken aggregation (a leftover mask, a lost client, wrong weights) is off by a large
+    fraction of the move or by the clip range."""
+    plain_key = "seq-off" if mode.startswith("seq") else "off"
+    plain, _ = runs[plain_key]
     secure, _ = runs[mode]
+    start = load_checkpoint(root / ("seq-off" if mode.startswith("seq") else "text-off") / "checkpoints", 0).banks
     assert set(secure) == set(plain) and len(plain) > 2
     for bank, arrays in plain.items():
         for key, value in arrays.items():
-            np.testing.assert_allclose(secure[bank][key], value, atol=1e-5, err_msg=f"{mode} {key}")
+            moved = float(np.linalg.norm(value - start[bank][key]))
+            error = float(np.linalg.norm(secure[bank][key] - value))
+            assert moved > 0, f"{key} did not train"
+            assert error <= 1e-6 + 1e-2 * moved, f"{mode} {key}: off by {error:.3g}, training moved it {moved:.3g}"
 
 
 def test_hidden_mode_never_sends_a_segment_name(runs: dict) -> None:
