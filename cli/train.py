@@ -39,6 +39,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "a causal user tower over the history (common/rec/seq_model.py)")
     p.add_argument("--adapter", default="lora", help="adapter kind (common.adapters.ADAPTER_KINDS; arch text)")
     p.add_argument("--rank", type=int, default=None, help="adapter rank / bottleneck width (kind default if unset)")
+    p.add_argument("--adapter-layers", type=int, default=0,
+                   help="arch text: adapters only in the last N transformer layers, the frozen layers below "
+                   "computed once per text and cached (0 = every layer)")
     p.add_argument("--out", required=True, type=Path, help=f"run folder; {SUMMARY_FILE} goes there")
     p.add_argument("--backbone", default=None, help="local model folder, or 'tiny' (default: offline MiniLM)")
     p.add_argument("--segments", default=",".join(DEFAULT_SEGMENT_KEYS),
@@ -100,7 +103,7 @@ def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
     rank: dict[str, Any] = {} if args.rank is None else {"rank": args.rank}  # unset: the kind's own default
     return ExperimentConfig(
         data=args.data, out=args.out, modes=tuple(modes),
-        adapter=AdapterConfig(kind=args.adapter, seed=args.seed, **rank), train=train,
+        adapter=AdapterConfig(kind=args.adapter, seed=args.seed, top_layers=args.adapter_layers, **rank), train=train,
         segment_keys=tuple(k.strip() for k in args.segments.split(",") if k.strip()),
         min_segment_users=args.min_segment_users, backbone=args.backbone, max_users=args.max_users,
         eval_users=args.eval_users, init_global=args.init_global, item_tower=args.item_tower, seed=args.seed,

@@ -221,6 +221,9 @@ class FedConfig:
     backbone: str = "tiny"
     arch: str = TEXT
     adapter_kind: str = "lora"
+    # arch=text: adapters only in the last N transformer layers, the frozen layers below computed once per text
+    # and cached (common/rec/model.py LowerCache); 0 = every layer.
+    adapter_layers: int = 0
     segment_keys: str = ",".join(DEFAULT_SEGMENT_KEYS)
     partition_mode: str = PER_SEGMENT
     history: str = DEFAULT_HISTORY  # what a context may hold (common/data/examples.py): "event" or "session"
@@ -288,6 +291,8 @@ class FedConfig:
             raise ValueError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
         if self.adapter_kind not in ADAPTER_KINDS:
             raise ValueError(f"adapter-kind {self.adapter_kind!r} is not one of {', '.join(ADAPTER_KINDS)}")
+        if self.adapter_layers < 0:
+            raise ValueError(f"adapter-layers must be >= 0 (0 = every layer), got {self.adapter_layers}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy {self.strategy!r} is not one of {', '.join(STRATEGIES)}")
         if self.history not in HISTORIES:

@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 WORK = Path(__file__).resolve().parent.parent / ".work" / "bench-client"  # the project's ignored working area
 
-ROWS = ("naive-peft", "per-example", "ours-text-grad", "ours-text", "ours-seq")
+ROWS = ("naive-peft", "per-example", "ours-text-grad", "ours-text", "ours-text-top2", "ours-seq")
 UNIT = 256  # pairs: the unit the table reports seconds per
 NAIVE_BATCH = 32
 NAIVE_LR = 3e-3  # the project's measured best rate for LoRA on MiniLM, so the naive client is not handicapped
@@ -303,6 +303,7 @@ def _clients(opts: ClientBenchOptions, folder: Path, device: torch.device
                                            text_cfg.max_len, opts.seed),
         "ours-text-grad": lambda: OursClient(replace(text_cfg, negative_pool=False), shard, evals),
         "ours-text": lambda: OursClient(text_cfg, shard, evals),
+        "ours-text-top2": lambda: OursClient(replace(text_cfg, adapter_layers=2), shard, evals),
         "ours-seq": lambda: OursClient(seq_cfg, shard, evals),
     }
     facts: dict[str, object] = {"partition": opts.partition, "partitions": opts.clients, "users": len(shard.records),

@@ -61,6 +61,11 @@ class AdapterConfig:
         metadata={"help": f"virtual tokens per routing level prepended to the input; kind='prompt' defaults to "
                   f"{DEFAULT_PROMPT_TOKENS}, other kinds combine with prompts when > 0"},
     )
+    top_layers: int = field(
+        default=0,
+        metadata={"help": "adapters only in the last N transformer layers (0 = every layer); the frozen layers "
+                  "below then compute the same outputs for a text every time, so callers may cache them"},
+    )
     seed: int = field(default=0, metadata={"help": "seed of every adapter's initial weights (same on all clients)"})
 
     def __post_init__(self) -> None:
@@ -83,6 +88,8 @@ class AdapterConfig:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
         if isinstance(self.prompt_tokens, bool) or not isinstance(self.prompt_tokens, int) or self.prompt_tokens < 0:
             raise ValueError(f"prompt_tokens={self.prompt_tokens!r} must be an integer >= 0")
+        if isinstance(self.top_layers, bool) or not isinstance(self.top_layers, int) or self.top_layers < 0:
+            raise ValueError(f"top_layers={self.top_layers!r} must be an integer >= 0 (0 = every layer)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed={self.seed!r} must be an integer >= 0")
         if not (isinstance(self.alpha, int | float) and math.isfinite(self.alpha) and self.alpha > 0):

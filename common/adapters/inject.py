@@ -136,6 +136,26 @@ def target_patterns(model: nn.Module, config: AdapterConfig, kind: AdapterKind[A
     return tuple(table[site] for site in kind.default_sites(config))
 
 
+LAYER_INDEX = re.compile(r"(?:^|\.)layer\.(\d+)(?:\.|$)")
+
+
+def layer_index(path: str) -> int | None:
+    """The transformer layer a dotted module path lies in ('encoder.layer.3.output.dense' -> 3), if any."""
+    match = LAYER_INDEX.search(path)
+    return int(match.group(1)) if match else None
+
+
+def _in_top_layers(model: nn.Module, found: list[tuple[str, nn.Module]], top: int) -> list[tuple[str, nn.Module]]:
+    """The targets of the last `top` layers; a clear error when a target lies outside every layer."""
+    layers = int(getattr(getattr(model, "config", None), "num_hidden_layers", 0))
+    if not 1 <= top <= layers:
+        raise ValueError(f"top_layers={top} must be between 1 and the backbone's {layers} layers")
+    outside = [name for name, _ in found if layer_index(name) is None]
+    if outside:
+        raise ValueError(f"top_layers={top} needs targets inside numbered layers; {', '.join(outside[:4])} is not")
+    return [(name, module) for name, module in found if (layer_index(name) or 0) >= layers - top]
+
+
 def find_targets(
     model: nn.Module, config: AdapterConfig, kind: AdapterKind[AdapterConfig]
 ) -> list[tuple[str, nn.Module]]:
@@ -152,6 +172,8 @@ def find_targets(
             f"adapter kind {kind.name!r}: no module matches {list(targets)}; Linear modules are e.g. "
             f"{', '.join(linear[:8])}"
         )
+    if config.top_layers:
+        found = _in_top_layers(model, found, config.top_layers)
     if kind.linear_only:
         bad = [name for name, module in found if not isinstance(module, nn.Linear)]
         if bad:

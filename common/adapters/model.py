@@ -14,7 +14,8 @@ from torch import Tensor, nn
 
 from common.adapters.base import module_key, seeded_generator, validate_adapter_name
 from common.adapters.config import AdapterConfig
-from common.adapters.inject import inject, shared_weight_copy
+from common.adapters.inject import inject, layer_index, shared_weight_copy
+from common.adapters.layer_split import LayerSplit, split_supported
 from common.adapters.prompt import (
     PromptEmbedding,
     check_prompt_support,
@@ -215,6 +216,47 @@ class AdaptedModel(nn.Module):
             return attention_mask
         return prompt_mask(attention_mask, plan, self.config.prompt_tokens)
 
+    @property
+    def frozen_layers(self) -> int:
+        """How many bottom layers no adapter and no prompt reaches (0 when that cannot be said): their outputs
+        depend on the text alone, so `lower_states` may be cached per text and fed to `forward_from`."""
+        if self.config.prompt_tokens or not self.wrappers or not split_supported(self.backbone):
+            return 0
+        indices = [layer_index(w.site.path) for w in self.wrappers]
+        return min(i for i in indices if i is not None) if None not in indices else 0
+
+    def _split(self) -> LayerSplit:
+        split = self.__dict__.get("_layer_split")  # a plain attribute: its module trees share our weights
+        if split is None or split.at != self.frozen_layers:
+            split = LayerSplit(self.backbone, self.frozen_layers)
+            self.__dict__["_layer_split"] = split
+        return split
+
+    def lower_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """(B, T, H), no gradient: the states entering the first adapted layer (`frozen_layers` must be > 0)."""
+        return self._split().lower_states(input_ids, attention_mask)
+
+    def forward_from(self, hidden: Tensor, attention_mask: Tensor, routing: Routing | None = None) -> Tensor:
+        """forward() from the states `lower_states` gave for the same tokens: the same (B, T, H) result."""
+        plan = self._begin(routing, hidden.shape[0])
+        split = self._split()
+        if plan is None:
+            return split.upper_states(hidden, attention_mask)
+        plan.mask = attention_mask.bool()
+        self._router.plan = plan
+        try:
+            return split.upper_states(hidden, attention_mask)
+        finally:
+            self._router.plan = None
+
+    def _begin(self, routing: Routing | None, batch_size: int) -> BatchPlan | None:
+        """The batch plan for `routing`, with the kind's per-call weights (hyper: generated) prepared."""
+        plan = self.plan(routing, batch_size)
+        if plan is not None and self.kind.prepare is not None:
+            by_name = {n: self.shared[module_key(n)] for n in self._names if module_key(n) in self.shared}
+            plan.prepared = {n: self.kind.prepare(self.config, by_name, n) for n in plan.names()}
+        return plan
+
     def forward(
         self,
         input_ids: Tensor,
@@ -224,12 +266,9 @@ class AdaptedModel(nn.Module):
     ) -> Tensor:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        plan = self.plan(routing, input_ids.shape[0])
+        plan = self._begin(routing, input_ids.shape[0])
         if plan is None:
             return self.backbone(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)[0]
-        if self.kind.prepare is not None:
-            by_name = {n: self.shared[module_key(n)] for n in self._names if module_key(n) in self.shared}
-            plan.prepared = {n: self.kind.prepare(self.config, by_name, n) for n in plan.names()}
         if self.config.prompt_tokens:
             kwargs = prompt_inputs(
                 self.backbone, input_ids, attention_mask, token_type_ids, plan, self.prompts, self.config.prompt_tokens

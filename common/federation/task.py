@@ -66,16 +66,17 @@ def backbone_for(path: str) -> Backbone:
 
 def adapter_config(cfg: FedConfig) -> AdapterConfig:
     """The adapter config of the run; LoRA keeps A frozen and shared (FFA-LoRA) so that averaging B is exact."""
-    return AdapterConfig(kind=cfg.adapter_kind, freeze_a=cfg.adapter_kind == "lora", seed=cfg.seed)
+    return AdapterConfig(kind=cfg.adapter_kind, freeze_a=cfg.adapter_kind == "lora", seed=cfg.seed,
+                         top_layers=cfg.adapter_layers)
 
 
 def model_for(cfg: FedConfig) -> RecModel:
-    """One RecModel per process and (backbone, adapter kind, segment keys, max_len, seed).
+    """One RecModel per process and (backbone, adapter kind and layers, segment keys, max_len, seed).
 
     Injection works on a shared-weight copy of the module tree, so several adapted models can share the one
     cached backbone without their adapters stacking. Adapters for segments are added on demand.
     """
-    key = (cfg.backbone, cfg.adapter_kind, cfg.adapter_segment_keys, cfg.max_len, cfg.seed)
+    key = (cfg.backbone, cfg.adapter_kind, cfg.adapter_layers, cfg.adapter_segment_keys, cfg.max_len, cfg.seed)
     return MODELS.get(key, lambda: new_model(cfg, [GLOBAL]))
 
 

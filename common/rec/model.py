@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -108,6 +109,44 @@ class ItemCache:
         self.entries.clear()
 
 
+@dataclass
+class LowerCache:
+    """Per (text, max_len): the frozen lower layers' output over the text's real tokens, (T, H).
+
+    Filled when the adapters sit only in the top layers (`AdapterConfig.top_layers`): those states never change,
+    so a text's lower layers run once per process instead of at every step, round and evaluation. Least recently
+    used entries are dropped beyond `max_bytes` (0 turns the cache off).
+    """
+
+    max_bytes: int = 1 << 30
+    entries: OrderedDict[tuple[str, int], torch.Tensor] = field(default_factory=OrderedDict)
+    size: int = 0  # bytes held
+    hits: int = 0
+    misses: int = 0
+
+    def get(self, key: tuple[str, int]) -> torch.Tensor | None:
+        value = self.entries.get(key)
+        if value is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self.entries.move_to_end(key)
+        return value
+
+    def put(self, key: tuple[str, int], value: torch.Tensor) -> None:
+        if key in self.entries:
+            return
+        self.entries[key] = value
+        self.size += value.numel() * value.element_size()
+        while self.size > self.max_bytes and self.entries:
+            _, old = self.entries.popitem(last=False)
+            self.size -= old.numel() * old.element_size()
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.size = 0
+
+
 class RecModel(nn.Module):
     """Backbone + named adapters as a two-tower scorer.
 
@@ -127,6 +166,7 @@ class RecModel(nn.Module):
         max_len: int = 64,
         finetune_backbone: bool = False,
         item_cache: ItemCache | None = None,
+        lower_cache_bytes: int = 1 << 30,
     ) -> None:
         super().__init__()
         if temperature <= 0:
@@ -154,6 +194,7 @@ class RecModel(nn.Module):
         self.max_len = max_len
         self.finetune_backbone = finetune_backbone
         self.item_cache = item_cache if item_cache is not None else ItemCache()
+        self.lower_cache = LowerCache(max_bytes=lower_cache_bytes)
         # Adapters requests may be routed through; None: all of them. A federated client sets it to the banks
         # the server sent, so a segment the server held back serves its users exactly like the global adapter.
         self.serving: frozenset[str] | None = None
@@ -169,6 +210,7 @@ class RecModel(nn.Module):
         if self.device != device:
             self.to(device)
             self.item_cache.clear()
+            self.lower_cache.clear()
         return self
 
     # -- adapters ---------------------------------------------------------------------------------------
@@ -227,8 +269,42 @@ class RecModel(nn.Module):
         )
         return batch["input_ids"], batch["attention_mask"]
 
+    @property
+    def caches_lower_layers(self) -> bool:
+        """Whether `encode` runs only the adapted top layers on cached lower-layer states (`LowerCache`)."""
+        return (self.adapted is not None and not self.finetune_backbone and self.lower_cache.max_bytes > 0
+                and self.adapted.frozen_layers > 0)
+
+    def lower_states(self, texts: Sequence[str], max_len: int, chunk: int = 64) -> list[torch.Tensor]:
+        """Each text's (T, H) states entering the first adapted layer, from the cache or computed (no gradient)
+        in length-sorted chunks so that padding stays small."""
+        assert self.adapted is not None
+        found: dict[str, torch.Tensor] = {}
+        for text in dict.fromkeys(texts):
+            cached = self.lower_cache.get((text, max_len))
+            if cached is not None:
+                found[text] = cached
+        missing = sorted((t for t in dict.fromkeys(texts) if t not in found), key=len)
+        for start in range(0, len(missing), chunk):
+            part = missing[start:start + chunk]
+            input_ids, attention_mask = self.tokenize(part, max_len)
+            input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+            states = self.adapted.lower_states(input_ids, attention_mask)
+            for row, text in enumerate(part):
+                found[text] = states[row, : int(attention_mask[row].sum())].clone()  # own storage, not the batch's
+                self.lower_cache.put((text, max_len), found[text])
+        return [found[t] for t in texts]
+
     def encode(self, texts: Sequence[str], routing: Routing | None, max_len: int | None = None) -> torch.Tensor:
         """(B, H) unit vectors: mean of the last hidden states over real (and virtual prompt) tokens."""
+        if self.caches_lower_layers:
+            assert self.adapted is not None
+            states = self.lower_states(texts, max_len or self.max_len)
+            lengths = torch.tensor([len(s) for s in states], device=self.device)
+            attention_mask = (torch.arange(int(lengths.max()), device=self.device) < lengths[:, None]).long()
+            padded = torch.nn.utils.rnn.pad_sequence(states, batch_first=True)  # (B, T, H)
+            hidden = self.adapted.forward_from(padded, attention_mask, routing)
+            return self._pool(hidden, attention_mask)
         input_ids, attention_mask = self.tokenize(texts, max_len)
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         if self.adapted is not None:
@@ -237,6 +313,10 @@ class RecModel(nn.Module):
         else:
             hidden = self.backbone.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             mask = attention_mask
+        return self._pool(hidden, mask)
+
+    @staticmethod
+    def _pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         weights = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T', 1)
         pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # (B, H)
         return F.normalize(pooled, dim=-1)

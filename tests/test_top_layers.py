@@ -1,0 +1,90 @@
+"""Adapters in the top layers only (`adapter-layers`), with the frozen lower layers' outputs cached per text."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from rec_fixtures import make_dataset
+
+from common.adapters import AdaptedModel, AdapterConfig
+from common.backbone import tiny_backbone
+from common.names import GLOBAL
+from common.protocol import FedConfig
+from common.rec.model import LowerCache, RecModel
+from common.rec.train import TrainConfig, train_epochs
+
+KINDS = ("lora", "bottleneck", "parallel", "hyper", "mixture", "task_attention")
+
+
+def _nudged(model: AdaptedModel) -> AdaptedModel:
+    """Adapters moved off their identity start, so that a skipped adapter would show in the output."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.trainable_parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_top_layer_adapters_sit_only_in_the_top_layers_and_the_split_forward_is_exact(kind: str) -> None:
+    """top_layers=1 of the tiny 2-layer BERT: every wrapper is in layer 1, and running layer 1 on the states
+    lower_states gives reproduces forward() on every real token, adapters and padding included."""
+    model = _nudged(AdaptedModel(tiny_backbone(), AdapterConfig(kind=kind, top_layers=1), names=[GLOBAL]))
+    assert model.wrappers and all(".layer.1." in w.site.path for w in model.wrappers)
+    assert model.frozen_layers == 1
+    ids = torch.randint(5, 999, (3, 12))
+    mask = torch.ones(3, 12, dtype=torch.long)
+    mask[1, 7:] = 0
+    mask[2, 3:] = 0
+    full = model(ids, mask, routing=[GLOBAL])
+    split = model.forward_from(model.lower_states(ids, mask), mask, routing=[GLOBAL])
+    real = mask.bool()
+    torch.testing.assert_close(split[real], full[real], atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(full, model(ids, mask, routing=None))  # the adapters did act
+
+
+def test_every_layer_or_prompts_mean_nothing_to_cache() -> None:
+    """Adapters in every layer, or prompt tokens (they change the input of layer 0), leave no frozen layers."""
+    assert AdaptedModel(tiny_backbone(), AdapterConfig(kind="lora")).frozen_layers == 0
+    assert AdaptedModel(tiny_backbone(), AdapterConfig(kind="prompt", top_layers=1)).frozen_layers == 0
+    assert not RecModel(tiny_backbone(), AdapterConfig(kind="prompt", top_layers=1)).caches_lower_layers
+
+
+def test_bad_top_layers_are_refused_with_the_reason() -> None:
+    for bad in (-1, True, 1.5):
+        with pytest.raises(ValueError, match="top_layers"):
+            AdapterConfig(top_layers=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="top_layers=3 must be between 1 and the backbone's 2 layers"):
+        AdaptedModel(tiny_backbone(), AdapterConfig(kind="lora", top_layers=3))
+    with pytest.raises(ValueError, match="adapter-layers must be >= 0"):
+        FedConfig(adapter_layers=-1)
+    assert FedConfig.from_run_config({"adapter-layers": 1}).adapter_layers == 1
+
+
+def _trained(cache_bytes: int) -> tuple[dict[str, torch.Tensor], RecModel]:
+    records, items = make_dataset()
+    model = RecModel(tiny_backbone(), AdapterConfig(kind="lora", seed=1, top_layers=1), [GLOBAL], max_len=32,
+                     lower_cache_bytes=cache_bytes)
+    train_epochs(model, records, items, TrainConfig(epochs=2, batch_size=8, lr=1e-2, negatives=8), [GLOBAL])
+    assert model.adapted is not None
+    return model.adapted.adapter_state(trainable_only=True), model
+
+
+def test_training_on_cached_lower_states_equals_training_without_the_cache() -> None:
+    """Two epochs with the cache end where two epochs through the whole encoder end; the second epoch and the
+    evaluation texts are served from the cache instead of running the frozen layers again."""
+    cached, model = _trained(1 << 30)
+    plain, other = _trained(0)
+    assert model.caches_lower_layers and not other.caches_lower_layers
+    for key in plain:
+        torch.testing.assert_close(cached[key], plain[key], atol=1e-5, rtol=1e-4)
+    assert any(not torch.allclose(v, torch.zeros_like(v)) for v in cached.values())  # it trained
+    assert model.lower_cache.hits > model.lower_cache.misses > 0
+
+
+def test_lower_cache_stays_within_its_byte_bound() -> None:
+    cache = LowerCache(max_bytes=3 * 4 * 10)  # three (10,) float32 tensors
+    for i in range(5):
+        cache.put((f"text {i}", 8), torch.zeros(10))
+    assert cache.size <= cache.max_bytes and list(cache.entries) == [("text 2", 8), ("text 3", 8), ("text 4", 8)]
+    assert cache.get(("text 0", 8)) is None and cache.get(("text 4", 8)) is not None
