@@ -4,6 +4,7 @@
     fedadapt bench quality --data T [--modes M,M|''] [--history session|event] --out R
     fedadapt bench client [--backbone minilm|tiny|PATH] [--pairs 256] [--repeats N] [--data DIR] [--json]
     fedadapt bench secagg [--clients 10,50,100] [--modes off,segment,segment-hidden] [--arch text|seq]
+    fedadapt bench throughput [--device auto|cpu|cuda] [--batch-sizes 256,1024] [--precision fp32,bf16] [--json]
 
 Each benchmark is one `Benchmark` record in BENCHMARKS (name, help, a function adding its options, and
 `run(args) -> int`); adding one is a new module plus one `register_benchmark` call below. Nothing here knows
@@ -277,6 +278,39 @@ def _run_secagg(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure_throughput(parser: argparse.ArgumentParser) -> None:
+    from simulations.bench_throughput import PRECISIONS, ROWS
+
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto takes CUDA when torch sees a GPU")
+    parser.add_argument("--batch-sizes", type=_int_list, default=(256, 1024), help="pairs per step (seq: users)")
+    parser.add_argument("--precision", default=",".join(PRECISIONS),
+                        help="comma-separated of fp32, bf16 (bf16: autocast around every row's loop)")
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows of {', '.join(ROWS)}")
+    parser.add_argument("--steps", type=_positive_int, default=20, help="timed steps per row, batch and precision")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before the timed ones")
+    parser.add_argument("--backbone", default="minilm", metavar="minilm|tiny|PATH", help="backbone of every row")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="marketplace folder (default: synthetic data generated in memory)")
+    parser.add_argument("--users", type=_positive_int, default=2000, help="synthetic users (without --data)")
+    parser.add_argument("--products", type=_positive_int, default=400, help="synthetic products (without --data)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+
+
+def _run_throughput(args: argparse.Namespace) -> int:
+    from simulations.bench_throughput import ThroughputOptions, bench_throughput, format_throughput
+
+    def names(text: str) -> tuple[str, ...]:
+        return tuple(x.strip() for x in text.split(",") if x.strip())
+
+    options = ThroughputOptions(device=args.device, batch_sizes=tuple(args.batch_sizes),
+                                precisions=names(args.precision), rows=names(args.rows), steps=args.steps,
+                                warmup=args.warmup, backbone=args.backbone, data=args.data, users=args.users,
+                                products=args.products)
+    result = bench_throughput(options).as_json()
+    print(json.dumps(result) if args.json else format_throughput(result))
+    return 0
+
+
 for _benchmark in (
     Benchmark("adapters", "size, int8 size and step time of every adapter kind on a backbone",
               _configure_adapters, _run_adapters),
@@ -297,6 +331,8 @@ for _benchmark in (
               "and the SuperLink count them, one SuperNode's RSS and start-up", _configure_deploy, _run_deploy),
     Benchmark("secagg", "round time and bytes per client with secure aggregation off / segment / segment-hidden "
               "(the protocol's own cost: synthetic deltas, in-process grid)", _configure_secagg, _run_secagg),
+    Benchmark("throughput", "training pairs per second of one loop: naive PEFT LoRA vs ours (text, seq) per batch "
+              "size and precision, same device and process", _configure_throughput, _run_throughput),
 ):
     register_benchmark(_benchmark)
 
