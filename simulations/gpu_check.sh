@@ -139,7 +139,7 @@ fi
 step throughput 170 "${PYG[@]}" -m cli.main bench throughput --device "$DEVICE" --backbone "$MINILM" \
     --precision fp32,bf16 "${THROUGHPUT[@]}" --json
 mv "$OUT/throughput.out" "$OUT/throughput.json"
-step client 120 "${PYG[@]}" -m cli.main bench client --device "$DEVICE" --backbone "$MINILM" "${CLIENT[@]}" --json
+step client 150 "${PYG[@]}" -m cli.main bench client --device "$DEVICE" --backbone "$MINILM" "${CLIENT[@]}" --json
 mv "$OUT/client.out" "$OUT/client.json"
 rm -rf "$TMPDIR_CHECK/run"
 step train_seq 180 "${PYG[@]}" -m cli.main train --data "$TMPDIR_CHECK/ml1m" --arch seq --mode global-adapter \
