@@ -13,6 +13,9 @@ the repeats after `warmup` untimed updates (one by default). Rows:
   per pair the user, the positive and one sampled catalog negative each get their own forward, one step each.
 - ours-text-grad: ours-text as it was before issue 12 (run config negative-pool=false: the 32 sampled negatives
   of every step through the adapted item tower with gradient).
+- ours-text-top2: ours-text with adapters in the top 2 layers only (run config adapter-layers=2): the frozen
+  lower layers' outputs are computed once per text and cached in the process (the untimed warm-up fills it), so
+  a step runs forward and backward through 2 layers instead of 6.
 - ours-text / ours-seq: the update the federation runs (`common.federation.task.local_train`) with the demo
   preset's settings (text: batch 16, lr 3e-3; seq: 32 users per step, lr 1e-3). A seq "pair" is a next-item
   training target of the same users.

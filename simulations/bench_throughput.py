@@ -6,7 +6,8 @@ the project's own loops next to it, per (row, batch, precision), on the same dev
 
 - naive-peft: PEFT LoRA r=8 (alpha 16) on query/value, both towers on the one encoder, users padded/cut to
   64 tokens and items to 32, mean-pooled unit vectors, in-batch softmax (B x B logits / 0.05), AdamW 1e-3.
-- ours-text: `common.rec.train.train_epochs` on a `RecModel` built like the federation builds it
+- ours-text (every layer adapted) and ours-text-top2 (adapter-layers=2, lower layers cached):
+  `common.rec.train.train_epochs` on a `RecModel` built like the federation builds it
   (`common.federation.task.new_model`: FFA-LoRA on the run's adapter config), one epoch over whole users
   until batch x steps pairs; one untimed warm-up call (batch x warmup pairs) first.
 - ours-seq: `common.rec.seq_train.train_seq` on the sequential model; batch counts users per step and the
@@ -38,7 +39,7 @@ from common.rec.user_record import RecordLike
 
 log = logging.getLogger(__name__)
 
-ROWS = ("naive-peft", "ours-text", "ours-seq")
+ROWS = ("naive-peft", "ours-text", "ours-text-top2", "ours-seq")
 PRECISIONS = ("fp32", "bf16")
 USER_TOKENS, ITEM_TOKENS = 64, 32  # the issue's shapes of the naive row
 TEMPERATURE = 0.05
@@ -192,12 +193,14 @@ def naive_peft(opts: ThroughputOptions, pairs: Sequence[Pair], item_texts: Mappi
 
 
 def ours_text(opts: ThroughputOptions, records: Sequence[RecordLike], item_texts: Mapping[str, str], batch: int,
-              precision: str, device: torch.device) -> Cell:
-    """`train_epochs` as a client runs it, one epoch over batch x steps pairs after a warm-up call."""
+              precision: str, device: torch.device, adapter_layers: int = 0) -> Cell:
+    """`train_epochs` as a client runs it, one epoch over batch x steps pairs after a warm-up call (which also
+    fills the lower-layer cache when `adapter_layers` leaves frozen layers below the adapters)."""
     from common.federation import task
     from common.protocol import FedConfig
 
-    model = task.new_model(FedConfig(backbone=opts.backbone_arg, seed=opts.seed, device=device.type), [GLOBAL])
+    cfg = FedConfig(backbone=opts.backbone_arg, seed=opts.seed, device=device.type, adapter_layers=adapter_layers)
+    model = task.new_model(cfg, [GLOBAL])
     tcfg = TrainConfig(epochs=1, batch_size=batch, max_len=USER_TOKENS, seed=opts.seed, device=device.type)
     with precision_context(precision, device):
         warm = take_until(records, _pair_count, batch * max(opts.warmup, 1))
@@ -205,7 +208,8 @@ def ours_text(opts: ThroughputOptions, records: Sequence[RecordLike], item_texts
         train_epochs(model, warm, item_texts, tcfg, [GLOBAL])
         with _timed(device) as seconds:
             stats = train_epochs(model, timed, item_texts, tcfg, [GLOBAL])
-    return Cell("ours-text", batch, precision, int(stats["num_examples"]), int(stats["steps"]), seconds[0])
+    name = "ours-text-top2" if adapter_layers == 2 else "ours-text"
+    return Cell(name, batch, precision, int(stats["num_examples"]), int(stats["steps"]), seconds[0])
 
 
 def ours_seq(opts: ThroughputOptions, records: Sequence[RecordLike], item_texts: Mapping[str, str], batch: int,
@@ -266,7 +270,8 @@ def bench_throughput(opts: ThroughputOptions) -> ThroughputResult:
     if not pairs:
         raise ValueError("the data has no training pairs")
     measure = {"naive-peft": lambda b, p: naive_peft(opts, pairs, item_texts, b, p, device),
-               "ours-text": lambda b, p: ours_text(opts, records, item_texts, b, p, device),
+               "ours-text": lambda b, p: ours_text(opts, records, item_texts, b, p, device, 0),
+               "ours-text-top2": lambda b, p: ours_text(opts, records, item_texts, b, p, device, 2),
                "ours-seq": lambda b, p: ours_seq(opts, records, item_texts, b, p, device)}
     cells: list[Cell] = []
     skipped: list[str] = []
