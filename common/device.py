@@ -43,3 +43,12 @@ def device_label(device: torch.device) -> str:
     if device.type == CUDA:
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return CPU
+
+
+def on_device(tensor: torch.Tensor, device: torch.device) -> bool:
+    """Whether `tensor` lives on `device`; "cuda" means the current CUDA device, as `.to("cuda")` does."""
+    if tensor.device.type != device.type:
+        return False
+    if device.index is None and device.type == CUDA:
+        return tensor.device.index in (None, torch.cuda.current_device())
+    return device.index is None or tensor.device.index == device.index

@@ -88,3 +88,21 @@ def test_lower_cache_stays_within_its_byte_bound() -> None:
         cache.put((f"text {i}", 8), torch.zeros(10))
     assert cache.size <= cache.max_bytes and list(cache.entries) == [("text 2", 8), ("text 3", 8), ("text 4", 8)]
     assert cache.get(("text 0", 8)) is None and cache.get(("text 4", 8)) is not None
+
+
+def test_a_model_follows_the_shared_weights_with_its_own_buffers() -> None:
+    """Models on one backbone share its weights but not its buffers (position / token-type ids). On a GPU, one
+    model's move takes the shared weights along and leaves the other's buffers behind (the H200 run failed
+    there): to_device must look at the buffers too. Emulated on CPU: weights here, buffers on 'meta'."""
+    frozen = RecModel(tiny_backbone(), None)
+    moves: list[torch.device] = []
+    frozen.to = lambda device: moves.append(device) or frozen  # type: ignore[method-assign,assignment]
+    frozen.to_device(torch.device("cpu"))
+    assert moves == []  # everything already here: nothing moved, caches kept
+    for module in frozen.encoder.modules():
+        for name, buffer in list(module._buffers.items()):
+            if buffer is not None:
+                module._buffers[name] = buffer.to("meta")
+    assert frozen.device == torch.device("cpu")
+    frozen.to_device(torch.device("cpu"))
+    assert moves == [torch.device("cpu")]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,7 @@ from torch import nn
 from common.adapters import AdaptedModel, AdapterConfig
 from common.adapters.routing import Routing
 from common.backbone import Backbone
+from common.device import on_device
 from common.names import GLOBAL, KEY_SEP, SEGMENT_SEP, segment_name
 
 log = logging.getLogger(__name__)
@@ -206,8 +208,14 @@ class RecModel(nn.Module):
         return next(self.encoder.parameters()).device
 
     def to_device(self, device: torch.device) -> RecModel:
-        """Move the model (adapters and backbone) to `device`; cached item vectors of the old device are dropped."""
-        if self.device != device:
+        """Move the model (adapters, the backbone's weights and buffers) to `device`; cached vectors are dropped.
+
+        Buffers are checked as well as weights: models built on one backbone share its weights but keep their
+        own buffers (position and token-type ids), so after another model moved the shared weights, this one's
+        weights are already there while its buffers are not.
+        """
+        tensors = itertools.chain(self.encoder.parameters(), self.encoder.buffers())
+        if not all(on_device(t, device) for t in tensors):
             self.to(device)
             self.item_cache.clear()
             self.lower_cache.clear()

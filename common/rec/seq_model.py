@@ -146,6 +146,7 @@ def frozen_item_vectors(backbone: Backbone, catalog: Sequence[str], item_texts: 
     key = (backbone.source, catalog_fingerprint(catalog, item_texts), max_len)
     if key not in _TEXT_VECTORS:
         encoder = RecModel(backbone, None, max_len=max_len)
+        encoder.to_device(encoder.device)  # where the shared weights are; this tree's own buffers follow them
         vectors = encoder.item_embeddings(list(catalog), item_texts, (), batch_size=batch_size)
         _TEXT_VECTORS.clear()  # one catalog per process in practice; never hold several
         _TEXT_VECTORS[key] = torch.stack([vectors[i] for i in catalog])
