@@ -20,7 +20,8 @@
 # Environment: OUT (default ./out), GPU_CHECK_DEVICE (cuda; cpu for a local dry run), GPU_CHECK_SMALL=1
 # (tiny steps/epochs/users, bench client without its slow per-example row: 2 minutes on two idle CPU cores,
 # 6.5 on busy ones),
-# GPU_CHECK_BUDGET_S (450: no step runs past it), PYTHON (default python3),
+# GPU_CHECK_BUDGET_S (450: no step runs past it), GPU_CHECK_SKIP (step names to skip, e.g. "train_seq"),
+# PYTHON (default python3),
 # GPU_CHECK_TMP (default /tmp/fedadapt-gpu: the unpacked bundle and the training run).
 #   device:     bash simulations/gpu_check.sh
 #   dry run:    GPU_CHECK_DEVICE=cpu GPU_CHECK_SMALL=1 PYTHON=.venv/bin/python bash simulations/gpu_check.sh
@@ -69,6 +70,12 @@ else:
 step() {
     local name=$1 limit=$2 rc=0 started left
     shift 2
+    if [[ " ${GPU_CHECK_SKIP:-} " == *" $name "* ]]; then
+        echo "== $name skipped: named in GPU_CHECK_SKIP"
+        printf '%s\tskipped\t0\n' "$name" >> "$OUT/steps.tsv"
+        : > "$OUT/$name.out"
+        return 0
+    fi
     left=$((BUDGET - SECONDS))
     if [[ $left -lt 30 ]]; then
         echo "== $name skipped: ${left}s of the ${BUDGET}s budget left"
