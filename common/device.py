@@ -47,6 +47,8 @@ def device_label(device: torch.device) -> str:
 
 def on_device(tensor: torch.Tensor, device: torch.device) -> bool:
     """Whether `tensor` lives on `device`; "cuda" means the current CUDA device, as `.to("cuda")` does."""
+    import torch
+
     if tensor.device.type != device.type:
         return False
     if device.index is None and device.type == CUDA:

@@ -240,3 +240,12 @@ def test_personalise_adds_exactly_each_rows_own_bank_residuals_and_biases() -> N
         want_bias = sum((model.bank(n).item_bias for n in route), torch.zeros(13))
         assert torch.allclose(out[row], want, atol=1e-5)
         assert torch.allclose(bias[row], want_bias, atol=1e-6)
+
+
+def test_a_bank_added_after_the_model_moved_lives_where_the_model_is() -> None:
+    """A federated client adds segment banks on demand, after the model went to its device (the H200 run
+    failed there with a CPU bank in a CUDA model). 'meta' stands in for the GPU."""
+    model = SeqRecModel(SMALL, _catalog(10), torch.zeros(10, 8), user_levels=(GLOBAL, "region"))
+    model.to("meta")
+    model.add_adapter("region=EU")
+    assert {p.device.type for p in model.parameters()} == {"meta"}

@@ -203,6 +203,7 @@ class SeqRecModel(nn.Module):
         n, h = len(self.catalog), self.text_vectors.shape[1]
         bank: nn.Module = GlobalBank(self.cfg, n, h) if name == GLOBAL else SegmentBank(self.cfg, n)
         torch.random.set_rng_state(generator_state)
+        bank.to(self.text_vectors.device)  # a bank added after the model moved lives where the model is
         bank.train(self.training)
         self.banks.append(bank)
         self._names.append(name)
