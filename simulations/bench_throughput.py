@@ -6,7 +6,8 @@ the project's own loops next to it, per (row, batch, precision), on the same dev
 
 - naive-peft: PEFT LoRA r=8 (alpha 16) on query/value, both towers on the one encoder, users padded/cut to
   64 tokens and items to 32, mean-pooled unit vectors, in-batch softmax (B x B logits / 0.05), AdamW 1e-3.
-- ours-text (every layer adapted) and ours-text-top2 (adapter-layers=2, lower layers cached):
+- ours-text (the run config's adapter-layers=2: top 2 layers adapted, lower layers cached) and ours-text-all
+  (adapter-layers=0, every layer adapted):
   `common.rec.train.train_epochs` on a `RecModel` built like the federation builds it
   (`common.federation.task.new_model`: FFA-LoRA on the run's adapter config), one epoch over whole users
   until batch x steps pairs; one untimed warm-up call (batch x warmup pairs) first.
@@ -34,12 +35,13 @@ import torch.nn.functional as F
 from common.backbone import Backbone, load_backbone
 from common.device import device_label, resolve_device
 from common.names import GLOBAL
+from common.protocol import FedConfig
 from common.rec.train import Pair, TrainConfig, train_epochs, training_pairs
 from common.rec.user_record import RecordLike
 
 log = logging.getLogger(__name__)
 
-ROWS = ("naive-peft", "ours-text", "ours-text-top2", "ours-seq")
+ROWS = ("naive-peft", "ours-text-all", "ours-text", "ours-seq")
 PRECISIONS = ("fp32", "bf16")
 USER_TOKENS, ITEM_TOKENS = 64, 32  # the issue's shapes of the naive row
 TEMPERATURE = 0.05
@@ -193,11 +195,10 @@ def naive_peft(opts: ThroughputOptions, pairs: Sequence[Pair], item_texts: Mappi
 
 
 def ours_text(opts: ThroughputOptions, records: Sequence[RecordLike], item_texts: Mapping[str, str], batch: int,
-              precision: str, device: torch.device, adapter_layers: int = 0) -> Cell:
+              precision: str, device: torch.device, adapter_layers: int) -> Cell:
     """`train_epochs` as a client runs it, one epoch over batch x steps pairs after a warm-up call (which also
     fills the lower-layer cache when `adapter_layers` leaves frozen layers below the adapters)."""
     from common.federation import task
-    from common.protocol import FedConfig
 
     cfg = FedConfig(backbone=opts.backbone_arg, seed=opts.seed, device=device.type, adapter_layers=adapter_layers)
     model = task.new_model(cfg, [GLOBAL])
@@ -208,7 +209,7 @@ def ours_text(opts: ThroughputOptions, records: Sequence[RecordLike], item_texts
         train_epochs(model, warm, item_texts, tcfg, [GLOBAL])
         with _timed(device) as seconds:
             stats = train_epochs(model, timed, item_texts, tcfg, [GLOBAL])
-    name = "ours-text-top2" if adapter_layers == 2 else "ours-text"
+    name = "ours-text-all" if adapter_layers == 0 else "ours-text"
     return Cell(name, batch, precision, int(stats["num_examples"]), int(stats["steps"]), seconds[0])
 
 
@@ -270,8 +271,9 @@ def bench_throughput(opts: ThroughputOptions) -> ThroughputResult:
     if not pairs:
         raise ValueError("the data has no training pairs")
     measure = {"naive-peft": lambda b, p: naive_peft(opts, pairs, item_texts, b, p, device),
-               "ours-text": lambda b, p: ours_text(opts, records, item_texts, b, p, device, 0),
-               "ours-text-top2": lambda b, p: ours_text(opts, records, item_texts, b, p, device, 2),
+               "ours-text-all": lambda b, p: ours_text(opts, records, item_texts, b, p, device, 0),
+               "ours-text": lambda b, p: ours_text(opts, records, item_texts, b, p, device,
+                                                   FedConfig.adapter_layers),
                "ours-seq": lambda b, p: ours_seq(opts, records, item_texts, b, p, device)}
     cells: list[Cell] = []
     skipped: list[str] = []

@@ -60,7 +60,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {"clients": 4, "rounds": 2, "users": 160, "products": 300, "backbone": "tiny",
               "config": {"batch-size": 16, "lr": 5e-3, "min-segment-clients": 1}},
     "demo": {"clients": 20, "rounds": 3, "users": 1000, "products": 400, "backbone": "", "fraction": 0.5,
-             "config": {"batch-size": 16, "lr": 3e-3, "min-segment-clients": 2, "max-train-users": 32,
+             "config": {"batch-size": 16, "lr": 1e-2, "min-segment-clients": 2, "max-train-users": 32,
                         "max-eval-users": 20, "fraction-evaluate": 0.5}},
 }
 

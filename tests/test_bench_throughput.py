@@ -41,7 +41,7 @@ def test_bench_throughput_json_shape() -> None:
     result = json.loads(result_line)
     assert list(result) == ["options", "device", "torch", "rows", "skipped"]
     cells = [(r["row"], r["batch"]) for r in result["rows"]]
-    assert cells == [(row, b) for b in (4, 8) for row in ("naive-peft", "ours-text", "ours-text-top2", "ours-seq")]
+    assert cells == [(row, b) for b in (4, 8) for row in ("naive-peft", "ours-text-all", "ours-text", "ours-seq")]
     for row in result["rows"]:
         assert set(row) == ROW_KEYS and row["precision"] == "fp32"
         assert isinstance(row["pairs_per_second"], float) and math.isfinite(row["pairs_per_second"])
