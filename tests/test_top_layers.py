@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from rec_fixtures import make_dataset
@@ -106,3 +108,34 @@ def test_a_model_follows_the_shared_weights_with_its_own_buffers() -> None:
     assert frozen.device == torch.device("cpu")
     frozen.to_device(torch.device("cpu"))
     assert moves == [torch.device("cpu")]
+
+
+def test_a_federated_run_with_top_layer_adapters_trains_and_evaluates_from_the_cache(tmp_path: Path) -> None:
+    """The whole app in one process (FederatedRun + ClientApp over the in-process grid, tiny backbone) with
+    adapter-layers=1: every bank holds layer-1 tensors only, training moved them, and the clients' second round
+    and evaluations ran the frozen layer from the process's lower-layer cache."""
+    from client.app import app as client_app
+    from common.data.schema import write_marketplace
+    from common.data.synthetic import generate_marketplace
+    from common.federation.task import MODELS, model_for
+    from server.app import FederatedRun
+    from server.checkpoint import load_checkpoint
+    from simulations.inprocess_grid import InProcessGrid
+    from tests.fed_fakes import set_task_identity
+
+    set_task_identity()
+    MODELS.clear()
+    write_marketplace(generate_marketplace(90, 200, seed=4), tmp_path / "data")
+    cfg = FedConfig(num_server_rounds=2, data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "run"),
+                    backbone="tiny", adapter_layers=1, min_segment_clients=1, batch_size=8,
+                    client_state_dir=str(tmp_path / "state"))
+    nodes = {100 + pid: {"partition-id": pid, "num-partitions": 3} for pid in range(3)}
+    FederatedRun(cfg, InProcessGrid(client_app, nodes, cfg.to_run_config())).run()
+    start = load_checkpoint(tmp_path / "run" / "checkpoints", 0).banks
+    end = load_checkpoint(tmp_path / "run" / "checkpoints", 2).banks
+    keys = [k for bank in end.values() for k in bank]
+    assert keys and all(".layer.1." in k for k in keys)
+    assert any(not torch.allclose(torch.from_numpy(end[GLOBAL][k]), torch.from_numpy(start[GLOBAL][k]))
+               for k in end[GLOBAL])
+    cache = model_for(cfg).lower_cache
+    assert cache.hits > cache.misses > 0
