@@ -225,6 +225,7 @@ class FedConfig:
     # and cached (common/rec/model.py LowerCache); 0 = every layer. 2 of MiniLM's 6 (README, Fast clients): a
     # client update 2.6x faster and a third of the bytes, for 0.011 less central NDCG@10 on the demo data.
     adapter_layers: int = 2
+    lower_cache_mb: int = 1024  # arch=text: memory a client process may keep lower-layer states in; 0 = no cache
     segment_keys: str = ",".join(DEFAULT_SEGMENT_KEYS)
     partition_mode: str = PER_SEGMENT
     history: str = DEFAULT_HISTORY  # what a context may hold (common/data/examples.py): "event" or "session"
@@ -294,6 +295,8 @@ class FedConfig:
             raise ValueError(f"adapter-kind {self.adapter_kind!r} is not one of {', '.join(ADAPTER_KINDS)}")
         if self.adapter_layers < 0:
             raise ValueError(f"adapter-layers must be >= 0 (0 = every layer), got {self.adapter_layers}")
+        if self.lower_cache_mb < 0:
+            raise ValueError(f"lower-cache-mb must be >= 0 (0 = no cache), got {self.lower_cache_mb}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy {self.strategy!r} is not one of {', '.join(STRATEGIES)}")
         if self.history not in HISTORIES:

@@ -48,10 +48,10 @@ FORMAT_VERSION = 1
 # Run-config keys a resumed run may change: how long it runs and how patiently it waits, and the privacy budget
 # (raising target-epsilon continues a run that stopped at it: epsilon goes on from the checkpoint). Every other key
 # (data, model, adapters, segments, optimisation, sampling, evaluation) defines the experiment whose rounds
-# metrics.jsonl and the checkpoints continue (where a client computes, client-threads and device, does not);
-# out-dir may change so that a copied or moved run folder resumes.
+# metrics.jsonl and the checkpoints continue (where and with how much memory a client computes, client-threads,
+# device and lower-cache-mb, does not); out-dir may change so that a copied or moved run folder resumes.
 RESUMABLE_KEYS = frozenset({"num-server-rounds", "resume", "stop-after-round", "round-timeout", "client-threads",
-                            "device", "out-dir", "target-epsilon", "target-epsilon-action"})
+                            "device", "lower-cache-mb", "out-dir", "target-epsilon", "target-epsilon-action"})
 
 
 class CheckpointError(ValueError):

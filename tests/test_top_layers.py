@@ -61,6 +61,19 @@ def test_bad_top_layers_are_refused_with_the_reason() -> None:
     with pytest.raises(ValueError, match="adapter-layers must be >= 0"):
         FedConfig(adapter_layers=-1)
     assert FedConfig.from_run_config({"adapter-layers": 1}).adapter_layers == 1
+    with pytest.raises(ValueError, match="lower-cache-mb must be >= 0"):
+        FedConfig(lower_cache_mb=-1)
+
+
+def test_the_run_config_bounds_the_clients_lower_layer_cache() -> None:
+    """lower-cache-mb reaches the client's model (0 turns the cache off) and may change on --resume."""
+    from common.federation.task import new_model
+    from server.checkpoint import RESUMABLE_KEYS
+
+    assert new_model(FedConfig(adapter_layers=1, lower_cache_mb=3), [GLOBAL]).lower_cache.max_bytes == 3 << 20
+    off = new_model(FedConfig(adapter_layers=1, lower_cache_mb=0), [GLOBAL])
+    assert off.lower_cache.max_bytes == 0 and not off.caches_lower_layers
+    assert "lower-cache-mb" in RESUMABLE_KEYS
 
 
 def _trained(cache_bytes: int) -> tuple[dict[str, torch.Tensor], RecModel]:

@@ -76,14 +76,16 @@ def model_for(cfg: FedConfig) -> RecModel:
     Injection works on a shared-weight copy of the module tree, so several adapted models can share the one
     cached backbone without their adapters stacking. Adapters for segments are added on demand.
     """
-    key = (cfg.backbone, cfg.adapter_kind, cfg.adapter_layers, cfg.adapter_segment_keys, cfg.max_len, cfg.seed)
+    key = (cfg.backbone, cfg.adapter_kind, cfg.adapter_layers, cfg.adapter_segment_keys, cfg.max_len, cfg.seed,
+           cfg.lower_cache_mb)
     return MODELS.get(key, lambda: new_model(cfg, [GLOBAL]))
 
 
 def new_model(cfg: FedConfig, names: Sequence[str]) -> RecModel:
     """A fresh RecModel with untrained (seeded) adapters `names` on the cached backbone."""
     plan = RoutingPlan(user_levels=(GLOBAL, *cfg.adapter_segment_keys), item_levels=(GLOBAL,))
-    return RecModel(backbone_for(cfg.backbone), adapter_config(cfg), names=list(names), plan=plan, max_len=cfg.max_len)
+    return RecModel(backbone_for(cfg.backbone), adapter_config(cfg), names=list(names), plan=plan, max_len=cfg.max_len,
+                    lower_cache_bytes=cfg.lower_cache_mb << 20)
 
 
 def adapter_arrays(model: BankModel, names: Sequence[str]) -> Arrays:
