@@ -4,6 +4,8 @@
 # Expects the ignored bundle .devbundle/ in the repo root (carried next to the working tree):
 #   .devbundle/minilm16/     the offline MiniLM (all-MiniLM-L6-v2) with float16 weights + config/tokenizer
 #   .devbundle/ml1m.tar.xz   MovieLens-1M as RecBole files (.work/datasets/ml-1m, from `fedadapt data fetch`)
+# Build it with `python -m simulations.gpu_bundle` (after `fedadapt data fetch ml-1m --out DIR`) and keep it out of
+# git (`echo /.devbundle/ >> .git/info/exclude`).
 # The machine has torch, transformers, peft, pandas, pyarrow, safetensors, numpy but not this package, flwr,
 # datasets, cryptography, dp_accounting or the MiniLM package: everything runs from the source tree
 # (PYTHONPATH; `python -m cli.main` is `fedadapt`), and every python step runs under a guard that makes those
