@@ -299,7 +299,8 @@ class RecModel(nn.Module):
             input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
             states = self.adapted.lower_states(input_ids, attention_mask)
             for row, text in enumerate(part):
-                found[text] = states[row, : int(attention_mask[row].sum())].clone()  # own storage, not the batch's
+                # own fp32 storage, not a view of the batch (kept alive whole) nor autocast's bf16
+                found[text] = states[row, : int(attention_mask[row].sum())].float().clone()
                 self.lower_cache.put((text, max_len), found[text])
         return [found[t] for t in texts]
 
