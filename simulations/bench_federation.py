@@ -84,28 +84,50 @@ def bench_bytes(backbone: str, kinds: list[str], seq_items: int = ML1M_ITEMS, se
     return rows
 
 
+ROLES = (("flower-superlink", "superlink"), ("flwr-serverapp", "serverapp"), ("flwr-simulation", "simulation"),
+         ("ray::", "ray-workers"), ("raylet", "ray-system"), ("gcs_server", "ray-system"), ("ray/", "ray-system"))
+
+
+def process_role(cmdline: list[str]) -> str:
+    """Which part of a simulation a process is, from its command line ("other" when none matches)."""
+    text = " ".join(cmdline)
+    return next((role for marker, role in ROLES if marker in text), "other")
+
+
 class TreeRss:
-    """Samples the summed RSS of a process and all its descendants in a background thread."""
+    """Samples the summed RSS of a process and all its descendants in a background thread; also the peak of each
+    role's sum (SuperLink, ServerApp, simulation runtime, Ray workers, Ray's own processes), to say what grows."""
 
     def __init__(self, pid: int, interval: float = 0.5) -> None:
         self.root = psutil.Process(pid)
         self.interval = interval
         self.peak = 0
+        self.peak_by_role: dict[str, int] = {}
+        self.processes_by_role: dict[str, int] = {}  # the most processes of each role seen at once
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             total = 0
+            roles: dict[str, int] = {}
+            counts: dict[str, int] = {}
             try:
                 for proc in [self.root, *self.root.children(recursive=True)]:
                     try:
-                        total += proc.memory_info().rss
+                        rss = proc.memory_info().rss
+                        role = process_role(proc.cmdline())
                     except psutil.Error:
                         continue
+                    total += rss
+                    roles[role] = roles.get(role, 0) + rss
+                    counts[role] = counts.get(role, 0) + 1
             except psutil.Error:
                 return
             self.peak = max(self.peak, total)
+            for role, rss in roles.items():
+                self.peak_by_role[role] = max(self.peak_by_role.get(role, 0), rss)
+                self.processes_by_role[role] = max(self.processes_by_role.get(role, 0), counts[role])
             time.sleep(self.interval)
 
     def __enter__(self) -> TreeRss:
@@ -152,6 +174,8 @@ def bench_scale(clients: list[int], out: Path, rounds: int = 2) -> list[dict[str
         before = [line for line in lines if line["round"] == 0] + [line for line in lines if line["round"] == 1]
         rows.append({"clients": n, "sampled_per_round": summary["clients_sampled_total"] / rounds,
                      "peak_rss_mb": watchers[0].peak / 2**20, "wall_s": wall,
+                     "peak_rss_mb_by_role": {k: round(v / 2**20) for k, v in sorted(watchers[0].peak_by_role.items())},
+                     "processes_by_role": dict(sorted(watchers[0].processes_by_role.items())),
                      "round_wall_s_mean": summary["round_wall_s_mean"], "before_round_1_s": wall - rounds_s,
                      "registration_queries": sum(line.get("registration_queries", 0) for line in lines),
                      "registration_s_to_round_1": sum(line.get("registration_s", 0.0) for line in before)})
@@ -177,6 +201,10 @@ def format_scale(rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['clients']} | {r['sampled_per_round']:.0f} | {r['registration_queries']} | "
                      f"{r['peak_rss_mb']:.0f} | {r['before_round_1_s']:.0f} | {r['registration_s_to_round_1']:.1f} | "
                      f"{r['round_wall_s_mean']:.1f} | {r['wall_s']:.0f} |")
+    lines.append("\npeak RSS by role (MB, each role's own peak): " + "; ".join(
+        f"{r['clients']} clients: " + ", ".join(f"{k} {v} ({r['processes_by_role'].get(k, 0)} proc)"
+                                               for k, v in r["peak_rss_mb_by_role"].items())
+        for r in rows))
     return "\n".join(lines)
 
 
