@@ -23,6 +23,7 @@ from server.app import initial_banks
 from server.checkpoint import Checkpoint, latest_complete_round, load_checkpoint
 from server.validate import REASONS
 from simulations.runner import SimOptions, simulate
+from tests.bank_checks import assert_trained_close
 
 CLIENTS = 3
 ROUNDS = 4
@@ -77,9 +78,7 @@ def test_aggregated_adapters_equal_weighted_per_segment_mean(runs: dict[str, Pat
         got = _ckpt(full, rnd).banks
         assert set(got) == set(expected)
         assert len({n for n in got if n.startswith("region=")}) >= 2 and any(n.startswith("season=") for n in got)
-        for name in expected:
-            for key in expected[name]:
-                np.testing.assert_allclose(got[name][key], expected[name][key], atol=1e-6, err_msg=key)
+        assert_trained_close(got, expected, banks, label=f"round {rnd}")
         assert any(np.abs(v).max() > 0 for v in got["global"].values())
         banks = got
 
@@ -113,10 +112,7 @@ def test_resume_matches_uninterrupted_run(runs: dict[str, Path]) -> None:
     assert (resumed / "stopped-ckpt-round").read_text() == "2"
     assert (resumed / "run-complete.json").is_file()
     a, b = _ckpt(full, ROUNDS).banks, _ckpt(resumed, ROUNDS).banks
-    assert set(a) == set(b)
-    for name in a:
-        for key in a[name]:
-            np.testing.assert_allclose(b[name][key], a[name][key], atol=1e-6, err_msg=key)
+    assert_trained_close(b, a, _ckpt(full, 0).banks, label="resumed")
     rows_a, rows_b = _metrics(full), _metrics(resumed)
     assert [r["round"] for r in rows_b] == list(range(0, ROUNDS + 1))  # round 0: before training
     assert [r["ndcg@10"] for r in rows_b] == pytest.approx([r["ndcg@10"] for r in rows_a], abs=1e-6)
