@@ -54,3 +54,15 @@ def on_device(tensor: torch.Tensor, device: torch.device) -> bool:
     if device.index is None and device.type == CUDA:
         return tensor.device.index in (None, torch.cuda.current_device())
     return device.index is None or tensor.device.index == device.index
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (what a benchmark says it ran on), else platform's guess."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            return next((ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name")),
+                        platform.processor() or platform.machine())
+    except OSError:
+        return platform.processor() or platform.machine()

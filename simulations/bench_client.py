@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -40,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from common.backbone import Backbone, load_backbone
-from common.device import device_label, resolve_device
+from common.device import cpu_model, device_label, resolve_device
 from common.federation import task
 from common.federation.client_data import ClientData, client_data, record_segment_names
 from common.names import GLOBAL, SEQ, TEXT
@@ -281,13 +280,7 @@ class ClientBenchResult:
 
 def machine_facts(device: torch.device, threads: int) -> dict[str, object]:
     """What the figures were measured on (the load average says whether the machine was busy)."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            model = next((ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name")), model)
-    except OSError:
-        pass
-    return {"cpu": model, "cpus": os.cpu_count(), "threads": threads, "device": device_label(device),
+    return {"cpu": cpu_model(), "cpus": os.cpu_count(), "threads": threads, "device": device_label(device),
             "torch": torch.__version__, "load_average_1m": round(os.getloadavg()[0], 2)}
 
 

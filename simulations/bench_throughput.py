@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from common.backbone import Backbone, load_backbone
-from common.device import device_label, resolve_device
+from common.device import cpu_model, device_label, resolve_device
 from common.names import GLOBAL
 from common.protocol import FedConfig
 from common.rec.train import Pair, TrainConfig, train_epochs, training_pairs
@@ -253,14 +253,8 @@ class ThroughputResult:
 
 
 def device_name(device: torch.device) -> str:
-    """The card's name, or the CPU model from /proc/cpuinfo."""
-    if device.type == "cuda":
-        return device_label(device)
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            return next((ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name")), "cpu")
-    except OSError:
-        return "cpu"
+    """The card's name, or the CPU model."""
+    return device_label(device) if device.type == "cuda" else cpu_model()
 
 
 def bench_throughput(opts: ThroughputOptions) -> ThroughputResult:
