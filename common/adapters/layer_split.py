@@ -29,10 +29,14 @@ class _Given(nn.Module):
         return self.value
 
 
+def _layer_list(model: nn.Module) -> nn.ModuleList | None:
+    layers = getattr(getattr(model, "encoder", None), "layer", None)
+    return layers if isinstance(layers, nn.ModuleList) else None
+
+
 def split_supported(model: nn.Module) -> bool:
     """Encoders laid out as `embeddings` + `encoder.layer` (a ModuleList): BERT, RoBERTa, ELECTRA, MPNet."""
-    layers = getattr(getattr(model, "encoder", None), "layer", None)
-    return isinstance(layers, nn.ModuleList) and isinstance(getattr(model, "embeddings", None), nn.Module)
+    return _layer_list(model) is not None and isinstance(getattr(model, "embeddings", None), nn.Module)
 
 
 def _shallow(module: nn.Module) -> nn.Module:
@@ -43,8 +47,8 @@ def _shallow(module: nn.Module) -> nn.Module:
 
 
 def _layers(model: nn.Module) -> nn.ModuleList:
-    layers = getattr(getattr(model, "encoder", None), "layer", None)
-    if not isinstance(layers, nn.ModuleList):
+    layers = _layer_list(model)
+    if layers is None:
         raise ValueError(f"{type(model).__name__} is not laid out as embeddings + encoder.layer; cannot split it")
     return layers
 

@@ -7,7 +7,7 @@ is copied so that injection does not change the caller's backbone. Adapters are 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -56,6 +56,9 @@ class AdaptedModel(nn.Module):
         for p in unfrozen:
             p.requires_grad_(False)
         self.wrappers = inject(self.backbone, config, self.kind, self._router)
+        # Bottom layers no adapter and no prompt reaches (0 when that cannot be said): their outputs depend on the
+        # text alone, so `lower_states` may be cached per text and fed to `forward_from`. Fixed once injected.
+        self.frozen_layers = self._frozen_layers()
         if config.prompt_tokens:
             check_prompt_support(self.backbone)
         self.shared = nn.ModuleDict()  # model-level module per adapter name (hyper: segment embedding, hypernet)
@@ -216,20 +219,16 @@ class AdaptedModel(nn.Module):
             return attention_mask
         return prompt_mask(attention_mask, plan, self.config.prompt_tokens)
 
-    @property
-    def frozen_layers(self) -> int:
-        """How many bottom layers no adapter and no prompt reaches (0 when that cannot be said): their outputs
-        depend on the text alone, so `lower_states` may be cached per text and fed to `forward_from`."""
-        if self.config.prompt_tokens or not self.wrappers or not split_supported(self.backbone):
-            return 0
+    def _frozen_layers(self) -> int:
         indices = [layer_index(w.site.path) for w in self.wrappers]
-        return min(i for i in indices if i is not None) if None not in indices else 0
+        if self.config.prompt_tokens or not indices or None in indices or not split_supported(self.backbone):
+            return 0
+        return min(i for i in indices if i is not None)
 
     def _split(self) -> LayerSplit:
         split = self.__dict__.get("_layer_split")  # a plain attribute: its module trees share our weights
-        if split is None or split.at != self.frozen_layers:
-            split = LayerSplit(self.backbone, self.frozen_layers)
-            self.__dict__["_layer_split"] = split
+        if split is None:
+            split = self.__dict__["_layer_split"] = LayerSplit(self.backbone, self.frozen_layers)
         return split
 
     def lower_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -238,14 +237,18 @@ class AdaptedModel(nn.Module):
 
     def forward_from(self, hidden: Tensor, attention_mask: Tensor, routing: Routing | None = None) -> Tensor:
         """forward() from the states `lower_states` gave for the same tokens: the same (B, T, H) result."""
-        plan = self._begin(routing, hidden.shape[0])
         split = self._split()
+        return self._routed(self._begin(routing, hidden.shape[0]), attention_mask,
+                            lambda: split.upper_states(hidden, attention_mask))
+
+    def _routed(self, plan: BatchPlan | None, mask: Tensor, run: Callable[[], Tensor]) -> Tensor:
+        """`run()` with `plan` (None: the bare backbone) active in every wrapper for its duration."""
         if plan is None:
-            return split.upper_states(hidden, attention_mask)
-        plan.mask = attention_mask.bool()
+            return run()
+        plan.mask = mask.bool()
         self._router.plan = plan
         try:
-            return split.upper_states(hidden, attention_mask)
+            return run()
         finally:
             self._router.plan = None
 
@@ -277,9 +280,4 @@ class AdaptedModel(nn.Module):
             kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
             if token_type_ids is not None:
                 kwargs["token_type_ids"] = token_type_ids
-        plan.mask = kwargs["attention_mask"].bool()
-        self._router.plan = plan
-        try:
-            return self.backbone(**kwargs)[0]
-        finally:
-            self._router.plan = None
+        return self._routed(plan, kwargs["attention_mask"], lambda: self.backbone(**kwargs)[0])
