@@ -25,9 +25,10 @@ from pathlib import Path
 from cli.train import ARCH_DEFAULTS
 from common.device import DEVICES
 from common.names import ARCHS, DEFAULT_HISTORY, DEFAULT_SEGMENT_KEYS, HISTORIES
-from simulations.bench_adapters import AdapterBenchOptions, bench_adapters, format_table
-from simulations.bench_client import ROWS, ClientBenchOptions, bench_client, format_client_table
-from simulations.bench_federation import (
+from simulations.bench.adapters import AdapterBenchOptions, bench_adapters, format_table
+from simulations.bench.client import ROWS, ClientBenchOptions, bench_client, format_client_table
+from simulations.bench.compare import compare, comparison_table, write_comparison
+from simulations.bench.federation import (
     ML1M_ITEMS,
     bench_bytes,
     bench_demo,
@@ -35,8 +36,7 @@ from simulations.bench_federation import (
     format_bytes,
     format_scale,
 )
-from simulations.bench_quality import QualityOptions, quality_table, run_quality, write_quality
-from simulations.compare import compare, comparison_table, write_comparison
+from simulations.bench.quality import QualityOptions, quality_table, run_quality, write_quality
 
 
 @dataclass(frozen=True)
@@ -240,7 +240,7 @@ def _configure_deploy(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_deploy(args: argparse.Namespace) -> int:
-    from simulations.bench_deploy import bench_deploy, format_deploy
+    from simulations.bench.deploy import bench_deploy, format_deploy
 
     backbone = "" if args.backbone == "minilm" else args.backbone
     print(format_deploy(bench_deploy(Path(args.out), args.nodes, args.rounds, backbone)))
@@ -268,7 +268,7 @@ def _configure_secagg(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_secagg(args: argparse.Namespace) -> int:
-    from simulations.bench_secagg import SecAggBenchOptions, bench_secagg, format_secagg
+    from simulations.bench.secagg import SecAggBenchOptions, bench_secagg, format_secagg
 
     options = SecAggBenchOptions(clients=args.clients, modes=tuple(m.strip() for m in args.modes.split(",") if m),
                                  arch=args.arch, backbone=args.backbone, regions=args.regions, seasons=args.seasons,
@@ -279,7 +279,7 @@ def _run_secagg(args: argparse.Namespace) -> int:
 
 
 def _configure_throughput(parser: argparse.ArgumentParser) -> None:
-    from simulations.bench_throughput import PRECISIONS, ROWS
+    from simulations.bench.throughput import PRECISIONS, ROWS
 
     parser.add_argument("--device", choices=DEVICES, default="auto", help="auto takes CUDA when torch sees a GPU")
     parser.add_argument("--batch-sizes", type=_int_list, default=(256, 1024), help="pairs per step (seq: users)")
@@ -297,7 +297,7 @@ def _configure_throughput(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_throughput(args: argparse.Namespace) -> int:
-    from simulations.bench_throughput import ThroughputOptions, bench_throughput, format_throughput
+    from simulations.bench.throughput import ThroughputOptions, bench_throughput, format_throughput
 
     def names(text: str) -> tuple[str, ...]:
         return tuple(x.strip() for x in text.split(",") if x.strip())

@@ -7,10 +7,10 @@ import argparse
 import time
 from pathlib import Path
 
+from common.data.fetch import DEFAULT_CACHE, ML1M_REQUIREMENT, fetch_movielens_1m
 from common.data.schema import FORMATS, Marketplace, write_marketplace
 from common.data.sources import SOURCE_FORMATS, load_source, parse_mapping
 from common.data.synthetic import generate_marketplace
-from simulations.datasets import DEFAULT_CACHE, ML1M_REQUIREMENT, fetch_movielens_1m
 
 
 def _positive_int(text: str) -> int:

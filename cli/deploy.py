@@ -25,7 +25,7 @@ from common.names import DEFAULT_SEGMENT_KEYS
 
 
 def _options(args: argparse.Namespace) -> Any:
-    from simulations.deploy import DeployOptions
+    from deployment.local import DeployOptions
 
     config: dict[str, Any] = {}
     for item in args.set or []:
@@ -42,7 +42,7 @@ def _options(args: argparse.Namespace) -> Any:
 
 
 def run_local(args: argparse.Namespace) -> int:
-    from simulations.deploy import deploy_local
+    from deployment.local import deploy_local
 
     opts = _options(args)  # --insecure: deploy_local logs a loud warning first
     status = run_stoppable(lambda: deploy_local(opts), opts.out, "deploy")
@@ -54,8 +54,8 @@ def run_local(args: argparse.Namespace) -> int:
 
 
 def run_certs(args: argparse.Namespace) -> int:
-    from simulations.node_auth import write_node_keys
-    from simulations.tls import check_hosts, write_tls
+    from deployment.node_auth import write_node_keys
+    from deployment.tls import check_hosts, write_tls
 
     if args.nodes < 1:
         raise ValueError(f"--nodes must be >= 1, got {args.nodes}")
@@ -73,8 +73,8 @@ def run_certs(args: argparse.Namespace) -> int:
 
 def run_shards(args: argparse.Namespace) -> int:
     from common.names import PARTITION_MODES
-    from simulations.deploy import write_shards
-    from simulations.preflight import inspect_data
+    from deployment.local import write_shards
+    from simulations.runner.preflight import inspect_data
 
     if args.nodes < 1:
         raise ValueError(f"--nodes must be >= 1, got {args.nodes}")

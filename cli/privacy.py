@@ -11,7 +11,7 @@ of federated runs without DP and at each epsilon; segment: how well the server g
 plain, segment-visible and segment-hidden secure aggregation; items: which items a client's users liked, from
 its item-side update (seq model), plain, as a secure sum and with DP; curve: NDCG@10 against epsilon.
 Every option is checked before anything is written (one line, exit 2). The experiments are
-`simulations.privacy_experiments.run_privacy`.
+`simulations.privacy.run_privacy`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from simulations.privacy_setup import EXPERIMENTS, PrivacyOptions
+from simulations.privacy.registry import names
+from simulations.privacy.setup import PrivacyOptions
 
 DEFAULTS = PrivacyOptions(out=Path("."))
 
@@ -34,15 +35,16 @@ def _number(flag: str, text: str, kind: type) -> Any:
 
 
 def experiments_of(text: str) -> tuple[str, ...]:
-    """"all", one experiment, or several separated by commas, in EXPERIMENTS order."""
-    names = {n.strip() for n in text.split(",") if n.strip()}
-    if "all" in names:
-        return EXPERIMENTS
-    unknown = sorted(names - set(EXPERIMENTS))
-    if unknown or not names:
-        raise ValueError(f"unknown experiment(s) {unknown or text!r}; expected {', '.join(EXPERIMENTS)}, several "
+    """"all", one experiment, or several separated by commas, in the registry's (sorted) order."""
+    known = names()
+    chosen = {n.strip() for n in text.split(",") if n.strip()}
+    if "all" in chosen:
+        return known
+    unknown = sorted(chosen - set(known))
+    if unknown or not chosen:
+        raise ValueError(f"unknown experiment(s) {unknown or text!r}; expected {', '.join(known)}, several "
                          "of them separated by commas, or all")
-    return tuple(e for e in EXPERIMENTS if e in names)
+    return tuple(e for e in known if e in chosen)
 
 
 def options_from_args(args: argparse.Namespace) -> PrivacyOptions:
@@ -68,7 +70,7 @@ def command_line(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     opts = options_from_args(args)
-    from simulations.privacy_experiments import run_privacy
+    from simulations.privacy.run import run_privacy
 
     summary = run_privacy(opts, command_line(args))
     print((opts.out / "summary.md").read_text())
@@ -82,7 +84,7 @@ def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser("privacy", help="privacy experiments: membership, segment and item inference, "
                               "privacy-utility curve", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("experiment", metavar="{membership,segment,items,curve,all}",
+    p.add_argument("experiment", metavar="{" + ",".join((*names(), "all")) + "}",
                    help="which experiment: one, several separated by commas (e.g. items,curve), or all")
     p.add_argument("--out", required=True, help="output folder (summary.md, summary.json, *.png, federated/)")
     p.add_argument("--data", help="marketplace folder (default: synthetic data generated into OUT/data)")

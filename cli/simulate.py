@@ -14,7 +14,7 @@ MovieLens-1M 32-user steps reached in 12 rounds what 128-user steps did not: REA
 Options, backbone, data, segment keys and (with --resume) the checkpoint are checked before anything starts or
 is written (one line, exit 2). Ctrl-C, SIGTERM or SIGHUP stop every process of the run and exit 128 + the signal
 number (130, 143, 129) with one line naming the last checkpoint, which --resume continues from. The run itself
-is `simulations.runner.simulate`.
+is `simulations.runner.run.simulate`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from common.device import DEVICES
 from common.names import CHECKPOINTS_DIR, DEFAULT_SEGMENT_KEYS, STRATEGIES
 from common.privacy.dp import DP_MODES, TARGET_ACTIONS
 from common.secagg.layout import SECURE_MODES
-from simulations.runner import PRESETS, STOP_SIGNALS, Interrupted, SimOptions, SimulationFailed, simulate
+from simulations.runner.run import PRESETS, STOP_SIGNALS, Interrupted, SimOptions, SimulationFailed, simulate
 
 # DP options -> run-config keys (common/privacy/dp.py); FedConfig checks the values before anything starts.
 DP_OPTIONS = {"dp_noise_multiplier": "dp-noise-multiplier", "dp_clip": "dp-clip", "dp_mode": "dp-mode",

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cli.main import main
-from simulations.bench_client import ROWS
+from simulations.bench.client import ROWS
 
 SMALL = ["bench", "client", "--backbone", "tiny", "--repeats", "1", "--pairs", "24", "--users", "120",
          "--products", "150", "--clients", "2", "--eval-users", "8"]

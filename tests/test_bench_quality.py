@@ -10,7 +10,7 @@ import pytest
 from cli.main import main
 from common.data.examples import UserRecord
 from common.rec.library_baselines import BASELINES
-from simulations.bench_quality import COLD_USER_MAX, QUALITY_JSON, QUALITY_TABLE, cold_labels, labelled
+from simulations.bench.quality import COLD_USER_MAX, QUALITY_JSON, QUALITY_TABLE, cold_labels, labelled
 
 METRICS = ("hr@10", "ndcg@10")
 

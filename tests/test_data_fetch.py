@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from simulations.datasets import (
+from common.data.fetch import (
     ML1M_FILES,
     ML1M_MEMBER_DIR,
     ML1M_REQUIREMENT,

@@ -1,4 +1,4 @@
-"""Real deployments (simulations/deploy.py): a SuperLink and SuperNodes as separate processes on 127.0.0.1,
+"""Real deployments (deployment/local.py): a SuperLink and SuperNodes as separate processes on 127.0.0.1,
 TLS and node authentication on, tiny backbone. Each ClientApp message spawns a process, so these are few and
 small: one clean run (with an intruder whose key is not registered), one with faults inside a round (a node
 killed, a node whose reply breaks what it registered), and a killed ServerApp resumed from its checkpoint.
@@ -22,11 +22,11 @@ import pytest
 
 from common.data.schema import write_marketplace
 from common.data.synthetic import generate_marketplace
+from deployment.local import Deployment, DeployOptions, deploy_local, node_config
+from deployment.node_auth import write_node_keys
 from server.checkpoint import latest_complete_round
-from simulations.deploy import Deployment, DeployOptions, deploy_local, node_config
-from simulations.node_auth import write_node_keys
-from simulations.reaper import marked_pids
-from simulations.runner import SimulationFailed
+from simulations.runner.reaper import marked_pids
+from simulations.runner.run import SimulationFailed
 
 CONFIG = {"min-segment-clients": 1, "batch-size": 8, "max-train-users": 12, "max-eval-users": 12}
 

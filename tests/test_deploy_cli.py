@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from cli.main import main
-from simulations.deploy import INSECURE_WARNING
+from deployment.local import INSECURE_WARNING
 
 
 @pytest.mark.parametrize(("argv", "message"), [

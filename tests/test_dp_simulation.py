@@ -16,7 +16,7 @@ from common.data.schema import write_marketplace
 from common.data.synthetic import generate_marketplace
 from common.names import COMPLETE_FILE
 from common.privacy.accountant import PrivacyAccountant
-from simulations.runner import SimOptions, simulate
+from simulations.runner.run import SimOptions, simulate
 
 CLIENTS = 3
 SIGMA = 2.0

@@ -17,7 +17,7 @@ from common.protocol import FedConfig
 from common.rec.model import RecModel
 from common.rec.seq_train import SeqTrainConfig
 from common.rec.train import TrainConfig, train_epochs, training_pairs
-from simulations.runner import SimOptions, run_config
+from simulations.runner.run import SimOptions, run_config
 
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 

@@ -24,7 +24,7 @@ from server.checkpoint import load_checkpoint
 from server.optimizer import OptimizerConfig, ServerOptimizer
 from server.strategy import AdapterBankStrategy, RoundStats
 from server.validate import ValidationConfig
-from simulations.runner import SimOptions, simulate
+from simulations.runner.run import SimOptions, simulate
 from tests.bank_checks import assert_trained_close
 from tests.fed_fakes import set_task_identity
 from tests.fed_replies import client, train_reply

@@ -3,7 +3,7 @@
 One module-scoped set of runs serves all tests, because each run pays Flower's start-up (SuperLink, app
 install, Ray): an uninterrupted 4-round run, and a run stopped after round 2 then resumed. Every run starts
 its own SuperLink on a free 127.0.0.1 port with its own FLWR_HOME under the test's tmp folder and stops it by
-PID (simulations/flower.py).
+PID (simulations/runner/flower.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from server.aggregate import aggregate_banks, split_banks
 from server.app import initial_banks
 from server.checkpoint import Checkpoint, latest_complete_round, load_checkpoint
 from server.validate import REASONS
-from simulations.runner import SimOptions, simulate
+from simulations.runner.run import SimOptions, simulate
 from tests.bank_checks import assert_trained_close
 
 CLIENTS = 3

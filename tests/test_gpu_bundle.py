@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from common.backbone import load_backbone
 from common.rec.model import RecModel
-from simulations.gpu_bundle import write_minilm16, write_ml1m
+from simulations.bench.gpu_bundle import write_minilm16, write_ml1m
 
 
 @pytest.mark.minilm

@@ -17,12 +17,12 @@ import pytest
 from cli.main import main
 from common.names import GLOBAL
 from common.secagg.layout import SEGMENT, SEGMENT_HIDDEN
-from simulations.privacy_attacks import loss_threshold, shadow_attack
-from simulations.privacy_clients import ClientUpdate
-from simulations.privacy_membership import central_model
-from simulations.privacy_scores import user_features
-from simulations.privacy_segment import by_protocol, classify, masked_global, run_layouts, secure_rounds
-from simulations.privacy_setup import PrivacyOptions, Setup, validate
+from simulations.privacy.attacks import loss_threshold, shadow_attack
+from simulations.privacy.clients import ClientUpdate
+from simulations.privacy.experiments.membership import central_model
+from simulations.privacy.experiments.segment import by_protocol, classify, masked_global, run_layouts, secure_rounds
+from simulations.privacy.scores import user_features
+from simulations.privacy.setup import PrivacyOptions, Setup, validate
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +194,7 @@ def test_missing_data_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_experiments_are_named_one_by_one_or_with_commas(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`segment,items` picks both (in the documented order), `all` every one; an unknown name is refused."""
+    """`segment,items` picks both (in the registry's sorted order), `all` every one; an unknown name is refused."""
     # Prepare
     from cli.privacy import experiments_of
 
@@ -202,7 +202,7 @@ def test_experiments_are_named_one_by_one_or_with_commas(tmp_path: Path, capsys:
     rc = main(["privacy", "items,memb", "--backbone", "tiny", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
     # Assert
-    assert experiments_of("items,segment") == ("segment", "items")
-    assert experiments_of("all") == ("membership", "segment", "items", "curve")
+    assert experiments_of("segment,items") == ("items", "segment")
+    assert experiments_of("all") == ("curve", "items", "membership", "segment")
     assert rc == 2 and "'memb'" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()

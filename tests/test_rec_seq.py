@@ -15,7 +15,7 @@ from common.data.examples import UserRecord
 from common.names import GLOBAL
 from common.rec.seq_model import SeqConfig, SeqRecModel, left_pad
 from common.rec.seq_train import SeqTrainConfig, bank_counts, evaluate_seq, score_catalog, train_seq
-from simulations.bench_quality import QUALITY_JSON
+from simulations.bench.quality import QUALITY_JSON
 
 SMALL = SeqConfig(dim=16, layers=1, heads=2, max_len=12, dropout=0.0, segment_rank=4)
 

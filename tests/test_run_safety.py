@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 
 from server.checkpoint import latest_complete_round, load_checkpoint
-from simulations.reaper import TOKEN_VAR, kill_marked, marked_pids, run_pids
-from simulations.runlock import RunFolderBusy, RunLock
+from simulations.runner.reaper import TOKEN_VAR, kill_marked, marked_pids, run_pids
+from simulations.runner.runlock import RunFolderBusy, RunLock
 
 ROOT = Path(__file__).resolve().parents[1]
 TAG = "FEDADAPT_TEST_TAG"
@@ -121,8 +121,8 @@ def test_watchdog_cleans_up_after_its_parent_is_sigkilled(tmp_path: Path) -> Non
     parent_code = textwrap.dedent(f"""
         import os, subprocess, sys, time
         from pathlib import Path
-        from simulations.reaper import TOKEN_VAR, Watchdog
-        from simulations.runlock import RunLock
+        from simulations.runner.reaper import TOKEN_VAR, Watchdog
+        from simulations.runner.runlock import RunLock
         lock = RunLock(Path({str(tmp_path / 'run')!r})).acquire()
         Watchdog({token!r}, remove=[Path({str(folder)!r})], hold_fds=[lock.fd])
         subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True,

@@ -17,7 +17,7 @@ from common.federation.task import client_data
 from common.protocol import FedConfig
 from server.app import FederatedRun
 from server.checkpoint import latest_complete_round, load_checkpoint
-from simulations.inprocess_grid import InProcessGrid
+from simulations.runner.inprocess_grid import InProcessGrid
 from tests.bank_checks import assert_trained_close
 from tests.fed_fakes import set_task_identity
 from tests.test_secagg_rounds import _strings

@@ -17,7 +17,7 @@ from common.secagg.fixedpoint import FixedPoint
 from common.secagg.inmemory import run_in_memory
 from common.secagg.layout import BankLayout, bank_vector, split_bank
 from common.secagg.server import RoundSpec
-from simulations.inprocess_grid import InProcessGrid
+from simulations.runner.inprocess_grid import InProcessGrid
 from tests.fed_fakes import set_task_identity
 
 NODES = (11, 12, 13, 14, 15)

@@ -24,7 +24,7 @@ from server.optimizer import OptimizerConfig, ServerOptimizer
 from server.secure import SecureRound, SecureSettings
 from server.strategy import AdapterBankStrategy, RoundStats
 from server.validate import ValidationConfig
-from simulations.inprocess_grid import InProcessGrid, Intercept
+from simulations.runner.inprocess_grid import InProcessGrid, Intercept
 from tests.fed_fakes import set_task_identity
 
 EU, NA = "region=EU", "region=NA"

@@ -1,4 +1,4 @@
-"""`simulations.runner.simulate` (what `fedadapt simulate --secure-aggregation` runs: real `flwr run`, Ray,
+"""`simulations.runner.run.simulate` (what `fedadapt simulate --secure-aggregation` runs: real `flwr run`, Ray,
 SuperLink on 127.0.0.1, tiny backbone, 3 clients, 2 rounds) in both secure modes. Each round's banks must equal a
 direct recomputation of the plain round (every client's local delta, weighted per bank) within quantization."""
 
@@ -17,7 +17,7 @@ from common.protocol import FedConfig, RoundHParams
 from server.aggregate import aggregate_banks
 from server.app import initial_banks
 from server.checkpoint import load_checkpoint
-from simulations.runner import SimOptions, simulate
+from simulations.runner.run import SimOptions, simulate
 
 CLIENTS = 3
 ROUNDS = 2

@@ -19,8 +19,8 @@ from common.data.schema import DataError, write_marketplace
 from common.data.synthetic import generate_marketplace
 from common.protocol import FedConfig
 from server.checkpoint import Checkpoint, round_dir, save_checkpoint
-from simulations.preflight import check_backbone, check_segments, inspect_data
-from simulations.runner import remove_results
+from simulations.runner.preflight import check_backbone, check_segments, inspect_data
+from simulations.runner.run import remove_results
 
 
 @pytest.fixture(scope="module")

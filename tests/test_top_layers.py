@@ -133,7 +133,7 @@ def test_a_federated_run_with_top_layer_adapters_trains_and_evaluates_from_the_c
     from common.federation.task import MODELS, model_for
     from server.app import FederatedRun
     from server.checkpoint import load_checkpoint
-    from simulations.inprocess_grid import InProcessGrid
+    from simulations.runner.inprocess_grid import InProcessGrid
     from tests.fed_fakes import set_task_identity
 
     set_task_identity()

@@ -6,7 +6,7 @@ a SuperLink on a free 127.0.0.1 port, its own FLWR_HOME (the connection lives in
 written here) and its own Ray temporary folder, runtime dependency installation and the update check switched
 off. Every process the run starts (SuperLink, superexec, simulation, Ray, `flwr run`) carries the run's token
 in its environment, so `stop()` ends all of them, not only the SuperLink's process group, and a watchdog ends
-them if the starting process dies without stopping them (simulations/reaper.py). The FLWR_HOME and Ray
+them if the starting process dies without stopping them (simulations/runner/reaper.py). The FLWR_HOME and Ray
 folders (an app copy, a database, logs: ~3 MB a run) are deleted afterwards; a failed run keeps the
 SuperLink's output in its run folder.
 
@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import IO
 
 from common.names import FLOWER_ENV
-from simulations.reaper import TOKEN_VAR, Watchdog, kill_marked, new_token
+from simulations.runner.reaper import TOKEN_VAR, Watchdog, kill_marked, new_token
 
 log = logging.getLogger(__name__)
 
 CONNECTION = "fedadapt-sim"
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 RAY_TMP_BASE = "/tmp/fedadapt-ray"  # short: Ray's socket paths under it must stay below 108 bytes
 
 

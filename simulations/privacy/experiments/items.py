@@ -31,9 +31,11 @@ import numpy as np
 from common.names import GLOBAL, PER_SEGMENT, SEQ
 from common.privacy.dp import DPConfig, central_noise, clip_update, update_norm
 from common.rec.seq_train import train_items_of
-from simulations.privacy_clients import ClientUpdate, client_updates
-from simulations.privacy_runs import noise_for_epsilon, pool_data
-from simulations.privacy_setup import Setup
+from simulations.privacy.clients import ClientUpdate, client_updates
+from simulations.privacy.registry import Experiment
+from simulations.privacy.report import fmt, table
+from simulations.privacy.runs import noise_for_epsilon, pool_data
+from simulations.privacy.setup import Setup
 
 log = logging.getLogger(__name__)
 
@@ -139,3 +141,24 @@ def run_items(setup: Setup) -> dict[str, Any]:
     return {"clients": len(updates), "users_per_client": float(np.mean([len(u.records) for u in updates])),
             "positives_per_client": float(np.mean([len(t) for t in truths])), "catalog": len(catalog),
             "rows": rows}
+
+
+def section(result: dict[str, Any]) -> list[str]:
+    intro = (f"{result['clients']} clients of {fmt(result['users_per_client'], 1)} users on average, "
+             f"{fmt(result['positives_per_client'], 1)} training positives per client, catalog of {result['catalog']}. "
+             "The server ranks the catalog by the delta of the global item bias (bias) or by how far each item row "
+             "moved against the rows' common move (rows) and takes the top k; precision/recall against the "
+             "client's users' training positives.")
+    columns = [("bias", "precision@10"), ("bias", "recall@10"), ("bias", "precision@20"), ("bias", "recall@20"),
+               ("rows", "precision@10"), ("rows", "recall@20")]
+    header = ["server's view", "bias P@10", "bias R@10", "bias P@20", "bias R@20", "rows P@10", "rows R@20"]
+    rows = []
+    for row in result["rows"]:
+        mean = row["mean"]  # the popularity row has one value per metric, the same for both signals
+        rows.append([row["view"], *(fmt(mean.get(f"{signal}/{metric}", mean.get(f"popularity/{metric}")))
+                                    for signal, metric in columns)])
+    return ["## Item inference from item-side updates (arch seq)", "", intro, "", *table(header, rows)]
+
+
+EXPERIMENT = Experiment(name="items", setting="honest round-1 client updates of the seq model",
+                        run=lambda setup, runs: run_items(setup), section=section)

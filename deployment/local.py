@@ -9,19 +9,19 @@ told where they are through its node config (`--node-config "partition-id=i num-
 client-state-dir=..."`, read by client/app.py), which the server never sees; the backbone is each node's own
 installed copy (the server never sends it).
 
-Security (default): a CA and the SuperLink's certificate for 127.0.0.1/localhost (simulations/tls.py) in
+Security (default): a CA and the SuperLink's certificate for 127.0.0.1/localhost (deployment/tls.py) in
 RUN/deploy/tls/, the SuperLink started with its TLS flags, every SuperNode and `flwr` verifying it against
-the CA; node authentication (simulations/node_auth.py): the SuperLink runs with `--enable-supernode-auth`,
+the CA; node authentication (deployment/node_auth.py): the SuperLink runs with `--enable-supernode-auth`,
 each node's public key is registered with `flwr supernode register` before the node starts, and the node
 signs with its private key. `insecure=True` turns both off (plain HTTP, any node may join): for debugging only.
 
 The run is what `fedadapt simulate` does otherwise: the same preflight (every option and the data checked
 before anything starts), run folder lock, run config file, outcome check (`flwr run` exits 0 on failure,
-so RUN/run-complete.json decides) and report (RUN/summary.json, summary.md, plots; simulations/runner.py). What the
+so RUN/run-complete.json decides) and report (RUN/summary.json, summary.md, plots; simulations/runner/run.py). What the
 SuperLink reports about the run (`flwr ls --format json`: status, network traffic, compute time) is saved to
 RUN/deploy/flwr-ls.json and copied into summary.json as runtime_*.
 Every process started here carries the run's token in its environment and is stopped by PID at the end, on
-failure, on Ctrl-C/SIGTERM, and by the watchdog if this process dies (simulations/reaper.py). Logs stay in
+failure, on Ctrl-C/SIGTERM, and by the watchdog if this process dies (simulations/runner/reaper.py). Logs stay in
 RUN/deploy/logs/ (superlink.log, node-<i>.log, flwr.log).
 """
 
@@ -38,12 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simulations.flower import PROJECT_ROOT, _bin, flower_env, free_port, stream_command
-from simulations.node_auth import NodeKeys, register_node, write_node_keys
-from simulations.reaper import TOKEN_VAR, Watchdog, kill_marked, new_token
-from simulations.runlock import RunLock
-from simulations.runner import Plan, SimOptions, SimulationFailed, preflight, prepare_run, report_run
-from simulations.tls import TlsFiles, write_tls
+from deployment.node_auth import NodeKeys, register_node, write_node_keys
+from deployment.tls import TlsFiles, write_tls
+from simulations.runner.flower import PROJECT_ROOT, _bin, flower_env, free_port, stream_command
+from simulations.runner.reaper import TOKEN_VAR, Watchdog, kill_marked, new_token
+from simulations.runner.run import Plan, SimOptions, SimulationFailed, preflight, prepare_run, report_run
+from simulations.runner.runlock import RunLock
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ import numpy as np
 import psutil
 
 from common.names import GLOBAL, METRICS_FILE
-from simulations.flower import SuperLink
+from simulations.runner.flower import SuperLink
 
 MINILM_FP32_BYTES = 22_713_216 * 4
 ML1M_ITEMS = 3_883  # MovieLens-1M's catalog: the default catalog size of the seq row
@@ -142,7 +142,7 @@ class TreeRss:
 def bench_scale(clients: list[int], out: Path, rounds: int = 2) -> list[dict[str, Any]]:
     from common.data.schema import write_marketplace
     from common.data.synthetic import generate_marketplace
-    from simulations.runner import SimOptions, simulate
+    from simulations.runner.run import SimOptions, simulate
 
     # one data set for every N (memory compares like with like); a shard must keep users after k-anonymity
     users = max(4000, USERS_PER_CLIENT * max(clients))
@@ -214,7 +214,7 @@ DEMO_FIGURES = ("rounds", "round_wall_s_mean", "client_updates", "client_updates
 
 def bench_demo(out: Path) -> dict[str, Any]:
     """Run the demo preset into `out`; the figures of its summary this benchmark reports (DEMO_FIGURES)."""
-    from simulations.runner import PRESETS, SimOptions, simulate
+    from simulations.runner.run import PRESETS, SimOptions, simulate
 
     p = PRESETS["demo"]
     summary = simulate(SimOptions(out=out, clients=p["clients"], rounds=p["rounds"],

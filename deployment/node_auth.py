@@ -18,7 +18,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from simulations.tls import write_private
+from deployment.tls import write_private
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Two runs writing into one folder interleave checkpoints and metrics.jsonl and both report success, so the
 second must fail at once. `flock` is released by the kernel when the last descriptor of the lock file closes,
-so a killed run never leaves a stale lock behind; the watchdog (simulations/reaper.py) is handed a copy of the
+so a killed run never leaves a stale lock behind; the watchdog (simulations/runner/reaper.py) is handed a copy of the
 descriptor, which keeps the folder locked until the last process of a killed run is gone. The file itself is
 never deleted: unlinking a lock file lets a waiting process lock the old inode while a new one locks a new
 file. It holds the PID of the command that took the lock, for the error message of the next one.

@@ -1,6 +1,6 @@
 """The federated runs the privacy experiments attack and plot: one per (pool, DP level), through `simulate`.
 
-Each run is a real `fedadapt simulate` federation (simulations/runner.py: Flower, SuperLink, per-bank
+Each run is a real `fedadapt simulate` federation (simulations/runner/run.py: Flower, SuperLink, per-bank
 aggregation, checkpoints) on the users of one pool only (target-in for the attacked model, shadow-in for the
 attacker's shadow model, trained the same way), so its members are known: exactly the users of that pool
 (minus those the clients' k-anonymity leaves out, counted in `members_trained`). The DP levels are no DP plus
@@ -10,7 +10,7 @@ aggregation (segment mode, server/secure.py: each update clipped to dp-clip, cen
 bank sum); the no-DP run is plain FedAvg, whose accepted-update norms set the clip.
 
 The privacy-utility curve reads NDCG@10 and epsilon of the target runs from their summary.json; membership
-inference loads their last checkpoints (simulations/compare.py `federated_model`).
+inference loads their last checkpoints (simulations/bench/compare.py `federated_model`).
 """
 
 from __future__ import annotations
@@ -26,15 +26,15 @@ from typing import Any
 import numpy as np
 
 from common.names import COMPLETE_FILE, SUMMARY_FILE
-from simulations.privacy_setup import DELTA, PrivacyOptions, Setup
-from simulations.runner import SimOptions
+from simulations.privacy.setup import DELTA, PrivacyOptions, Setup
+from simulations.runner.run import SimOptions
 
 log = logging.getLogger(__name__)
 
 FED_DIR = "federated"  # OUT/federated/<pool>-data and OUT/federated/<run name>/
 EVAL_USERS = 20  # max-eval-users per client: the curve's NDCG@10 is measured on these
 RUN_POOLS = ("target", "shadow")
-RUN_CONFIG_FILE = "run_config.toml"  # what simulations/runner.py writes into a run folder
+RUN_CONFIG_FILE = "run_config.toml"  # what simulations/runner/run.py writes into a run folder
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ def noise_for_epsilon(epsilon: float, rounds: int, population: int, cohort: int,
 
 def median_delta_norm(run_folder: Path) -> float:
     """The median over rounds of the median L2 norm of the accepted client updates of a run (metrics.jsonl)."""
-    from simulations.report import read_metrics
+    from simulations.runner.report import read_metrics
 
     norms = [float(r["delta_norm_median"]) for r in read_metrics(run_folder)
              if r.get("round", 0) >= 1 and isinstance(r.get("delta_norm_median"), int | float)]
@@ -138,7 +138,7 @@ def pool_data(setup: Setup, pool: str) -> Path:
 def finished_summary(sim: SimOptions) -> dict[str, Any] | None:
     """The summary of a run already finished in `sim.out` with exactly the run config `sim` describes, else None
     (a later `fedadapt privacy` call into the same OUT reuses it instead of training it again)."""
-    from simulations.runner import run_config
+    from simulations.runner.run import run_config
 
     folder = sim.out
     if not all((folder / name).is_file() for name in (COMPLETE_FILE, SUMMARY_FILE, RUN_CONFIG_FILE)):
@@ -154,7 +154,7 @@ def finished_summary(sim: SimOptions) -> dict[str, Any] | None:
 def federate(setup: Setup, pool: str, epsilon: float | None, clip: float = 0.0) -> FedRun:
     """Run the federation of `pool` at the DP level of `epsilon` with dp-clip `clip` (replacing an earlier run
     in its folder), or reuse the finished run there when its run config is the same."""
-    from simulations.runner import simulate
+    from simulations.runner.run import simulate
 
     opts = setup.opts
     noise = 0.0 if epsilon is None else noise_for_epsilon(epsilon, opts.rounds, opts.clients, opts.clients)

@@ -2,7 +2,7 @@
 
 For each cohort size and mode (off = the plain round, segment, segment-hidden) it runs one real round of the
 server code (server/strategy.py, or server/secure.py's four stages) against real client handlers
-(client/secure.py) over the in-process Grid (simulations/inprocess_grid.py: every message serialized as on the
+(client/secure.py) over the in-process Grid (simulations/runner/inprocess_grid.py: every message serialized as on the
 wire, one process, no SuperLink). Training is replaced by a fixed synthetic delta, so the figures are the
 protocol's own cost: with 2 cores a MiniLM client update takes seconds (README), which is added in every mode.
 
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from common.names import GLOBAL
-from simulations.bench_federation import ML1M_ITEMS
+from simulations.bench.federation import ML1M_ITEMS
 
 OFF = "off"
 
@@ -62,7 +62,7 @@ def starting_banks(opts: SecAggBenchOptions) -> dict[str, np.ndarray]:
     deduplicated by Flower's object store and understate the bytes)."""
     from common.federation.task import initial_state
     from common.protocol import FedConfig
-    from simulations.bench_federation import seq_state
+    from simulations.bench.federation import seq_state
 
     names = bank_names(opts.regions, opts.seasons)
     if opts.arch == "seq":
@@ -106,7 +106,7 @@ def measure(mode: str, n: int, state: dict[str, np.ndarray], opts: SecAggBenchOp
     from server.secure import SecureRound, SecureSettings
     from server.strategy import AdapterBankStrategy, RoundStats
     from server.validate import ValidationConfig
-    from simulations.inprocess_grid import InProcessGrid
+    from simulations.runner.inprocess_grid import InProcessGrid
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
     names = bank_names(opts.regions, opts.seasons)

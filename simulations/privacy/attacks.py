@@ -1,4 +1,4 @@
-"""Membership-inference attacks on per-user features (simulations/privacy_scores.py) and how they are scored.
+"""Membership-inference attacks on per-user features (simulations/privacy/scores.py) and how they are scored.
 
 - Loss threshold (Yeom et al., CSF 2018): a user is called a member when the model's mean loss on the user's
   training examples is below a threshold. Its AUC over every threshold is the AUC of -mean loss.

@@ -23,8 +23,8 @@ import numpy as np
 from common.data.schema import Marketplace
 from common.names import ARCHS
 from common.rec.user_record import RecordLike
+from simulations.privacy.registry import names
 
-EXPERIMENTS = ("membership", "segment", "items", "curve")
 POOLS = ("target-in", "target-out", "shadow-in", "shadow-out")
 MIN_POOL_USERS = 8  # below this an AUC over a pool means nothing
 DELTA = 1e-5  # the DP delta every epsilon here is reported at
@@ -35,7 +35,7 @@ class PrivacyOptions:
     """One `fedadapt privacy` invocation; `__post_init__` refuses bad values with a ValueError naming them."""
 
     out: Path
-    experiments: tuple[str, ...] = EXPERIMENTS
+    experiments: tuple[str, ...] = field(default_factory=names)  # every registered experiment
     data: Path | None = None  # marketplace folder; None: synthetic data generated into OUT/data
     backbone: str = "minilm"  # "tiny", "minilm" or a local model folder
     arch: str = "text"  # the attacked model of membership/segment/curve; items always uses seq (item-side rows)
@@ -48,9 +48,9 @@ class PrivacyOptions:
     central_epochs: int = 6  # epochs of the central (over-fitted) reference models of membership inference
 
     def __post_init__(self) -> None:
-        bad = [e for e in self.experiments if e not in EXPERIMENTS]
+        bad = [e for e in self.experiments if e not in names()]
         if bad or not self.experiments:
-            raise ValueError(f"unknown experiment(s) {bad}; expected {', '.join(EXPERIMENTS)} or all")
+            raise ValueError(f"unknown experiment(s) {bad}; expected {', '.join(names())} or all")
         if self.arch not in ARCHS:
             raise ValueError(f"--arch {self.arch!r} is not one of {', '.join(ARCHS)}")
         if not self.epsilons:
@@ -123,7 +123,7 @@ def validate(opts: PrivacyOptions) -> Setup:
     """Check the backbone, the data (or generate it in memory) and that the pools are large enough; reads only."""
     from common.data.examples import ExampleConfig, build_examples, build_item_texts
     from common.data.schema import read_marketplace
-    from simulations.preflight import check_backbone, inspect_data
+    from simulations.runner.preflight import check_backbone, inspect_data
 
     check_backbone(opts.fed_backbone)
     if opts.data is not None:

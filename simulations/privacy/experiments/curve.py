@@ -1,6 +1,6 @@
 """The privacy-utility curve (`fedadapt privacy curve`): NDCG@10 of the federated target runs against epsilon.
 
-Each point is one federated run on the target-in users (simulations/privacy_runs.py): no DP, then one run per
+Each point is one federated run on the target-in users (simulations/privacy/runs.py): no DP, then one run per
 target epsilon with the noise multiplier the accountant gives for it. NDCG@10 and HR@10 are the federation's
 own final evaluation (clients' held-out test items vs 99 sampled negatives, max EVAL_USERS per client), and
 epsilon is what the run reported after its last round (client-level, at DELTA). Round 0 (the untrained
@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from simulations.privacy_runs import FedRun
+from simulations.privacy.registry import Experiment
+from simulations.privacy.report import fmt, table
+from simulations.privacy.runs import FedRun
 
 
 def curve_rows(runs: Sequence[FedRun]) -> list[dict[str, Any]]:
@@ -56,3 +58,28 @@ def plot_curve(rows: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def section(result: dict[str, Any]) -> list[str]:
+    header = ["DP", "epsilon (from)", "noise multiplier", "clip", "NDCG@10", "HR@10", "NDCG@10 round 0"]
+    rows = [["none" if row["epsilon_target"] is None else f"target epsilon {row['epsilon_target']:g}",
+             f"{fmt(row['epsilon'], 2)} ({row['epsilon_source']})", fmt(row["noise_multiplier"], 3),
+             fmt(row["clip"], 3), fmt(row["ndcg@10"], 4),
+             fmt(row["hr@10"], 4), fmt(row["ndcg@10_round0"], 4)] for row in result["rows"]]
+    intro = ("Epsilon is client-level at delta 1e-5, as the run reported it (run) or, where the run's summary has "
+             "none, from the project's accountant for its noise multiplier, rounds and cohort (accountant). DP runs "
+             "also use secure aggregation (segment mode), the no-DP run is plain FedAvg.")
+    return ["## Privacy-utility curve (federated runs on the target-in users)", "", intro, "",
+            *table(header, rows)]
+
+
+def _plot(result: dict[str, Any], out: Path, header: dict[str, Any]) -> Path | None:
+    if not any(r["epsilon"] is not None for r in result["rows"]):
+        return None
+    title = f"NDCG@10 vs epsilon ({header['backbone']}, arch {header['arch']})"
+    return plot_curve(result["rows"], out / "curve.png", title)
+
+
+EXPERIMENT = Experiment(name="curve", setting="federated runs (fedadapt simulate)",
+                        run=lambda setup, runs: {"rows": curve_rows(runs or [])}, section=section, plot=_plot,
+                        federated=True)

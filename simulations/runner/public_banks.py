@@ -17,7 +17,7 @@ from common.data.seasons import SEASONS
 from common.names import segment_name
 from common.protocol import check_segment_name
 
-SEASON_KEY = "season"  # the interaction segment key (simulations/preflight.py INTERACTION_SEGMENT_KEYS)
+SEASON_KEY = "season"  # the interaction segment key (simulations/runner/preflight.py INTERACTION_SEGMENT_KEYS)
 
 
 def public_banks(market: Marketplace, keys: Sequence[str]) -> list[str]:

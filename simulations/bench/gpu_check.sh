@@ -4,7 +4,7 @@
 # Expects the ignored bundle .devbundle/ in the repo root (carried next to the working tree):
 #   .devbundle/minilm16/     the offline MiniLM (all-MiniLM-L6-v2) with float16 weights + config/tokenizer
 #   .devbundle/ml1m.tar.xz   MovieLens-1M as RecBole files (.work/datasets/ml-1m, from `fedadapt data fetch`)
-# Build it with `python -m simulations.gpu_bundle` (after `fedadapt data fetch ml-1m --out DIR`) and keep it out of
+# Build it with `python -m simulations.bench.gpu_bundle` (after `fedadapt data fetch ml-1m --out DIR`) and keep it out of
 # git (`echo /.devbundle/ >> .git/info/exclude`).
 # The machine has torch, transformers, peft, pandas, pyarrow, safetensors, numpy but not this package, flwr,
 # datasets, cryptography, dp_accounting or the MiniLM package: everything runs from the source tree
@@ -25,8 +25,8 @@
 # GPU_CHECK_BUDGET_S (450: no step runs past it), GPU_CHECK_SKIP (step names to skip, e.g. "train_seq"),
 # PYTHON (default python3),
 # GPU_CHECK_TMP (default /tmp/fedadapt-gpu: the unpacked bundle and the training run).
-#   device:     bash simulations/gpu_check.sh
-#   dry run:    GPU_CHECK_DEVICE=cpu GPU_CHECK_SMALL=1 PYTHON=.venv/bin/python bash simulations/gpu_check.sh
+#   device:     bash simulations/bench/gpu_check.sh
+#   dry run:    GPU_CHECK_DEVICE=cpu GPU_CHECK_SMALL=1 PYTHON=.venv/bin/python bash simulations/bench/gpu_check.sh
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -165,7 +165,7 @@ cat "$OUT/steps.tsv"
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
-from simulations.bench_throughput import format_throughput
+from simulations.bench.throughput import format_throughput
 for name in ("throughput", "throughput_ml1m"):
     try:
         print(f"{name}:\n" + format_throughput(json.loads((out / f"{name}.json").read_text())))

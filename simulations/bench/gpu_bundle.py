@@ -1,6 +1,6 @@
-"""Build `.devbundle/`, what `simulations/gpu_check.sh` needs carried to a GPU machine that has no network.
+"""Build `.devbundle/`, what `simulations/bench/gpu_check.sh` needs carried to a GPU machine that has no network.
 
-    python -m simulations.gpu_bundle [--out .devbundle] [--recbole .work/datasets/ml-1m]
+    python -m simulations.bench.gpu_bundle [--out .devbundle] [--recbole .work/datasets/ml-1m]
 
 - `minilm16/`: the offline MiniLM's config, tokenizer and weights, the weights in float16 (45 MB instead of
   88 MB: the device tool carries at most 64 MiB). gpu_check.sh turns them back into float32 there; pooled

@@ -20,7 +20,7 @@ process in a session whose leader carries the token (superexec's session holds t
 Ray), and `kill_marked` SIGTERMs them all and SIGKILLs what is left after a grace period.
 
 `Watchdog` covers the case where the CLI cannot clean up itself (SIGKILL, a crash): it starts
-`python -m simulations.reaper` in a session of its own (so a Ctrl-C in the terminal does not reach it) with a
+`python -m simulations.runner.reaper` in a session of its own (so a Ctrl-C in the terminal does not reach it) with a
 pipe whose write end only the CLI holds. However the CLI ends, the kernel closes that end; the watchdog reads
 EOF, runs `kill_marked`, deletes the folders it was given (FLWR_HOME, Ray's temporary folder) and exits. It
 keeps the file descriptors it was handed (the run folder's lock) open until then, so the run folder stays
@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 TOKEN_VAR = "FEDADAPT_RUN_TOKEN"
-PACKAGE_PARENT = Path(__file__).resolve().parents[1]  # where `python -m simulations.reaper` is importable
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # where `python -m simulations.runner.reaper` is importable
 READY = b"ready\n"  # the watchdog's one line on stdout: its signal handlers are in place, it is waiting
 
 
@@ -140,12 +140,12 @@ def remove_folders(folders: Sequence[Path]) -> None:
 
 
 class Watchdog:
-    """The CLI's handle on a `python -m simulations.reaper` process (see the module docstring)."""
+    """The CLI's handle on a `python -m simulations.runner.reaper` process (see the module docstring)."""
 
     def __init__(self, token: str, remove: Sequence[Path] = (), hold_fds: Sequence[int] = (),
                  grace: float = 2.0) -> None:
         env = {k: v for k, v in os.environ.items() if k != TOKEN_VAR}  # it must never find itself
-        cmd = [sys.executable, "-m", "simulations.reaper", "--grace", str(grace), token, *map(str, remove)]
+        cmd = [sys.executable, "-m", "simulations.runner.reaper", "--grace", str(grace), token, *map(str, remove)]
         self.process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
                                         cwd=PACKAGE_PARENT, start_new_session=True, pass_fds=tuple(hold_fds))
         assert self.process.stdout is not None
@@ -183,7 +183,7 @@ def _wait_for_eof() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m simulations.reaper", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m simulations.runner.reaper", description=__doc__.split("\n")[0])
     parser.add_argument("token", help=f"the run's {TOKEN_VAR} value")
     parser.add_argument("folders", nargs="*", type=Path, help="folders to delete once the processes are gone")
     parser.add_argument("--grace", type=float, default=2.0, help="seconds between SIGTERM and SIGKILL")

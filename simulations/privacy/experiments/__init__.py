@@ -1,0 +1,1 @@
+"""The `fedadapt privacy` experiments, one module each; every module defines `EXPERIMENT` (see ../registry.py)."""
