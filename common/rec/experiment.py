@@ -4,7 +4,7 @@ Each mode is trained on the marketplace, evaluated on the test split (held-out i
 and put next to the popularity ranking on the same candidates, so every summary is self-contained. The trained
 adapters are saved in RUN/adapters so that a segment-adapters run can start from a global-adapter run's global
 adapter (`init_global`). The users a run evaluates (`eval_sample`) are shared with the federated comparison
-(simulations/compare.py), so every method is scored on the same people.
+(simulations/bench/compare.py), so every method is scored on the same people.
 """
 
 from __future__ import annotations
