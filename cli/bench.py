@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cli.train import ARCH_DEFAULTS
+from common.defaults import ADAPTER_KIND, arch_defaults
 from common.device import DEVICES
 from common.names import ARCHS, DEFAULT_HISTORY, DEFAULT_SEGMENT_KEYS, HISTORIES
 from simulations.bench.adapters import AdapterBenchOptions, bench_adapters, format_table
@@ -161,7 +161,7 @@ def _configure_quality(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", default=None, help="local model folder, or 'tiny' (default: offline MiniLM)")
     parser.add_argument("--arch", choices=ARCHS, default="text",
                         help="the modes' model: text two-tower, or seq (sequential hybrid; fedadapt train --arch)")
-    parser.add_argument("--adapter", default="lora", help="adapter kind of the adapter modes (arch text)")
+    parser.add_argument("--adapter", default=ADAPTER_KIND, help="adapter kind of the adapter modes (arch text)")
     parser.add_argument("--segments", default=",".join(DEFAULT_SEGMENT_KEYS),
                         help="segment keys that get adapters, comma-separated")
     parser.add_argument("--min-segment-users", type=_positive_int, default=20,
@@ -186,7 +186,7 @@ def _run_quality(args: argparse.Namespace) -> int:
         backbone=args.backbone, adapter=args.adapter, arch=args.arch, seq_dim=args.seq_dim,
         seq_max_len=args.seq_max_len,
         segment_keys=tuple(k.strip() for k in args.segments.split(",") if k.strip()),
-        min_segment_users=args.min_segment_users, epochs=int(args.epochs or ARCH_DEFAULTS[args.arch]["epochs"]),
+        min_segment_users=args.min_segment_users, epochs=int(args.epochs or arch_defaults(args.arch).central_epochs),
         pairs_per_user=args.pairs_per_user, max_users=args.max_users, eval_users=args.eval_users, seed=args.seed,
         federated=args.federated,
     )

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cli.simulate import run_stoppable
+from common.defaults import ADAPTER_KIND
 from common.names import DEFAULT_SEGMENT_KEYS
 
 
@@ -100,7 +101,7 @@ def add_parser(subparsers: Any) -> None:
     local.add_argument("--users", type=int, default=160, help="users to generate when --data is not given")
     local.add_argument("--products", type=int, default=300, help="products to generate when --data is not given")
     local.add_argument("--backbone", default="tiny", help="'tiny', 'minilm' or a local model folder")
-    local.add_argument("--adapter", default="lora", help="adapter kind")
+    local.add_argument("--adapter", default=ADAPTER_KIND, help="adapter kind")
     local.add_argument("--segments", default=",".join(DEFAULT_SEGMENT_KEYS), help="segment keys")
     local.add_argument("--fraction", type=float, default=1.0, help="fraction of nodes sampled per round")
     local.add_argument("--set", action="append", metavar="KEY=VALUE", help="any run-config key")

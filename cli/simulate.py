@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from common.defaults import ADAPTER_KIND
 from common.device import DEVICES
 from common.names import CHECKPOINTS_DIR, DEFAULT_SEGMENT_KEYS, STRATEGIES
 from common.privacy.dp import DP_MODES, TARGET_ACTIONS
@@ -135,7 +136,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--rounds", type=int, help="federated rounds")
     p.add_argument("--users", type=int, help="users to generate when --data is not given")
     p.add_argument("--products", type=int, help="products to generate when --data is not given")
-    p.add_argument("--adapter", default="lora", help="adapter kind (common.adapters.ADAPTER_KINDS)")
+    p.add_argument("--adapter", default=ADAPTER_KIND, help="adapter kind (common.adapters.ADAPTER_KINDS)")
     p.add_argument("--segments", default=",".join(DEFAULT_SEGMENT_KEYS), help="segment keys with their own adapters")
     p.add_argument("--backbone", help="'tiny', 'minilm' or a local model folder")
     p.add_argument("--fraction", type=float, help="fraction of clients sampled per round (default 1)")

@@ -11,17 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from common.adapters import AdapterConfig
+from common.defaults import ADAPTER_KIND, ADAPTER_LAYERS, arch_defaults
 from common.device import DEVICES, resolve_device
-from common.names import ARCHS, DEFAULT_HISTORY, DEFAULT_SEGMENT_KEYS, HISTORIES, OVERALL, SUMMARY_FILE
+from common.names import ARCHS, DEFAULT_HISTORY, DEFAULT_SEGMENT_KEYS, HISTORIES, OVERALL, SUMMARY_FILE, TEXT
 from common.rec.baselines import ITEM_TOWERS, MODES
 from common.rec.experiment import ExperimentConfig, run_experiment
 from common.rec.seq_model import SeqConfig
 from common.rec.seq_train import SeqTrainConfig
 from common.rec.train import TrainConfig
-
-# Per-arch defaults of the shared options (None on the command line): text pairs vs seq users per step.
-ARCH_DEFAULTS = {"text": {"epochs": 2, "batch_size": 16, "lr": 3e-3},
-                 "seq": {"epochs": 20, "batch_size": 128, "lr": 1e-3}}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -37,9 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", choices=ARCHS, default="text",
                    help="text: two-tower on backbone+adapters; seq: frozen text vectors + collaborative item rows + "
                         "a causal user tower over the history (common/rec/seq_model.py)")
-    p.add_argument("--adapter", default="lora", help="adapter kind (common.adapters.ADAPTER_KINDS; arch text)")
+    p.add_argument("--adapter", default=ADAPTER_KIND, help="adapter kind (common.adapters.ADAPTER_KINDS; arch text)")
     p.add_argument("--rank", type=int, default=None, help="adapter rank / bottleneck width (kind default if unset)")
-    p.add_argument("--adapter-layers", type=int, default=0,
+    p.add_argument("--adapter-layers", type=int, default=ADAPTER_LAYERS,
                    help="arch text: adapters only in the last N transformer layers, the frozen layers below "
                    "computed once per text and cached (0 = every layer)")
     p.add_argument("--out", required=True, type=Path, help=f"run folder; {SUMMARY_FILE} goes there")
@@ -52,7 +49,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None,
                    help="text: pairs per step, also the in-batch negatives (16); seq: users per step (128)")
     p.add_argument("--lr", type=float, default=None,
-                   help="learning rate; default 3e-3 (text adapters; full-finetune uses 5e-5), 1e-3 (seq)")
+                   help="learning rate; default 1e-2 (text adapters in the top layers, 3e-3 with --adapter-layers 0; "
+                   "full-finetune uses 5e-5), 1e-3 (seq): common/defaults.py")
     p.add_argument("--seq-dim", type=int, default=SeqConfig.dim, help="seq: item and user vector width")
     p.add_argument("--seq-max-len", type=int, default=SeqConfig.max_len,
                    help="seq: most recent positives the user tower reads (older ones are dropped)")
@@ -91,9 +89,11 @@ def parse_modes(text: str) -> list[str]:
 def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
     """The run the options describe; TrainConfig and AdapterConfig refuse bad values with a ValueError."""
     modes = args.mode if isinstance(args.mode, list) else parse_modes(args.mode)
+    # epochs, batch size and lr not given: the arch's (common/defaults.py); the text options of a seq run stay
+    # the text model's own (its baselines train text modes)
     shared = {k: getattr(args, k) if getattr(args, k) is not None else v
-              for k, v in ARCH_DEFAULTS[args.arch].items()}
-    text_shared = shared if args.arch == "text" else ARCH_DEFAULTS["text"]
+              for k, v in arch_defaults(args.arch).central(args.adapter_layers).items()}
+    text_shared = shared if args.arch == TEXT else arch_defaults(TEXT).central(args.adapter_layers)
     train = TrainConfig(
         epochs=int(text_shared["epochs"]), batch_size=int(text_shared["batch_size"]), lr=float(text_shared["lr"]),
         max_len=args.max_len,

@@ -21,6 +21,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from common.defaults import TINY_LAYERS
+
 log = logging.getLogger(__name__)
 
 TINY = "tiny"
@@ -68,7 +70,7 @@ def tiny_bert_config(vocab_size: int = 1000) -> BertConfig:
     return BertConfig(
         vocab_size=vocab_size,
         hidden_size=32,
-        num_hidden_layers=2,
+        num_hidden_layers=TINY_LAYERS,
         num_attention_heads=4,
         intermediate_size=64,
         max_position_embeddings=128,

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from common.defaults import ADAPTER_KIND, ADAPTER_LAYERS, ARCH_DEFAULTS, BACKBONE, ROUNDS, arch_defaults
 from common.device import DEVICES
 from common.names import (
     ADAPTER_KINDS,
@@ -207,24 +208,21 @@ class FedConfig:
     adapter banks of kind `adapter-kind`; "seq" is the sequential hybrid model (common/rec/seq_model.py) with
     `seq-dim` wide item/user vectors over each user's `seq-max-len` most recent positives. For seq,
     `adapter-kind` is ignored (its banks are its own, and every configured segment key gets banks),
-    `batch-size` counts users per step (32 recommended for a federation: more local steps per round, see
-    README), `lr` is the Adam rate (1e-3 recommended),
+    `batch-size` counts users per step (default 32: more local steps per round, see README), `lr` is the Adam
+    rate (default 1e-3),
     `local-epochs` are passes over the client's users, `history` still builds the records but seq reads
     each record's `train_items`, and `max-len` is the token limit of the frozen item-text vectors.
     """
 
-    num_server_rounds: int = 3
+    num_server_rounds: int = ROUNDS
     seed: int = 0
     data_dir: str = ""
     out_dir: str = ""
     client_state_dir: str = ""  # where each client keeps its own secrets (see common/federation/client_data.py)
-    backbone: str = "tiny"
+    backbone: str = BACKBONE  # "" = the offline MiniLM; "tiny" = a random test BERT; or a model folder
     arch: str = TEXT
-    adapter_kind: str = "lora"
-    # arch=text: adapters only in the last N transformer layers, the frozen layers below computed once per text
-    # and cached (common/rec/model.py LowerCache); 0 = every layer. 2 of MiniLM's 6 (README, Fast clients): a
-    # client update 2.6x faster and a third of the bytes, for 0.011 less central NDCG@10 on the demo data.
-    adapter_layers: int = 2
+    adapter_kind: str = ADAPTER_KIND
+    adapter_layers: int = ADAPTER_LAYERS  # arch=text: adapters in the last N layers only (common/defaults.py)
     lower_cache_mb: int = 1024  # arch=text: memory a client process may keep lower-layer states in; 0 = no cache
     segment_keys: str = ",".join(DEFAULT_SEGMENT_KEYS)
     partition_mode: str = PER_SEGMENT
@@ -235,9 +233,10 @@ class FedConfig:
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
     min_segment_clients: int = 2
-    local_epochs: int = 1
-    batch_size: int = 16
-    lr: float = 1e-2  # LoRA in the top 2 layers (3e-3 with every layer adapted: common/rec/train.py)
+    # 0 = the arch's default (common/defaults.py ARCH_DEFAULTS), resolved when the config is built
+    local_epochs: int = 0
+    batch_size: int = 0
+    lr: float = 0.0
     max_len: int = 64
     seq_dim: int = 64  # arch=seq: item / user vector width (a multiple of SEQ_HEADS)
     seq_max_len: int = 200  # arch=seq: most recent positives the user tower reads
@@ -273,6 +272,7 @@ class FedConfig:
     secagg_banks: str = ""  # segment-hidden: the run's public list of segment banks, e.g. "region=EU,season=holiday"
 
     def __post_init__(self) -> None:
+        self._resolve_arch_defaults()
         positive = ("num_server_rounds", "local_epochs", "batch_size", "max_len", "client_threads", "seq_dim",
                     "seq_max_len")
         for name in positive:
@@ -328,6 +328,16 @@ class FedConfig:
         for key in self.segment_key_tuple:
             if not key.isidentifier():
                 raise ValueError(f"segment key {key!r} in segment-keys={self.segment_keys!r} is not a column name")
+
+    def _resolve_arch_defaults(self) -> None:
+        """lr, batch-size and local-epochs of 0 become the arch's defaults (an unknown arch is refused below)."""
+        if self.arch not in ARCH_DEFAULTS:
+            return
+        arch = arch_defaults(self.arch)
+        for name, value in (("lr", arch.lr_for(self.adapter_layers)), ("batch_size", arch.batch_size),
+                            ("local_epochs", arch.local_epochs)):
+            if getattr(self, name) == 0:
+                object.__setattr__(self, name, value)  # frozen: set once, while the config is being built
 
     def _check_secure_aggregation(self) -> None:
         from common.secagg.fixedpoint import FixedPoint  # numpy only

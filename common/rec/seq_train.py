@@ -26,8 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.defaults import ARCH_DEFAULTS
 from common.device import check_device_name, resolve_device
-from common.names import GLOBAL, make_key
+from common.names import GLOBAL, SEQ, make_key
 from common.protocol import segment_adapter_names
 from common.rec.metrics import aggregate, full_ranking_metrics, sampled_metrics, served_by_segment_adapter
 from common.rec.seq_model import SeqRecModel, left_pad, window
@@ -42,9 +43,9 @@ log = logging.getLogger(__name__)
 class SeqTrainConfig:
     """Training of the sequential model (central modes and federated clients alike)."""
 
-    epochs: int = 20
-    batch_size: int = 128  # users per step (each contributes up to max_len targets)
-    lr: float = 1e-3
+    epochs: int = ARCH_DEFAULTS[SEQ].central_epochs
+    batch_size: int = ARCH_DEFAULTS[SEQ].central_batch_size  # users per step (each up to max_len targets)
+    lr: float = ARCH_DEFAULTS[SEQ].lr
     weight_decay: float = 0.0
     max_grad_norm: float = 5.0
     prox_mu: float = 0.0

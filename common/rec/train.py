@@ -37,8 +37,9 @@ import torch
 import torch.nn.functional as F
 
 from common.adapters.routing import Routing
+from common.defaults import ARCH_DEFAULTS
 from common.device import check_device_name, resolve_device
-from common.names import make_key
+from common.names import TEXT, make_key
 from common.rec.model import RecModel, routing_signature
 from common.rec.user_record import RecordLike
 
@@ -73,7 +74,8 @@ class TrainConfig:
 
     epochs: int = 1
     batch_size: int = 16  # pairs per step; also the in-batch negatives each positive sees
-    lr: float = 3e-3  # adapters start at identity and are small: a higher rate than full fine-tuning
+    # adapters start at identity and are small: a higher rate than full fine-tuning (every layer adapted)
+    lr: float = ARCH_DEFAULTS[TEXT].lr_every_layer
     max_len: int = 64  # tokens per text; user contexts are truncated from the right
     negatives: int = 32  # shared sampled catalog negatives per step, on top of the in-batch ones
     # Sampled negatives through the adapted item tower: encoded once per epoch without gradient (True), or with

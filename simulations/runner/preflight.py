@@ -22,6 +22,7 @@ from common.data.examples import ExampleConfig
 from common.data.partition import partition_user_ids
 from common.data.schema import COLUMNS, FORMATS, TABLES, DataError, Marketplace, read_marketplace, read_table
 from common.data.schema import validate_table as validate_schema
+from common.defaults import TINY_LAYERS
 from common.names import CHECKPOINTS_DIR, METRICS_FILE
 from common.protocol import FedConfig
 from server.checkpoint import check_resumable, latest_complete_round, load_checkpoint
@@ -54,7 +55,7 @@ def check_backbone(backbone: str, adapter_layers: int = 0) -> None:
     and weights; the config must load with AutoConfig (no weights are loaded). `adapter_layers` (adapters in the
     top N layers) must not exceed the backbone's layers."""
     if backbone == "tiny":
-        _check_layers(adapter_layers, 2, "the tiny backbone")
+        _check_layers(adapter_layers, TINY_LAYERS, "the tiny backbone")
         return
     if backbone == "":
         try:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from common.data.schema import Marketplace, read_marketplace
+from common.defaults import ADAPTER_KIND, BACKBONE, ROUNDS
 from common.names import CHECKPOINTS_DIR, COMPLETE_FILE, METRICS_FILE, STOPPED_FILE, SUMMARY_FILE, TEXT
 from common.privacy.budget import check_first_round
 from common.protocol import FedConfig
@@ -71,14 +72,14 @@ class SimOptions:
 
     out: Path
     clients: int = 4
-    rounds: int = 2
+    rounds: int = ROUNDS
     data: Path | None = None
     users: int = 160
     products: int = 120
     seed: int = 0
-    adapter: str = "lora"
+    adapter: str = ADAPTER_KIND
     segments: str = "region,season"
-    backbone: str = "tiny"
+    backbone: str = BACKBONE  # "" = the offline MiniLM
     fraction: float = 1.0
     resume: bool = False
     stop_after_round: int = 0
