@@ -200,3 +200,63 @@ def test_cli_import_check_finds_a_library_module_importing_cli() -> None:
     found = cli_importers(mods)
     # Assert
     assert found == ["simulations.x imports cli.train"]
+
+
+PURPOSE_PACKAGES = ("runner", "bench", "privacy")  # simulations/ holds these subpackages and nothing else
+
+
+def test_simulations_is_split_by_purpose() -> None:
+    """simulations/ has no loose modules: the runner, benchmarks and privacy experiments each have a subpackage,
+    and deployment (not a simulation) and serving sit at the top level."""
+    # Prepare
+    folder = ROOT / "simulations"
+    # Execute
+    loose = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != "__init__.py")
+    subpackages = sorted(p.name for p in folder.iterdir() if (p / "__init__.py").is_file())
+    # Assert
+    assert loose == []
+    assert subpackages == sorted(PURPOSE_PACKAGES)
+    assert (ROOT / "deployment" / "__init__.py").is_file() and (ROOT / "serving" / "__init__.py").is_file()
+
+
+def layout_table(readme: str) -> list[str]:
+    """The 'where' cells of the README's layout table."""
+    section = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    return [line.rsplit("|", 2)[1] for line in section.splitlines() if line.startswith("| ") and "`" in line]
+
+
+def cited_paths(cell: str) -> tuple[list[str], list[str]]:
+    """(paths cited in a cell, 'folder/name' for each module a folder's parenthesised list names)."""
+    import re
+
+    paths: list[str] = []
+    members: list[str] = []
+    for folder, listing in re.findall(r"`([\w./]+)`(?: \(([^)]*)\))?", cell):
+        paths.append(folder)
+        if folder.endswith("/") and listing:
+            members += [folder + name for name in re.findall(r"`([\w./]+)`", listing) if "/" not in name.rstrip("/")
+                        or name.endswith("/")]
+    return paths, members
+
+
+def test_readme_layout_table_matches_the_tree() -> None:
+    """Every path and module the README's layout table names exists, and every package of the tree is named."""
+    # Prepare
+    cells = layout_table((ROOT / "README.md").read_text())
+    cited: list[str] = []
+    listed: list[str] = []
+    for cell in cells:
+        paths, members = cited_paths(cell)
+        cited += paths
+        listed += members
+    # Execute
+    missing = [p for p in cited if not (ROOT / p).exists()]
+    missing += [m for m in listed if not any((ROOT / (m + ext)).exists() for ext in ("", ".py"))]
+    packages = sorted(str(p.parent.relative_to(ROOT)) + "/" for p in ROOT.rglob("__init__.py")
+                      if p.relative_to(ROOT).parts[0] not in (*SKIPPED_TOP, ".venv", ".work")
+                      and not p.relative_to(ROOT).parts[0].startswith("."))
+    unnamed = [p for p in packages if not any(c == p or c.startswith(p) for c in cited + listed)]
+    # Assert
+    assert cells, "no layout table found under '## Layout'"
+    assert missing == []
+    assert unnamed == []
