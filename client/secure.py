@@ -1,9 +1,10 @@
 """Client handlers of a secure round (server/secure.py drives it; common/secagg/client.py is the protocol).
 
 - advertise-keys arrives as the round's TRAIN message: the client trains the banks it holds, turns the delta
-  into the round's vectors (common/secagg/layout.py: each bank clipped per coordinate to secagg-clip-range and
-  scaled by its weight, plus weight and contributor slots; DP: whole update clipped to dp-clip, weight 1, and
-  in distributed mode its noise share added), encodes them in Z_(2^bits) and keeps them in the node's
+  into the round's vectors (`encoded_input`; common/secagg/layout.py: each bank clipped per coordinate to
+  secagg-clip-range and scaled by its weight, plus weight and contributor slots; DP: whole update clipped to
+  dp-clip, weight 1, in distributed mode its noise share added, and the encoding range derived from dp-clip and
+  the noise so that nothing is clipped after the noise), encodes them in Z_(2^bits) and keeps them in the node's
   `context.state` with its secrets; the reply carries only public keys and a commitment.
 - share-keys, masked-input and unmask arrive as QUERY messages and answer from that state; the encoded
   vectors leave the node only masked, and the state is dropped after unmask.
@@ -25,7 +26,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 
 from common.federation.records import from_record
 from common.names import GLOBAL, OVERALL, bank_of
-from common.privacy.dp import DISTRIBUTED, clip_update, privatize_update
+from common.privacy.dp import DISTRIBUTED, clip_update, out_of_range, privatize_update
 from common.protocol import (
     ARRAYS,
     CONFIG,
@@ -97,17 +98,41 @@ def secure_weights(cfg: FedConfig, counts: Mapping[str, int]) -> dict[str, float
     return {b: float(min(n, cfg.max_client_examples)) for b, n in counts.items()}
 
 
-def private_delta(cfg: FedConfig, delta: Mapping[str, np.ndarray], config: Mapping[str, object], cohort: int
-                  ) -> dict[str, np.ndarray]:
+def private_delta(cfg: FedConfig, delta: Mapping[str, np.ndarray], config: Mapping[str, object], cohort: int,
+                  rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
     """With DP: the whole update clipped to dp-clip, plus (distributed) each bank's noise share drawn from OS
-    entropy (common/privacy/dp.py privatize_update; t per bank from the train message, at most the cohort)."""
+    entropy unless `rng` is given (common/privacy/dp.py privatize_update; t per bank from the train message, at
+    most the cohort)."""
     dp = cfg.dp
     if not dp.enabled:
         return dict(delta)
     if dp.mode != DISTRIBUTED:
         return clip_update(delta, dp.clip)[0]
     shares = parse_dp_shares(config, {bank_of(k) for k in delta}, cohort)
-    return privatize_update(delta, dp, shares, np.random.default_rng())
+    return privatize_update(delta, dp, shares, rng if rng is not None else np.random.default_rng())
+
+
+def encoded_input(cfg: FedConfig, received: Mapping[str, np.ndarray], raw_delta: Mapping[str, np.ndarray],
+                  counts: Mapping[str, int], config: Mapping[str, object], cohort: int, rnd: int,
+                  rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    """A trained delta -> the round's vectors, encoded in Z_(2^bits): DP applied first (clip, then the noise
+    share), then the layout's per-coordinate clip to the encoding range (cfg.secagg_encoding_range, which with DP
+    is wide enough for the noise: nothing is clipped), then the fixed-point encoding.
+
+    With DP a coordinate beyond the range (probability < 1e-32) is a ProtocolError: the client sits the round
+    out rather than send clipped, non-Gaussian noise."""
+    delta = private_delta(cfg, raw_delta, config, cohort, rng)
+    bound = cfg.secagg_encoding_range
+    outside = out_of_range(delta, bound)
+    if outside and cfg.dp.enabled:
+        raise ProtocolError(f"secure round {rnd}: {outside} privatized coordinate(s) beyond the encoding range "
+                            f"+-{bound:g}; not clipping noise, this client sits the round out")
+    if outside:
+        log.warning("secure round %d: %d delta coordinate(s) clipped to +-%g", rnd, outside, bound)
+    vectors = client_vectors(cfg.secure_aggregation, bank_layouts(received), delta, secure_weights(cfg, counts),
+                             bound)
+    fixed = FixedPoint(cfg.secagg_bits, bound, cfg.secagg_max_weight, cohort)
+    return {name: fixed.encode(v) for name, v in vectors.items()}
 
 
 def train_and_advertise(msg: Message, context: Context, cfg: FedConfig, own: Collection[str], train: Trainer
@@ -128,16 +153,10 @@ def train_and_advertise(msg: Message, context: Context, cfg: FedConfig, own: Col
     received = from_record(msg.content.array_records[ARRAYS])
     mine = own_banks(own, received) if cfg.secure_aggregation == SEGMENT_HIDDEN else received
     raw_delta, counts = train(mine, RoundHParams.from_config(config, cfg))
-    delta = private_delta(cfg, raw_delta, config, cohort)
-    weights = secure_weights(cfg, counts)
-    vectors = client_vectors(cfg.secure_aggregation, bank_layouts(received), delta, weights, cfg.secagg_clip_range)
-    fixed = FixedPoint(cfg.secagg_bits, cfg.secagg_clip_range, cfg.secagg_max_weight, cohort)
-    clipped = sum(int(np.sum(np.abs(v) > cfg.secagg_clip_range)) for v in delta.values())
-    if clipped:
-        log.warning("secure round %d: %d delta coordinate(s) clipped to +-%g", rnd, clipped, cfg.secagg_clip_range)
+    encoded = encoded_input(cfg, received, raw_delta, counts, config, cohort, rnd)
     state, keys = protocol.advertise(msg.metadata.dst_node_id, msg.metadata.run_id, rnd)
     context.state[STATE_RECORD] = ConfigRecord(state.to_record())
-    context.state[INPUT_RECORD] = ArrayRecord({name: Array(fixed.encode(v)) for name, v in vectors.items()})
+    context.state[INPUT_RECORD] = ArrayRecord({name: Array(v) for name, v in encoded.items()})
     return Message(reply_content(protocol.ADVERTISE, rnd, keys), reply_to=msg)
 
 

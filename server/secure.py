@@ -80,7 +80,7 @@ class SecureSettings:
 
     @classmethod
     def from_config(cls, cfg: FedConfig) -> SecureSettings:
-        return cls(cfg.secure_aggregation, cfg.secagg_bits, cfg.secagg_clip_range, cfg.secagg_max_weight,
+        return cls(cfg.secure_aggregation, cfg.secagg_bits, cfg.secagg_encoding_range, cfg.secagg_max_weight,
                    cfg.secagg_threshold_fraction, cfg.secagg_degree, cfg.min_segment_clients,
                    cfg.dp if cfg.dp.enabled else None)
 
