@@ -23,9 +23,10 @@ with the number of nodes. Each metrics line says how many query messages its rou
 (`clients_registered`) and the run's registration rejections by reason (`registration_rejected_reasons`).
 
 `resume=true` continues after the last complete checkpoint (cohorts replay as far as node ids allow, see
-server/clients.py; DP cohorts are fresh draws, the finished rounds' cohorts stay in the checkpoint); `stop-after-round=k` ends the run after round k (how tests and users simulate an
-interrupted server). At the end `<out-dir>/run-complete.json` says the run really finished, because
-`flwr run` exits 0 even when the ServerApp failed.
+server/clients.py; DP cohorts are fresh draws, the finished rounds' cohorts stay in the checkpoint);
+`stop-after-round=k` ends the run after round k (how tests and users simulate an interrupted server). At the
+end `<out-dir>/run-complete.json` says the run really finished, because `flwr run` exits 0 even when the
+ServerApp failed.
 """
 
 from __future__ import annotations
