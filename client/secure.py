@@ -11,7 +11,8 @@
 
 segment-hidden: the TRAIN message carries every bank of the run; the client trains only its own (the others
 stay zero in its vector), registers without segment names or per-segment counts (`hidden_registration`) and
-reports evaluation sums only overall (`overall_only`), so which banks are its own never leaves it.
+uploads evaluation sums only overall and only masked (client/secure_eval.py), so which banks are its own never
+leaves it.
 With secure aggregation on, a plain TRAIN message is refused: a client never sends a delta in the clear.
 """
 
@@ -25,7 +26,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from common.federation.records import from_record
-from common.names import GLOBAL, OVERALL, bank_of
+from common.names import GLOBAL, bank_of
 from common.privacy.dp import DISTRIBUTED, clip_update, out_of_range, privatize_update
 from common.protocol import (
     ARRAYS,
@@ -37,10 +38,11 @@ from common.protocol import (
     RoundHParams,
     bank_examples_key,
     parse_dp_shares,
-    parse_metric_key,
 )
 from common.secagg import client as protocol
 from common.secagg.errors import ProtocolError
+from common.secagg.evaluation import EVAL_BITS, eval_min_members
+from common.secagg.evaluation import PURPOSE as EVAL_PURPOSE
 from common.secagg.fixedpoint import FixedPoint
 from common.secagg.layout import SEGMENT, SEGMENT_HIDDEN, bank_layouts, client_vectors
 from common.secagg.wire import COHORT_PREFIX, COHORT_SIZE, read_config, stage_config, stage_in
@@ -49,6 +51,7 @@ log = logging.getLogger(__name__)
 
 STATE_RECORD = "secagg-state"  # context.state: the protocol state (secrets included) between stages
 INPUT_RECORD = "secagg-input"  # context.state: the encoded vectors until they are masked
+PURPOSE_RECORD = "secagg-purpose"  # context.state: {"purpose": "evaluate"} in an evaluation round (secure_eval.py)
 MAX_COHORT = 100_000
 # What trains: (the received tensors of the client's own banks, round hyper-parameters) ->
 # (delta for exactly those keys, examples per bank). client/app.py passes task.local_train on the node's data.
@@ -77,16 +80,6 @@ def hidden_registration(fields: Mapping[str, Any]) -> dict[str, Any]:
     """segment-hidden: what a node registers without its segments: no names, no per-segment counts."""
     keep = {PARTITION_ID, EVAL_USERS, bank_examples_key(GLOBAL)}
     return {**{k: v for k, v in fields.items() if k in keep}, SEGMENTS: []}
-
-
-def overall_only(sums: Mapping[str, float]) -> dict[str, float]:
-    """segment-hidden: evaluation sums without the per-segment rows (they would name the node's segments)."""
-    out = {}
-    for key, value in sums.items():
-        parsed = parse_metric_key(key)
-        if parsed is None or parsed[0] == OVERALL:
-            out[key] = value
-    return out
 
 
 def secure_weights(cfg: FedConfig, counts: Mapping[str, int]) -> dict[str, float]:
@@ -157,6 +150,7 @@ def train_and_advertise(msg: Message, context: Context, cfg: FedConfig, own: Col
     state, keys = protocol.advertise(msg.metadata.dst_node_id, msg.metadata.run_id, rnd)
     context.state[STATE_RECORD] = ConfigRecord(state.to_record())
     context.state[INPUT_RECORD] = ArrayRecord({name: Array(v) for name, v in encoded.items()})
+    context.state[PURPOSE_RECORD] = ConfigRecord({"purpose": "train"})
     return Message(reply_content(protocol.ADVERTISE, rnd, keys), reply_to=msg)
 
 
@@ -198,8 +192,12 @@ def _masked_input(state: protocol.ClientState, rnd: int, payload: Mapping[str, A
         raise ProtocolError("no encoded input waiting for masked-input")
     vectors = {k: a.numpy() for k, a in context.state.array_records[INPUT_RECORD].items()}
     min_members = cfg.min_segment_clients if cfg.secure_aggregation == SEGMENT else 1
-    masked = protocol.masked_input(state, rnd, ciphertexts, payload["u2"], vectors, cohorts,
-                                   cfg.secagg_bits, min_members, (GLOBAL,))
+    bits, exempt = cfg.secagg_bits, {GLOBAL}
+    purpose = context.state.config_records.get(PURPOSE_RECORD, ConfigRecord()).get("purpose")
+    if purpose == EVAL_PURPOSE:  # evaluation sums: every row, OVERALL included, over enough clients; 64-bit ring
+        min_members, exempt, bits = eval_min_members(cfg), set(), EVAL_BITS
+    masked = protocol.masked_input(state, rnd, ciphertexts, payload["u2"], vectors, cohorts, bits, min_members,
+                                   tuple(exempt))
     del context.state[INPUT_RECORD]
-    wire = np.uint32 if cfg.secagg_bits <= 32 else np.uint64
+    wire = np.uint32 if bits <= 32 else np.uint64
     return reply_content(protocol.MASK, rnd, {}, {k: v.astype(wire) for k, v in masked.items()})

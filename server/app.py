@@ -10,7 +10,8 @@ strategy (server/strategy.py) free of Flower's grid. Per round it:
    starting banks for segments it meets for the first time, sends train messages, validates and aggregates;
    with `secure-aggregation` segment | segment-hidden the training and aggregation are a secure round
    (server/secure.py: the server sees only per-bank sums; an aborted round applies nothing);
-2. evaluates on a fixed cohort of clients (federated evaluation: test items never leave the clients);
+2. evaluates on a fixed cohort of clients (federated evaluation: test items never leave the clients; in a
+   secure run the metrics come back only as cohort sums, server/secure_eval.py);
    a fresh run first evaluates the untrained adapters as "round 0", the no-adapter baseline;
 3. appends one line to `<out-dir>/metrics.jsonl` and checkpoints atomically to `<out-dir>/checkpoints/`;
 4. with DP on (common/privacy/), composes the round in the accountant (epsilon in the metrics line, its rounds in
@@ -52,6 +53,7 @@ from server.clients import ClientInfo, cohort_size, sample_nodes
 from server.optimizer import OptimizerConfig, ServerOptimizer
 from server.registration import Registry
 from server.secure import SecureRound, SecureSettings, hidden_view
+from server.secure_eval import SecureEvaluation
 from server.strategy import AdapterBankStrategy, RoundStats
 from server.validate import ValidationConfig
 
@@ -193,6 +195,9 @@ class FederatedRun:
         cohort = self._cohort(strategy, self.cfg.fraction_evaluate, 0, salt=1)
         if self.cfg.secure_aggregation == SEGMENT_HIDDEN:  # every served bank; each client picks its own
             cohort = hidden_view(cohort, strategy)
+        if self.cfg.secure_aggregation != OFF:  # only cohort sums of the metrics (server/secure_eval.py)
+            return SecureEvaluation(self.grid, self.cfg, self.cfg.round_timeout).evaluate(
+                strategy, cohort, rnd, self.grid.run.run_id)
         replies = self.grid.send_and_receive(strategy.evaluate_messages(cohort, rnd), timeout=self.cfg.round_timeout)
         return strategy.pool_evaluation(replies, {c.node_id: c for c in cohort})
 

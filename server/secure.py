@@ -101,7 +101,9 @@ class StageTraffic:
 class SecureRound:
     """One secure round for one cohort; `run` applies the banks' means or, on abort, nothing."""
 
-    def __init__(self, grid: Grid, settings: SecureSettings, timeout: float, rng: np.random.Generator) -> None:
+    def __init__(self, grid: Grid, settings: SecureSettings, timeout: float, rng: np.random.Generator,
+                 purpose: str = "") -> None:
+        self.purpose = purpose  # "" for training; server/secure_eval.py's evaluation rounds use their own group ids
         self.grid = grid
         self.settings = settings
         self.timeout = timeout
@@ -121,7 +123,7 @@ class SecureRound:
                 log.warning("secure round %d, %s: node %d replied with an error: %s", rnd, stage, node,
                             msg.error.reason)
                 continue
-            if msg.metadata.group_id != group_id(rnd, stage):
+            if msg.metadata.group_id != group_id(rnd, stage, self.purpose):
                 self.traffic.rejected["foreign-round"] += 1
                 continue
             self.traffic.up[node] += message_bytes(msg)
@@ -142,8 +144,9 @@ class SecureRound:
         return out
 
     def _query(self, requests: Mapping[int, Mapping[str, Any]], stage: str, rnd: int) -> list[Message]:
+        gid = group_id(rnd, stage, self.purpose)
         return [Message(RecordDict({CONFIG: ConfigRecord(stage_config(stage, rnd, payload, "request"))}), node,
-                        MessageType.QUERY, group_id=group_id(rnd, stage)) for node, payload in requests.items()]
+                        MessageType.QUERY, group_id=gid) for node, payload in requests.items()]
 
     def run(self, strategy: AdapterBankStrategy, cohort: list[ClientInfo], hp: Mapping[str, Any], rnd: int,
             run_id: int, stats: RoundStats) -> dict[str, Any]:
