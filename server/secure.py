@@ -18,11 +18,13 @@ about segments from the protocol: every client receives every bank and uploads o
 the server learns every bank's sums, contributor count included, and so still learns a bank's total when it
 has only one contributor (that client's update), even though such a bank is not applied. A bank with fewer
 than min-segment-clients contributors (hidden) or cohort members (segment: the clients then do not upload it)
-is not applied that round. It never sees a single delta, so it cannot check a delta's norm: a client can move
-a bank by at most secagg-clip-range per coordinate times its weight (capped at max-client-examples), divided
-by the bank's total weight.
+is not applied that round. It never sees a single delta, so it cannot check a delta's norm: an honest client
+moves a bank's sum by at most the encoding range per coordinate times its weight, but a modified one uploads any
+ring element (up to 2^(bits-1)/scale per coordinate) and forges its weight and contributor slots
+(tests/test_secagg_malicious_client.py measures it; README, Privacy).
 
-DP (common/privacy/dp.py): every contributor weighs 1 and clips its whole update to dp-clip before encoding;
+DP (common/privacy/dp.py): every contributor weighs 1 and clips its whole update to dp-clip before encoding (in
+a range derived from dp-clip and the noise, FedConfig.secagg_encoding_range, so that no noise is clipped);
 central mode adds N(0, (sigma*C)^2) to each unmasked bank sum; distributed mode has clients add their shares
 before masking, and a bank whose surviving cohort is below its t is not unmasked.
 """
