@@ -22,8 +22,8 @@ cohort drawn from the run seed, which the server and every client know, is publi
 epsilon is then that of the un-amplified Gaussian mechanism composed over the rounds it was in (issue 23,
 leak 4: 10 of 100 clients, sigma 1.5, 50 rounds, delta 1e-5 reported epsilon 15.7, while a client sampled in
 the expected 5 rounds had 18.1 and one sampled in every round 99.0, common/privacy/accountant.py). A DP run is
-therefore not replayable cohort-for-cohort; the server records each round's cohort (partition ids) in its checkpoint instead
-(server/app.py), so a resumed run keeps the full record and never redraws a finished round.
+therefore not replayable cohort-for-cohort; the server records each round's cohort (partition ids) in its
+checkpoint instead (server/app.py), so a resumed run keeps the full record and never redraws a finished round.
 """
 
 from __future__ import annotations
