@@ -49,7 +49,15 @@ from common.protocol import ARRAYS, CONFIG, FedConfig, dp_shares_key
 from common.secagg.client import ADVERTISE, MASK, SHARE, UNMASK
 from common.secagg.errors import ProtocolError, SecAggAbort, StaleMessage
 from common.secagg.fixedpoint import FixedPoint
-from common.secagg.layout import HIDDEN_VECTOR, SEGMENT, SEGMENT_HIDDEN, BankLayout, bank_layouts, split_totals
+from common.secagg.layout import (
+    HIDDEN_VECTOR,
+    SEGMENT,
+    SEGMENT_HIDDEN,
+    BankLayout,
+    bank_layouts,
+    slots_problem,
+    split_totals,
+)
 from common.secagg.server import RoundSpec, SecAggServer
 from common.secagg.wire import (
     COHORT_PREFIX,
@@ -174,7 +182,8 @@ class SecureRound:
             server = self._protocol(spec, train, rnd)
             stats.replied = len(server.masked)
             released = self._releasable(server, shares)
-            agg = self._aggregate(strategy, layouts, server.totals(released), len(cohort), shares)
+            uploads = {n: len(set(server.cohorts[n]) & set(server.masked)) for n in released}
+            agg = self._aggregate(strategy, layouts, server.totals(released), len(cohort), shares, uploads)
             agg.fallback += sorted(set(spec.vectors) - set(server.cohorts) - {HIDDEN_VECTOR})
             agg.noise_short = sorted({*agg.noise_short, *(set(server.cohorts) - set(released))})
         except SecAggAbort as exc:
@@ -287,14 +296,23 @@ class SecureRound:
         return [n for n in names if enough_shares(len(set(server.cohorts[n]) & set(server.masked)), shares[n])]
 
     def _aggregate(self, strategy: AdapterBankStrategy, layouts: Mapping[str, BankLayout],
-                   totals: Mapping[str, np.ndarray], cohort: int, shares: Mapping[str, int]) -> BankAggregate:
+                   totals: Mapping[str, np.ndarray], cohort: int, shares: Mapping[str, int],
+                   uploads: Mapping[str, int]) -> BankAggregate:
         """Decoded sums -> per-bank means of the banks with enough contributors (central DP: noised sums;
-        distributed DP: a bank with fewer contributors than its t carries too little noise and is held back)."""
+        distributed DP: a bank with fewer contributors than its t carries too little noise and is held back).
+        A bank whose weight or contributor total no honest cohort could produce (`slots_problem`; `uploads`: the
+        clients whose vector went into each sum) is not applied and counts as rejected "implausible-sum"."""
         fixed = self.settings.fixed_point(cohort)
         decoded = {name: fixed.decode(total) for name, total in totals.items()}
         sums = split_totals(self.settings.mode, layouts, decoded)
         agg = BankAggregate()
         for bank, bank_sum in sorted(sums.items()):
+            uploaded = uploads.get(HIDDEN_VECTOR, uploads.get(bank, 0))
+            problem = slots_problem(bank_sum, uploaded, self.settings.max_weight)
+            if problem:  # forged slots (a modified client): e.g. a negative divisor would flip the bank's mean
+                log.warning("bank %s not applied: its summed slots are impossible (%s)", bank, problem)
+                self.traffic.rejected["implausible-sum"] += 1
+                continue
             if bank_sum.contributors <= 0:
                 continue
             agg.contributors[bank] = bank_sum.contributors

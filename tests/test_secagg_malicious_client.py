@@ -82,23 +82,74 @@ def test_under_dp_the_weights_are_one_and_the_shift_is_bounded_by_the_ring() -> 
     assert 0.4 * 1024 < shift < 1024  # against an honest client's 65 (C + 12 sigma C) per coordinate
 
 
-def test_a_forged_weight_slot_negates_the_banks_divisor() -> None:
-    """The evil client reports weight -(the others' total) - 1000: the server divides the honest sum by a
-    negative total weight and applies the bank's mean with its sign flipped (strategy with FedAvg, lr 1)."""
-    cfg = FedConfig(secure_aggregation=SEGMENT)
+def _forged_round(cfg: FedConfig, slots: tuple[float, float]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Nine honest clients and the evil one, whose delta is zero and whose weight and contributor slots are
+    `slots`: (the honest clients' weighted sum, the raw totals the server unmasks)."""
     fixed = SecureSettings.from_config(cfg).fixed_point(COHORT)
     honest = _honest(cfg)
     length = bank_layouts(RECEIVED)[GLOBAL].length
     forged = np.zeros(length)
-    forged[COORDS:] = (-2 * (COHORT - 1) * 1000.0, 1.0)
+    forged[COORDS:] = slots
     nodes = tuple(range(1, COHORT + 1))
     spec = RoundSpec(1, 1, nodes, {GLOBAL: (nodes, length)}, bits=64, min_members=2, exempt=(GLOBAL,))
-    totals_raw = run_in_memory(spec, {**honest, EVIL: {GLOBAL: fixed.encode(forged)}}).totals
-    decoded = split_totals(SEGMENT, bank_layouts(RECEIVED), {GLOBAL: fixed.decode(totals_raw[GLOBAL])})[GLOBAL]
-    assert decoded.weight == -(COHORT - 1) * 1000.0 and decoded.contributors == COHORT
+    raw = np.rint(forged * fixed.scale).astype(np.int64).view(np.uint64)  # no bound check: any ring element
+    totals = run_in_memory(spec, {**honest, EVIL: {GLOBAL: raw}}).totals
+    honest_sum = _sum(cfg, honest)[:COORDS]
+    return honest_sum, totals
+
+
+def _server_mean(cfg: FedConfig, totals: dict[str, np.ndarray], shares: dict[str, int] | None = None
+                 ) -> tuple[dict[str, np.ndarray] | None, SecureRound]:
+    """The mean the server's own aggregation (server/secure.py) would apply; its central noise from rng(0)."""
     strategy = AdapterBankStrategy({GLOBAL: copy.deepcopy(RECEIVED)}, ServerOptimizer(OptimizerConfig("fedavg", 1.0)),
                                    ValidationConfig(), 2)
-    agg = SecureRound(None, SecureSettings.from_config(cfg), 1.0, np.random.default_rng(0))._aggregate(  # type: ignore[arg-type]
-        strategy, bank_layouts(RECEIVED), totals_raw, COHORT, {})
-    honest_mean = decoded.sums[KEY] / ((COHORT - 1) * 1000.0)
-    np.testing.assert_allclose(agg.mean_deltas[GLOBAL][KEY], -honest_mean, rtol=1e-5, atol=1e-9)
+    secure = SecureRound(None, SecureSettings.from_config(cfg), 1.0, np.random.default_rng(0))  # type: ignore[arg-type]
+    agg = secure._aggregate(strategy, bank_layouts(RECEIVED), totals, COHORT, shares or {}, {GLOBAL: COHORT})
+    return agg.mean_deltas.get(GLOBAL), secure
+
+
+def test_a_forged_negative_weight_would_flip_the_mean_and_is_now_refused() -> None:
+    """The evil client reports weight -2 x (the others' total): the summed weight is negative, so dividing by it
+    (what the server did) applies the honest mean with its sign flipped. No honest cohort sums to a negative
+    weight: the server now leaves the bank as it was and counts the sum as implausible."""
+    cfg = FedConfig(secure_aggregation=SEGMENT)
+    honest_sum, totals = _forged_round(cfg, (-2 * (COHORT - 1) * 1000.0, 1.0))
+    fixed = SecureSettings.from_config(cfg).fixed_point(COHORT)
+    decoded = split_totals(SEGMENT, bank_layouts(RECEIVED), {GLOBAL: fixed.decode(totals[GLOBAL])})[GLOBAL]
+    assert decoded.weight == -(COHORT - 1) * 1000.0 and decoded.contributors == COHORT
+    old_mean = decoded.sums[KEY] / decoded.weight  # the division the server made before the check
+    np.testing.assert_allclose(old_mean, -honest_sum / ((COHORT - 1) * 1000.0), rtol=1e-6, atol=1e-12)
+    mean, secure = _server_mean(cfg, totals)
+    assert mean is None and secure.traffic.rejected["implausible-sum"] == 1
+
+
+def test_a_forged_weight_within_the_honest_range_still_scales_the_mean() -> None:
+    """What the check cannot catch: a total weight the cohort could have had. The evil client brings the total
+    down to the number of contributors (10 instead of 9,001), and the server applies the honest clients'
+    weighted sum divided by 10: a mean 900 times too large. Under DP (weights exactly 1) a forged weight alone is
+    caught, since the weight must equal the contributor count; forging both slots alike is not: the evil client
+    claims -8 contributors of weight -8, the total is 1 of 10 uploads, and in central mode the global mean is the
+    noised sum over 1 instead of 10. In distributed mode the same bank falls below its t = 10 noise shares and
+    is held back."""
+    cfg = FedConfig(secure_aggregation=SEGMENT)
+    honest_sum, totals = _forged_round(cfg, (-(COHORT - 1) * 1000.0 + COHORT, 1.0))
+    mean, _ = _server_mean(cfg, totals)
+    assert mean is not None
+    true_mean = honest_sum / ((COHORT - 1) * 1000.0 + 1)  # the evil client's honest weight would have been >= 1
+    ratio = float(np.median(np.asarray(mean[KEY], dtype=np.float64) / true_mean))
+    assert 890 < ratio < 910
+    central = FedConfig(secure_aggregation=SEGMENT, dp_noise_multiplier=1.0, dp_clip=5.0)
+    _, totals = _forged_round(central, (-5.0, 1.0))  # weight 9 - 5 = 4 against 10 contributors
+    mean, secure = _server_mean(central, totals)
+    assert mean is None and secure.traffic.rejected["implausible-sum"] == 1
+    _, totals = _forged_round(central, (-8.0, -8.0))
+    mean, _ = _server_mean(central, totals)
+    fixed = SecureSettings.from_config(central).fixed_point(COHORT)
+    decoded = split_totals(SEGMENT, bank_layouts(RECEIVED), {GLOBAL: fixed.decode(totals[GLOBAL])})[GLOBAL]
+    noise = np.random.default_rng(0).normal(0.0, 5.0, size=COORDS)  # what the server's rng(0) adds
+    assert mean is not None and (decoded.contributors, decoded.weight) == (1, 1.0)
+    np.testing.assert_allclose(mean[KEY], (decoded.sums[KEY] + noise) / 1.0, rtol=1e-5)  # over 1, not 10
+    distributed = FedConfig(secure_aggregation=SEGMENT, dp_noise_multiplier=1.0, dp_clip=5.0, dp_mode="distributed")
+    _, totals = _forged_round(distributed, (-8.0, -8.0))
+    mean, _ = _server_mean(distributed, totals, {GLOBAL: COHORT})
+    assert mean is None
