@@ -16,7 +16,8 @@ Messages (Flower Message API):
           With DP in distributed mode the config also carries "dp-shares/<bank>" (t) for each bank sent, and the
           delta comes back clipped and noised (common/privacy/dp.py); with DP every bank weighs 1 per client.
 - evaluate server -> node: arrays = global + the segment banks the server serves; reply metrics: per-segment
-          sums of ndcg/hr/coverage and user counts.
+          sums of ndcg/hr/coverage and user counts. With secure aggregation on, the evaluate message starts a
+          secure round instead and the sums leave the node only masked (server/secure_eval.py).
 Every reply is untrusted: server/validate.py checks each against this contract and what the node registered.
 """
 
