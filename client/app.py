@@ -10,11 +10,13 @@ being sent (secure-aggregation replies are checked field by field in common/seca
   aggregation weights; see server/strategy.py for what that reveals).
 - train: loads the received global + segment adapters, trains locally, replies with the DELTA and the
   training pairs per bank.
-- evaluate: loads the received adapters, ranks each user's held-out item, replies with per-segment sums.
+- evaluate: loads the received adapters, ranks each user's held-out item, replies with per-segment sums (with
+  secure aggregation on, the sums leave the node only masked, in a secure round of their own:
+  client/secure_eval.py).
 
 With `secure-aggregation` on (client/secure.py), train starts a secure round and the query handler also
 answers its later stages; the update leaves the node only masked. In segment-hidden mode the node registers
-without its segments, trains and evaluates only its own banks among all it receives, and reports evaluation
+without its segments, trains and evaluates only its own banks among all it receives, and uploads evaluation
 sums only overall.
 
 Node config (`flower-supernode --node-config`, set per node; the server cannot read it): `partition-id` and
@@ -32,7 +34,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, MetricRecordValues, RecordDict
 from flwr.clientapp import ClientApp
 
-from client import secure
+from client import secure, secure_eval
 from client.guard import check_outgoing
 from common.federation import task
 from common.federation.records import from_record, to_record
@@ -146,9 +148,10 @@ def _dp_share(cfg: FedConfig, delta: dict[str, np.ndarray], config: dict[str, An
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     cfg, data = node_settings(context)
+    if cfg.secure_aggregation != OFF:  # the sums leave only masked, summed over the cohort (client/secure_eval.py)
+        return secure_eval.evaluate_and_advertise(msg, context, cfg, data.adapter_names, data.segment_names,
+                                                  lambda banks: task.local_evaluate(cfg, data, banks))
     sent = received_arrays(msg)
-    hidden = cfg.secure_aggregation == SEGMENT_HIDDEN
-    sums = task.local_evaluate(cfg, data, secure.own_banks(data.adapter_names, sent) if hidden else sent)
-    sums = secure.overall_only(sums) if hidden else sums
+    sums = task.local_evaluate(cfg, data, sent)
     content = RecordDict({METRICS: MetricRecord(dict[str, MetricRecordValues](sums))})
     return _reply(msg, content, sent)

@@ -1,16 +1,18 @@
 """Client handlers of a secure round (server/secure.py drives it; common/secagg/client.py is the protocol).
 
 - advertise-keys arrives as the round's TRAIN message: the client trains the banks it holds, turns the delta
-  into the round's vectors (common/secagg/layout.py: each bank clipped per coordinate to secagg-clip-range and
-  scaled by its weight, plus weight and contributor slots; DP: whole update clipped to dp-clip, weight 1, and
-  in distributed mode its noise share added), encodes them in Z_(2^bits) and keeps them in the node's
+  into the round's vectors (`encoded_input`; common/secagg/layout.py: each bank clipped per coordinate to
+  secagg-clip-range and scaled by its weight, plus weight and contributor slots; DP: whole update clipped to
+  dp-clip, weight 1, in distributed mode its noise share added, and the encoding range derived from dp-clip and
+  the noise so that nothing is clipped after the noise), encodes them in Z_(2^bits) and keeps them in the node's
   `context.state` with its secrets; the reply carries only public keys and a commitment.
 - share-keys, masked-input and unmask arrive as QUERY messages and answer from that state; the encoded
   vectors leave the node only masked, and the state is dropped after unmask.
 
 segment-hidden: the TRAIN message carries every bank of the run; the client trains only its own (the others
 stay zero in its vector), registers without segment names or per-segment counts (`hidden_registration`) and
-reports evaluation sums only overall (`overall_only`), so which banks are its own never leaves it.
+uploads evaluation sums only overall and only masked (client/secure_eval.py), so which banks are its own never
+leaves it.
 With secure aggregation on, a plain TRAIN message is refused: a client never sends a delta in the clear.
 """
 
@@ -24,8 +26,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from common.federation.records import from_record
-from common.names import GLOBAL, OVERALL, bank_of
-from common.privacy.dp import DISTRIBUTED, clip_update, privatize_update
+from common.names import GLOBAL, bank_of
+from common.privacy.dp import DISTRIBUTED, clip_update, out_of_range, privatize_update
 from common.protocol import (
     ARRAYS,
     CONFIG,
@@ -36,10 +38,11 @@ from common.protocol import (
     RoundHParams,
     bank_examples_key,
     parse_dp_shares,
-    parse_metric_key,
 )
 from common.secagg import client as protocol
 from common.secagg.errors import ProtocolError
+from common.secagg.evaluation import EVAL_BITS, eval_min_members
+from common.secagg.evaluation import PURPOSE as EVAL_PURPOSE
 from common.secagg.fixedpoint import FixedPoint
 from common.secagg.layout import SEGMENT, SEGMENT_HIDDEN, bank_layouts, client_vectors
 from common.secagg.wire import COHORT_PREFIX, COHORT_SIZE, read_config, stage_config, stage_in
@@ -48,6 +51,7 @@ log = logging.getLogger(__name__)
 
 STATE_RECORD = "secagg-state"  # context.state: the protocol state (secrets included) between stages
 INPUT_RECORD = "secagg-input"  # context.state: the encoded vectors until they are masked
+PURPOSE_RECORD = "secagg-purpose"  # context.state: {"purpose": "evaluate"} in an evaluation round (secure_eval.py)
 MAX_COHORT = 100_000
 # What trains: (the received tensors of the client's own banks, round hyper-parameters) ->
 # (delta for exactly those keys, examples per bank). client/app.py passes task.local_train on the node's data.
@@ -78,16 +82,6 @@ def hidden_registration(fields: Mapping[str, Any]) -> dict[str, Any]:
     return {**{k: v for k, v in fields.items() if k in keep}, SEGMENTS: []}
 
 
-def overall_only(sums: Mapping[str, float]) -> dict[str, float]:
-    """segment-hidden: evaluation sums without the per-segment rows (they would name the node's segments)."""
-    out = {}
-    for key, value in sums.items():
-        parsed = parse_metric_key(key)
-        if parsed is None or parsed[0] == OVERALL:
-            out[key] = value
-    return out
-
-
 def secure_weights(cfg: FedConfig, counts: Mapping[str, int]) -> dict[str, float]:
     """Each bank's weight: its examples capped at max-client-examples; with DP 1 per bank, as in the plain path
     (server/aggregate.py dp_aggregate_banks): central counts the banks it trained, distributed every bank of its
@@ -97,17 +91,41 @@ def secure_weights(cfg: FedConfig, counts: Mapping[str, int]) -> dict[str, float
     return {b: float(min(n, cfg.max_client_examples)) for b, n in counts.items()}
 
 
-def private_delta(cfg: FedConfig, delta: Mapping[str, np.ndarray], config: Mapping[str, object], cohort: int
-                  ) -> dict[str, np.ndarray]:
+def private_delta(cfg: FedConfig, delta: Mapping[str, np.ndarray], config: Mapping[str, object], cohort: int,
+                  rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
     """With DP: the whole update clipped to dp-clip, plus (distributed) each bank's noise share drawn from OS
-    entropy (common/privacy/dp.py privatize_update; t per bank from the train message, at most the cohort)."""
+    entropy unless `rng` is given (common/privacy/dp.py privatize_update; t per bank from the train message, at
+    most the cohort)."""
     dp = cfg.dp
     if not dp.enabled:
         return dict(delta)
     if dp.mode != DISTRIBUTED:
         return clip_update(delta, dp.clip)[0]
     shares = parse_dp_shares(config, {bank_of(k) for k in delta}, cohort)
-    return privatize_update(delta, dp, shares, np.random.default_rng())
+    return privatize_update(delta, dp, shares, rng if rng is not None else np.random.default_rng())
+
+
+def encoded_input(cfg: FedConfig, received: Mapping[str, np.ndarray], raw_delta: Mapping[str, np.ndarray],
+                  counts: Mapping[str, int], config: Mapping[str, object], cohort: int, rnd: int,
+                  rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    """A trained delta -> the round's vectors, encoded in Z_(2^bits): DP applied first (clip, then the noise
+    share), then the layout's per-coordinate clip to the encoding range (cfg.secagg_encoding_range, which with DP
+    is wide enough for the noise: nothing is clipped), then the fixed-point encoding.
+
+    With DP a coordinate beyond the range (probability < 1e-32) is a ProtocolError: the client sits the round
+    out rather than send clipped, non-Gaussian noise."""
+    delta = private_delta(cfg, raw_delta, config, cohort, rng)
+    bound = cfg.secagg_encoding_range
+    outside = out_of_range(delta, bound)
+    if outside and cfg.dp.enabled:
+        raise ProtocolError(f"secure round {rnd}: {outside} privatized coordinate(s) beyond the encoding range "
+                            f"+-{bound:g}; not clipping noise, this client sits the round out")
+    if outside:
+        log.warning("secure round %d: %d delta coordinate(s) clipped to +-%g", rnd, outside, bound)
+    vectors = client_vectors(cfg.secure_aggregation, bank_layouts(received), delta, secure_weights(cfg, counts),
+                             bound)
+    fixed = FixedPoint(cfg.secagg_bits, bound, cfg.secagg_max_weight, cohort)
+    return {name: fixed.encode(v) for name, v in vectors.items()}
 
 
 def train_and_advertise(msg: Message, context: Context, cfg: FedConfig, own: Collection[str], train: Trainer
@@ -128,16 +146,11 @@ def train_and_advertise(msg: Message, context: Context, cfg: FedConfig, own: Col
     received = from_record(msg.content.array_records[ARRAYS])
     mine = own_banks(own, received) if cfg.secure_aggregation == SEGMENT_HIDDEN else received
     raw_delta, counts = train(mine, RoundHParams.from_config(config, cfg))
-    delta = private_delta(cfg, raw_delta, config, cohort)
-    weights = secure_weights(cfg, counts)
-    vectors = client_vectors(cfg.secure_aggregation, bank_layouts(received), delta, weights, cfg.secagg_clip_range)
-    fixed = FixedPoint(cfg.secagg_bits, cfg.secagg_clip_range, cfg.secagg_max_weight, cohort)
-    clipped = sum(int(np.sum(np.abs(v) > cfg.secagg_clip_range)) for v in delta.values())
-    if clipped:
-        log.warning("secure round %d: %d delta coordinate(s) clipped to +-%g", rnd, clipped, cfg.secagg_clip_range)
+    encoded = encoded_input(cfg, received, raw_delta, counts, config, cohort, rnd)
     state, keys = protocol.advertise(msg.metadata.dst_node_id, msg.metadata.run_id, rnd)
     context.state[STATE_RECORD] = ConfigRecord(state.to_record())
-    context.state[INPUT_RECORD] = ArrayRecord({name: Array(fixed.encode(v)) for name, v in vectors.items()})
+    context.state[INPUT_RECORD] = ArrayRecord({name: Array(v) for name, v in encoded.items()})
+    context.state[PURPOSE_RECORD] = ConfigRecord({"purpose": "train"})
     return Message(reply_content(protocol.ADVERTISE, rnd, keys), reply_to=msg)
 
 
@@ -179,8 +192,12 @@ def _masked_input(state: protocol.ClientState, rnd: int, payload: Mapping[str, A
         raise ProtocolError("no encoded input waiting for masked-input")
     vectors = {k: a.numpy() for k, a in context.state.array_records[INPUT_RECORD].items()}
     min_members = cfg.min_segment_clients if cfg.secure_aggregation == SEGMENT else 1
-    masked = protocol.masked_input(state, rnd, ciphertexts, payload["u2"], vectors, cohorts,
-                                   cfg.secagg_bits, min_members, (GLOBAL,))
+    bits, exempt = cfg.secagg_bits, {GLOBAL}
+    purpose = context.state.config_records.get(PURPOSE_RECORD, ConfigRecord()).get("purpose")
+    if purpose == EVAL_PURPOSE:  # evaluation sums: every row, OVERALL included, over enough clients; 64-bit ring
+        min_members, exempt, bits = eval_min_members(cfg), set(), EVAL_BITS
+    masked = protocol.masked_input(state, rnd, ciphertexts, payload["u2"], vectors, cohorts, bits, min_members,
+                                   tuple(exempt))
     del context.state[INPUT_RECORD]
-    wire = np.uint32 if cfg.secagg_bits <= 32 else np.uint64
+    wire = np.uint32 if bits <= 32 else np.uint64
     return reply_content(protocol.MASK, rnd, {}, {k: v.astype(wire) for k, v in masked.items()})

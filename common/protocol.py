@@ -16,7 +16,8 @@ Messages (Flower Message API):
           With DP in distributed mode the config also carries "dp-shares/<bank>" (t) for each bank sent, and the
           delta comes back clipped and noised (common/privacy/dp.py); with DP every bank weighs 1 per client.
 - evaluate server -> node: arrays = global + the segment banks the server serves; reply metrics: per-segment
-          sums of ndcg/hr/coverage and user counts.
+          sums of ndcg/hr/coverage and user counts. With secure aggregation on, the evaluate message starts a
+          secure round instead and the sums leave the node only masked (server/secure_eval.py).
 Every reply is untrusted: server/validate.py checks each against this contract and what the node registered.
 """
 
@@ -49,7 +50,9 @@ from common.names import (
     TEXT,
     segment_name,
 )
-from common.privacy.dp import DPConfig
+from common.privacy.dp import DPConfig, encoding_range
+
+SECAGG_CLIP_RANGE_DEFAULT = 1.0
 
 # Record names inside a message's RecordDict.
 ARRAYS = "arrays"
@@ -265,7 +268,9 @@ class FedConfig:
     target_epsilon_action: str = "stop"  # stop | warn
     # Secure aggregation (common/secagg/, server/secure.py; README, Privacy): off | segment | segment-hidden.
     secure_aggregation: str = "off"
-    secagg_clip_range: float = 1.0  # |delta coordinate| bound before fixed-point encoding (clients clip to it)
+    # |delta coordinate| bound before fixed-point encoding (clients clip to it); without DP only: with DP the range
+    # is derived from dp-clip and the noise (secagg_encoding_range), so that no noise is ever clipped
+    secagg_clip_range: float = SECAGG_CLIP_RANGE_DEFAULT
     secagg_bits: int = 64  # masks live in Z_(2^bits); <= 32 halves the upload but needs small weights
     secagg_threshold_fraction: float = 0.6  # Shamir t = ceil(fraction * share holders): survives 40% drop-outs
     secagg_degree: int = 0  # mask graph: 0 = complete (every pair); k >= 2 = k-regular ring (SecAgg+)
@@ -349,8 +354,19 @@ class FedConfig:
         if self.secagg_degree < 0 or self.secagg_degree == 1:
             raise ValueError(f"secagg-degree must be 0 (complete graph) or >= 2, got {self.secagg_degree}")
         threshold_for(2, self.secagg_threshold_fraction)  # names secagg-threshold-fraction outside (0.5, 1]
+        if self.dp.enabled and self.secagg_clip_range != SECAGG_CLIP_RANGE_DEFAULT:
+            raise ValueError(f"secagg-clip-range={self.secagg_clip_range} is used only without DP: with "
+                             "dp-noise-multiplier > 0 the encoding range is derived from dp-clip and the noise "
+                             f"({self.secagg_encoding_range:g} here) so that secure aggregation never clips noise")
         if self.secure_aggregation != "off":  # enough precision for 1,000 clients a round, else name the key
-            FixedPoint(self.secagg_bits, self.secagg_clip_range, self.secagg_max_weight, 1000)
+            try:
+                FixedPoint(self.secagg_bits, self.secagg_encoding_range, self.secagg_max_weight, 1000)
+            except ValueError as exc:
+                if not self.dp.enabled:
+                    raise
+                raise ValueError(f"{exc} (with DP the values go up to dp-clip x (1 + 12 x dp-noise-multiplier) in "
+                                 "distributed mode, dp-clip in central mode: raise secagg-bits or lower them)"
+                                 ) from exc
         if self.secagg_banks and self.secure_aggregation != SEGMENT_HIDDEN:
             raise ValueError("secagg-banks is used only with secure-aggregation=segment-hidden")
         for name in self.secagg_bank_tuple:
@@ -360,6 +376,13 @@ class FedConfig:
     def secagg_max_weight(self) -> float:
         """The most one client may weigh in a bank of a secure sum: 1 with DP, else max-client-examples."""
         return 1.0 if self.dp.enabled else float(self.max_client_examples)
+
+    @property
+    def secagg_encoding_range(self) -> float:
+        """The per-coordinate range of a secure sum's fixed-point encoding, the same on client and server:
+        secagg-clip-range without DP; with DP the bound of an honest privatized update (common/privacy/dp.py
+        encoding_range), so that the noise is never clipped."""
+        return encoding_range(self.dp) if self.dp.enabled else self.secagg_clip_range
 
     @property
     def secagg_bank_tuple(self) -> tuple[str, ...]:

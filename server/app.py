@@ -4,12 +4,14 @@ Flower's built-in `Strategy.start` sends every client the same arrays; here each
 adapter plus its own segment adapters, so the loop drives `grid.send_and_receive` itself and keeps the
 strategy (server/strategy.py) free of Flower's grid. Per round it:
 
-1. samples a cohort over the grid's node ids (deterministic in seed and round, server/clients.py), registers
+1. samples a cohort over the grid's node ids (deterministic in seed and round; with DP from OS entropy, so
+   that who is sampled stays secret; server/clients.py; recorded in the checkpoint either way), registers
    the sampled nodes it does not know yet (one query each, once per run: server/registration.py), adds
    starting banks for segments it meets for the first time, sends train messages, validates and aggregates;
    with `secure-aggregation` segment | segment-hidden the training and aggregation are a secure round
    (server/secure.py: the server sees only per-bank sums; an aborted round applies nothing);
-2. evaluates on a fixed cohort of clients (federated evaluation: test items never leave the clients);
+2. evaluates on a fixed cohort of clients (federated evaluation: test items never leave the clients; in a
+   secure run the metrics come back only as cohort sums, server/secure_eval.py);
    a fresh run first evaluates the untrained adapters as "round 0", the no-adapter baseline;
 3. appends one line to `<out-dir>/metrics.jsonl` and checkpoints atomically to `<out-dir>/checkpoints/`;
 4. with DP on (common/privacy/), composes the round in the accountant (epsilon in the metrics line, its rounds in
@@ -22,9 +24,10 @@ with the number of nodes. Each metrics line says how many query messages its rou
 (`clients_registered`) and the run's registration rejections by reason (`registration_rejected_reasons`).
 
 `resume=true` continues after the last complete checkpoint (cohorts replay as far as node ids allow, see
-server/clients.py); `stop-after-round=k` ends the run after round k (how tests and users simulate an
-interrupted server). At the end `<out-dir>/run-complete.json` says the run really finished, because
-`flwr run` exits 0 even when the ServerApp failed.
+server/clients.py; DP cohorts are fresh draws, the finished rounds' cohorts stay in the checkpoint);
+`stop-after-round=k` ends the run after round k (how tests and users simulate an interrupted server). At the
+end `<out-dir>/run-complete.json` says the run really finished, because `flwr run` exits 0 even when the
+ServerApp failed.
 """
 
 from __future__ import annotations
@@ -46,10 +49,11 @@ from common.protocol import FedConfig, RoundHParams
 from common.secagg.layout import OFF, SEGMENT_HIDDEN
 from server.aggregate import Arrays, split_banks
 from server.checkpoint import Checkpoint, check_resumable, latest_complete_round, load_checkpoint, save_checkpoint
-from server.clients import ClientInfo, sample_nodes
+from server.clients import ClientInfo, cohort_size, sample_nodes
 from server.optimizer import OptimizerConfig, ServerOptimizer
 from server.registration import Registry
 from server.secure import SecureRound, SecureSettings, hidden_view
+from server.secure_eval import SecureEvaluation
 from server.strategy import AdapterBankStrategy, RoundStats
 from server.validate import ValidationConfig
 
@@ -97,6 +101,7 @@ class FederatedRun:
         self.served: list[str] = []  # segments served after the last complete round (server/strategy.py)
         self.budget = PrivacyBudget(cfg.dp) if cfg.dp.enabled else None  # epsilon so far (common/privacy/)
         self.registry = Registry(self.validation, cfg.round_timeout)
+        self.cohorts: dict[str, list[int]] = {}  # round -> its training cohort's partition ids (checkpointed)
 
     def _restore(self) -> tuple[dict[str, Arrays], int]:
         """The banks to start from (segment banks are added as their segments are met) and the first round."""
@@ -109,6 +114,7 @@ class FederatedRun:
         check_resumable(ckpt, self.cfg, self.ckpt_dir)  # another experiment must not continue this one's rounds
         self.history = list(ckpt.state.get("history", []))
         self.served = list(ckpt.state.get("served_segments", []))
+        self.cohorts = {str(k): [int(p) for p in v] for k, v in ckpt.state.get("cohorts", {}).items()}
         self.optimizer.load_state(ckpt.optimizer_arrays, ckpt.state.get("optimizer_steps", {}))
         if self.budget is not None:  # epsilon continues from the rounds the checkpoint composed
             self.budget = PrivacyBudget(self.cfg.dp, ckpt.state.get("dp_rounds", []))
@@ -120,7 +126,8 @@ class FederatedRun:
         """The usable registered clients of the cohort drawn over the grid's current nodes; registers the
         sampled nodes met for the first time and gives their new segments starting banks (seeded by name,
         so a bank starts the same whenever its segment is first met)."""
-        sampled = sample_nodes(self.grid.get_node_ids(), fraction, self.cfg.seed, rnd, salt)
+        private = self.cfg.dp.enabled and salt == 0  # DP: a training cohort from OS entropy (server/clients.py)
+        sampled = sample_nodes(self.grid.get_node_ids(), fraction, self.cfg.seed, rnd, salt, private=private)
         clients = self.registry.resolve(self.grid, sampled)
         if not clients and not self.registry.usable:
             raise RuntimeError(f"none of the {len(sampled)} sampled nodes sent a valid registration (rejected: "
@@ -188,6 +195,9 @@ class FederatedRun:
         cohort = self._cohort(strategy, self.cfg.fraction_evaluate, 0, salt=1)
         if self.cfg.secure_aggregation == SEGMENT_HIDDEN:  # every served bank; each client picks its own
             cohort = hidden_view(cohort, strategy)
+        if self.cfg.secure_aggregation != OFF:  # only cohort sums of the metrics (server/secure_eval.py)
+            return SecureEvaluation(self.grid, self.cfg, self.cfg.round_timeout).evaluate(
+                strategy, cohort, rnd, self.grid.run.run_id)
         replies = self.grid.send_and_receive(strategy.evaluate_messages(cohort, rnd), timeout=self.cfg.round_timeout)
         return strategy.pool_evaluation(replies, {c.node_id: c for c in cohort})
 
@@ -206,6 +216,7 @@ class FederatedRun:
         queries, seconds = self.registry.queries, self.registry.seconds
         stats = RoundStats()
         cohort = self._cohort(strategy, cfg.fraction_train, rnd)
+        self.cohorts[str(rnd)] = sorted(c.partition_id for c in cohort)
         stats.sampled = len(cohort)
         hp = RoundHParams.from_run(cfg, rnd).to_config()
         secure: dict[str, Any] = {}
@@ -233,12 +244,12 @@ class FederatedRun:
         """(population, cohort) of round `rnd` for the accountant: the grid's nodes and the size of the cohort
         drawn over them (server/clients.py, a fixed-size sample without replacement)."""
         nodes = self.grid.get_node_ids()
-        return len(set(nodes)), len(sample_nodes(nodes, self.cfg.fraction_train, self.cfg.seed, rnd))
+        return len(set(nodes)), cohort_size(len(set(nodes)), self.cfg.fraction_train)
 
     def _state(self, strategy: AdapterBankStrategy) -> dict[str, Any]:
         _, steps = self.optimizer.state()
         return {"seed": self.cfg.seed, "run_config": self.cfg.to_run_config(), "history": self.history,
-                "optimizer_steps": steps, "served_segments": sorted(strategy.served),
+                "optimizer_steps": steps, "served_segments": sorted(strategy.served), "cohorts": dict(self.cohorts),
                 "dp_rounds": self.budget.state() if self.budget is not None else []}
 
     def _opt_arrays(self) -> Arrays:

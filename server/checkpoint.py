@@ -3,14 +3,15 @@
 Layout of `<root>/round-0003/`:
   banks/<i>.safetensors     one file per adapter bank, the bank name in the file's metadata
   optimizer.safetensors     FedAdam moments (absent for FedAvg, which keeps none)
-  state.json                round, run config, metrics history, optimizer step counts, seed, bank files and
-                            the SHA-256 of every tensor file
+  state.json                round, run config, metrics history, optimizer step counts, seed, each round's
+                            training cohort (partition ids), bank files and the SHA-256 of every tensor file
 
 A round directory is written under a temporary name, every file and the directory are fsync'ed, and only
 then is it renamed to `round-NNNN` (rename is atomic on POSIX). A crash mid-write leaves a `.tmp-` directory
 that `latest_complete_round` ignores, so a resumed server always starts from a round that finished. Client
-sampling is derived from (seed, round), not from a stateful RNG, so the seed is all a resume needs to draw the
-same cohorts as an uninterrupted run.
+sampling without DP is derived from (seed, round), not from a stateful RNG, so the seed is all a resume needs to
+draw the same cohorts as an uninterrupted run; with DP cohorts come from OS entropy (server/clients.py) and the
+finished rounds' cohorts are kept in state.json ("cohorts"), carried over by every later checkpoint.
 
 Loading checks what it reads: a round whose state.json does not parse, or whose tensor files are missing,
 truncated or altered (their SHA-256 no longer matches state.json), raises CheckpointError naming the round,

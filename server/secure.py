@@ -18,11 +18,13 @@ about segments from the protocol: every client receives every bank and uploads o
 the server learns every bank's sums, contributor count included, and so still learns a bank's total when it
 has only one contributor (that client's update), even though such a bank is not applied. A bank with fewer
 than min-segment-clients contributors (hidden) or cohort members (segment: the clients then do not upload it)
-is not applied that round. It never sees a single delta, so it cannot check a delta's norm: a client can move
-a bank by at most secagg-clip-range per coordinate times its weight (capped at max-client-examples), divided
-by the bank's total weight.
+is not applied that round. It never sees a single delta, so it cannot check a delta's norm: an honest client
+moves a bank's sum by at most the encoding range per coordinate times its weight, but a modified one uploads any
+ring element (up to 2^(bits-1)/scale per coordinate) and forges its weight and contributor slots
+(tests/test_secagg_malicious_client.py measures it; README, Privacy).
 
-DP (common/privacy/dp.py): every contributor weighs 1 and clips its whole update to dp-clip before encoding;
+DP (common/privacy/dp.py): every contributor weighs 1 and clips its whole update to dp-clip before encoding (in
+a range derived from dp-clip and the noise, FedConfig.secagg_encoding_range, so that no noise is clipped);
 central mode adds N(0, (sigma*C)^2) to each unmasked bank sum; distributed mode has clients add their shares
 before masking, and a bank whose surviving cohort is below its t is not unmasked.
 """
@@ -47,7 +49,15 @@ from common.protocol import ARRAYS, CONFIG, FedConfig, dp_shares_key
 from common.secagg.client import ADVERTISE, MASK, SHARE, UNMASK
 from common.secagg.errors import ProtocolError, SecAggAbort, StaleMessage
 from common.secagg.fixedpoint import FixedPoint
-from common.secagg.layout import HIDDEN_VECTOR, SEGMENT, SEGMENT_HIDDEN, BankLayout, bank_layouts, split_totals
+from common.secagg.layout import (
+    HIDDEN_VECTOR,
+    SEGMENT,
+    SEGMENT_HIDDEN,
+    BankLayout,
+    bank_layouts,
+    slots_problem,
+    split_totals,
+)
 from common.secagg.server import RoundSpec, SecAggServer
 from common.secagg.wire import (
     COHORT_PREFIX,
@@ -80,7 +90,7 @@ class SecureSettings:
 
     @classmethod
     def from_config(cls, cfg: FedConfig) -> SecureSettings:
-        return cls(cfg.secure_aggregation, cfg.secagg_bits, cfg.secagg_clip_range, cfg.secagg_max_weight,
+        return cls(cfg.secure_aggregation, cfg.secagg_bits, cfg.secagg_encoding_range, cfg.secagg_max_weight,
                    cfg.secagg_threshold_fraction, cfg.secagg_degree, cfg.min_segment_clients,
                    cfg.dp if cfg.dp.enabled else None)
 
@@ -101,7 +111,9 @@ class StageTraffic:
 class SecureRound:
     """One secure round for one cohort; `run` applies the banks' means or, on abort, nothing."""
 
-    def __init__(self, grid: Grid, settings: SecureSettings, timeout: float, rng: np.random.Generator) -> None:
+    def __init__(self, grid: Grid, settings: SecureSettings, timeout: float, rng: np.random.Generator,
+                 purpose: str = "") -> None:
+        self.purpose = purpose  # "" for training; server/secure_eval.py's evaluation rounds use their own group ids
         self.grid = grid
         self.settings = settings
         self.timeout = timeout
@@ -121,7 +133,7 @@ class SecureRound:
                 log.warning("secure round %d, %s: node %d replied with an error: %s", rnd, stage, node,
                             msg.error.reason)
                 continue
-            if msg.metadata.group_id != group_id(rnd, stage):
+            if msg.metadata.group_id != group_id(rnd, stage, self.purpose):
                 self.traffic.rejected["foreign-round"] += 1
                 continue
             self.traffic.up[node] += message_bytes(msg)
@@ -142,8 +154,9 @@ class SecureRound:
         return out
 
     def _query(self, requests: Mapping[int, Mapping[str, Any]], stage: str, rnd: int) -> list[Message]:
+        gid = group_id(rnd, stage, self.purpose)
         return [Message(RecordDict({CONFIG: ConfigRecord(stage_config(stage, rnd, payload, "request"))}), node,
-                        MessageType.QUERY, group_id=group_id(rnd, stage)) for node, payload in requests.items()]
+                        MessageType.QUERY, group_id=gid) for node, payload in requests.items()]
 
     def run(self, strategy: AdapterBankStrategy, cohort: list[ClientInfo], hp: Mapping[str, Any], rnd: int,
             run_id: int, stats: RoundStats) -> dict[str, Any]:
@@ -169,7 +182,8 @@ class SecureRound:
             server = self._protocol(spec, train, rnd)
             stats.replied = len(server.masked)
             released = self._releasable(server, shares)
-            agg = self._aggregate(strategy, layouts, server.totals(released), len(cohort), shares)
+            uploads = {n: len(set(server.cohorts[n]) & set(server.masked)) for n in released}
+            agg = self._aggregate(strategy, layouts, server.totals(released), len(cohort), shares, uploads)
             agg.fallback += sorted(set(spec.vectors) - set(server.cohorts) - {HIDDEN_VECTOR})
             agg.noise_short = sorted({*agg.noise_short, *(set(server.cohorts) - set(released))})
         except SecAggAbort as exc:
@@ -282,14 +296,23 @@ class SecureRound:
         return [n for n in names if enough_shares(len(set(server.cohorts[n]) & set(server.masked)), shares[n])]
 
     def _aggregate(self, strategy: AdapterBankStrategy, layouts: Mapping[str, BankLayout],
-                   totals: Mapping[str, np.ndarray], cohort: int, shares: Mapping[str, int]) -> BankAggregate:
+                   totals: Mapping[str, np.ndarray], cohort: int, shares: Mapping[str, int],
+                   uploads: Mapping[str, int]) -> BankAggregate:
         """Decoded sums -> per-bank means of the banks with enough contributors (central DP: noised sums;
-        distributed DP: a bank with fewer contributors than its t carries too little noise and is held back)."""
+        distributed DP: a bank with fewer contributors than its t carries too little noise and is held back).
+        A bank whose weight or contributor total no honest cohort could produce (`slots_problem`; `uploads`: the
+        clients whose vector went into each sum) is not applied and counts as rejected "implausible-sum"."""
         fixed = self.settings.fixed_point(cohort)
         decoded = {name: fixed.decode(total) for name, total in totals.items()}
         sums = split_totals(self.settings.mode, layouts, decoded)
         agg = BankAggregate()
         for bank, bank_sum in sorted(sums.items()):
+            uploaded = uploads.get(HIDDEN_VECTOR, uploads.get(bank, 0))
+            problem = slots_problem(bank_sum, uploaded, self.settings.max_weight)
+            if problem:  # forged slots (a modified client): e.g. a negative divisor would flip the bank's mean
+                log.warning("bank %s not applied: its summed slots are impossible (%s)", bank, problem)
+                self.traffic.rejected["implausible-sum"] += 1
+                continue
             if bank_sum.contributors <= 0:
                 continue
             agg.contributors[bank] = bank_sum.contributors

@@ -28,7 +28,8 @@ adds the noise to each bank sum. distributed: each train message names t per ban
 clients clip and add their shares, replies are checked against the clip plus the noise's norm, and a bank with
 fewer than t contributors is held back that round (its sum would carry too little noise).
 
-Reproducibility: cohorts are drawn from rng(seed, round) over node ids (server/clients.py) and replies are
+Reproducibility: without DP, cohorts are drawn from rng(seed, round) over node ids (server/clients.py; with DP
+from OS entropy) and replies are
 aggregated in partition-id order, so a resumed run replays the same rounds while the nodes keep their ids
 (with fraction 1 always).
 """

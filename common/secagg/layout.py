@@ -124,3 +124,18 @@ def split_totals(mode: str, layouts: Mapping[str, BankLayout], totals: Mapping[s
         out[bank] = split_bank(lay, whole[pos:pos + lay.length])
         pos += lay.length
     return out
+
+
+def slots_problem(bank_sum: BankSum, uploads: int, max_weight: float) -> str:
+    """Why a bank's summed weight and contributor slots cannot come from honest clients, or "" if they can.
+
+    Honest slots: each of the `uploads` clients whose vector went into the sum adds 0 or 1 contributor, and a
+    weight in [1, max_weight] when it contributes (exactly 1 with DP), 0 otherwise. A modified client can
+    forge its slots (no range proofs); this check catches the forgeries that leave the sum impossible, e.g. a
+    negative total weight that would flip the sign of the bank's mean, but not those within the honest range."""
+    c, w = bank_sum.contributors, bank_sum.weight
+    if not 0 <= c <= uploads:
+        return f"{c} contributors from {uploads} uploads"
+    if not c <= w <= c * max_weight * (1 + 1e-9):
+        return f"total weight {w:g} outside [{c}, {c * max_weight:g}] for {c} contributors"
+    return ""

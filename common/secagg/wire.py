@@ -42,9 +42,10 @@ _CHECKS = {
 }
 
 
-def group_id(server_round: int, stage: str) -> str:
-    """Distinct per stage and round, so a reply can be matched to the exact request it answers."""
-    return f"secagg-r{server_round}-{stage}"
+def group_id(server_round: int, stage: str, purpose: str = "") -> str:
+    """Distinct per stage, round and purpose (a round's training and its evaluation, server/secure_eval.py), so a
+    reply can be matched to the exact request it answers."""
+    return f"secagg-{purpose}-r{server_round}-{stage}" if purpose else f"secagg-r{server_round}-{stage}"
 
 
 def stage_config(stage: str, server_round: int, payload: Mapping[str, Any], kind: str) -> dict[str, Any]:
