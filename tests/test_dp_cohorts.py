@@ -24,7 +24,7 @@ from common.protocol import ARRAYS, FedConfig
 from server.app import FederatedRun
 from server.checkpoint import latest_complete_round, load_checkpoint
 from server.clients import sample_nodes
-from simulations.inprocess_grid import InProcessGrid
+from simulations.runner.inprocess_grid import InProcessGrid
 from tests.fed_fakes import set_task_identity
 from tests.fed_replies import registration_reply, train_reply
 

@@ -33,7 +33,7 @@ from server.secure import hidden_view
 from server.secure_eval import SecureEvaluation
 from server.strategy import AdapterBankStrategy, pool_evaluation
 from server.validate import ValidationConfig
-from simulations.inprocess_grid import InProcessGrid
+from simulations.runner.inprocess_grid import InProcessGrid
 from tests.fed_fakes import set_task_identity
 
 EU, NA = "region=EU", "region=NA"
