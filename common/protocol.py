@@ -37,6 +37,7 @@ from common.names import (
     DEFAULT_SERVER_LR,
     FEDAVG,
     FEDPROX,
+    GLOBAL_ONLY_KINDS,
     HISTORIES,
     KEY_SEP,
     PARTITION_MODES,
@@ -75,11 +76,6 @@ EVAL_METRICS = ("ndcg@10", "hr@10", "coverage")  # what a client's evaluation re
 # A segment adapter name is "<segment key>=<value>"; values come from client data, so they are constrained to
 # what is safe inside state keys ("::"), metric keys ("/") and file metadata.
 _SEGMENT_VALUE = re.compile(rf"^[{SEGMENT_VALUE_CHARS}]{{1,64}}$")
-
-# The mixture kind personalises through its learned gate: its experts and gate are one global adapter,
-# averaged across every client, rather than one mixture per segment.
-GLOBAL_ONLY_KINDS = frozenset({"mixture"})
-
 
 # Names of a Hugging Face encoder's own tensors; an adapter key always starts with "<adapter name>::".
 _BACKBONE_PATTERN = re.compile(

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from common.adapters import AdapterConfig
+from common.adapters import AdapterConfig, get_adapter_kind
 from common.backbone import Backbone, load_backbone
 from common.device import resolve_device
 from common.federation import seq_task
@@ -65,9 +65,10 @@ def backbone_for(path: str) -> Backbone:
 
 
 def adapter_config(cfg: FedConfig) -> AdapterConfig:
-    """The adapter config of the run; LoRA keeps A frozen and shared (FFA-LoRA) so that averaging B is exact."""
-    return AdapterConfig(kind=cfg.adapter_kind, freeze_a=cfg.adapter_kind == "lora", seed=cfg.seed,
-                         top_layers=cfg.adapter_layers)
+    """The adapter config of the run; a kind that can keep a factor frozen and shared (LoRA's A: FFA-LoRA) does,
+    so that averaging the other factor is exact."""
+    return AdapterConfig(kind=cfg.adapter_kind, freeze_a=get_adapter_kind(cfg.adapter_kind).supports_freeze_a,
+                         seed=cfg.seed, top_layers=cfg.adapter_layers)
 
 
 def model_for(cfg: FedConfig) -> RecModel:
