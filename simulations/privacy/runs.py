@@ -116,6 +116,7 @@ def run_config(opts: PrivacyOptions, noise: float, clip: float) -> dict[str, Any
     """Run-config overrides of every run: cheap evaluation, segments released from one client, the DP level."""
     config: dict[str, Any] = {"arch": opts.arch, "max-eval-users": EVAL_USERS, "min-segment-clients": 1,
                               "local-epochs": 2}
+    # Arch branch kept: the per-arch training defaults; issue 17's one table of defaults replaces it.
     if opts.arch == "seq":
         config.update({"batch-size": 32, "lr": 1e-3})
     if noise > 0:  # central DP on secure sums: the server never sees an update or an un-noised sum
