@@ -257,7 +257,7 @@ def _int_list(text: str) -> tuple[int, ...]:
 def _configure_secagg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clients", type=_int_list, default=(10, 50, 100), help="cohort sizes (default 10,50,100)")
     parser.add_argument("--modes", default="off,segment,segment-hidden", help="secure-aggregation modes to compare")
-    parser.add_argument("--arch", choices=("text", "seq"), default="text", help="whose bank shapes (text: LoRA)")
+    parser.add_argument("--arch", choices=ARCHS, default="text", help="whose bank shapes (text: LoRA)")
     parser.add_argument("--backbone", default="tiny", help="tiny, or a backbone folder (bank shapes only)")
     parser.add_argument("--seq-items", type=_positive_int, default=ML1M_ITEMS,
                         help="catalog size of --arch seq (default: MovieLens-1M's 3,883 items)")

@@ -31,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, type=Path, help="marketplace folder (fedadapt data generate/load)")
     p.add_argument("--mode", required=True, type=parse_modes, metavar="MODE[,MODE...]|all",
                    help=f"one or more of {', '.join(MODES)}; several run in one process (RUN/<mode>/)")
-    p.add_argument("--arch", choices=ARCHS, default="text",
+    p.add_argument("--arch", choices=ARCHS, default=TEXT,
                    help="text: two-tower on backbone+adapters; seq: frozen text vectors + collaborative item rows + "
                         "a causal user tower over the history (common/rec/seq_model.py)")
     p.add_argument("--adapter", default=ADAPTER_KIND, help="adapter kind (common.adapters.ADAPTER_KINDS; arch text)")

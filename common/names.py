@@ -18,8 +18,13 @@ STRATEGIES = (FEDAVG, FEDPROX, FEDADAM)
 # Server learning rate when the run config leaves it at 0: plain averaging for FedAvg/FedProx; Flower's eta for
 # FedAdam, whose first step is about lr * sign(delta) (1.0 would move every weight by ~1 on the first round).
 DEFAULT_SERVER_LR = {FEDAVG: 1.0, FEDPROX: 1.0, FEDADAM: 0.1}
-# The built-in adapter kinds, in the order tables list them (common/adapters registers one module per kind).
+# A light index of the built-in adapter kinds, for the torch-free run config (common/protocol.py, checked by
+# the preflight before any torch import). The facts themselves are declared by each kind's own module on its
+# registration (common/adapters/<kind>.py); importing common.adapters refuses to start when this index and the
+# registry disagree, so it cannot drift. ADAPTER_KINDS: in the order tables list them; GLOBAL_ONLY_KINDS: those
+# registered with global_only (federated as the global adapter alone).
 ADAPTER_KINDS = ("bottleneck", "parallel", "lora", "hyper", "task_attention", "mixture", "prompt")
+GLOBAL_ONLY_KINDS = frozenset({"mixture"})
 PER_SEGMENT = "per-segment"  # cross-silo: a client holds the users of one segment value (e.g. one region)
 IID = "iid"  # a seeded shuffle of all users dealt round-robin
 PARTITION_MODES = (PER_SEGMENT, IID)

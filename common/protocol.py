@@ -39,6 +39,7 @@ from common.names import (
     DEFAULT_SERVER_LR,
     FEDAVG,
     FEDPROX,
+    GLOBAL_ONLY_KINDS,
     HISTORIES,
     KEY_SEP,
     PARTITION_MODES,
@@ -79,11 +80,6 @@ EVAL_METRICS = ("ndcg@10", "hr@10", "coverage")  # what a client's evaluation re
 # A segment adapter name is "<segment key>=<value>"; values come from client data, so they are constrained to
 # what is safe inside state keys ("::"), metric keys ("/") and file metadata.
 _SEGMENT_VALUE = re.compile(rf"^[{SEGMENT_VALUE_CHARS}]{{1,64}}$")
-
-# The mixture kind personalises through its learned gate: its experts and gate are one global adapter,
-# averaged across every client, rather than one mixture per segment.
-GLOBAL_ONLY_KINDS = frozenset({"mixture"})
-
 
 # Names of a Hugging Face encoder's own tensors; an adapter key always starts with "<adapter name>::".
 _BACKBONE_PATTERN = re.compile(
@@ -405,6 +401,10 @@ class FedConfig:
         """The segment keys metrics are reported by."""
         return tuple(k.strip() for k in self.segment_keys.split(",") if k.strip())
 
+    # The two properties below are the run config's facts about which keys an arch reads. They branch on the
+    # arch here, not in common/federation/arch.py, because this module stays torch-free: the preflight and the
+    # ServerApp read them before (or without) importing any model. Only the text arch has adapter kinds and
+    # adapter layers in a backbone; seq ignores adapter-kind and adapter-layers.
     @property
     def adapter_segment_keys(self) -> tuple[str, ...]:
         """The segment keys that get their own adapters (banks): none for the text arch's GLOBAL_ONLY_KINDS;
@@ -412,6 +412,12 @@ class FedConfig:
         if self.arch == TEXT and self.adapter_kind in GLOBAL_ONLY_KINDS:
             return ()
         return self.segment_key_tuple
+
+    @property
+    def backbone_adapter_layers(self) -> int:
+        """How many top layers of the backbone carry adapters (0 = every layer, or none for seq, which only
+        reads frozen text vectors): what the preflight checks the backbone's depth against."""
+        return self.adapter_layers if self.arch == TEXT else 0
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> FedConfig:

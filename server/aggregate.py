@@ -7,8 +7,8 @@ adapter they belong to, the kind-specific rules fall out of this one rule:
 
 - hyper: the hypernetwork lives under "global::" (averaged across everyone), each segment owns only its
   embedding (averaged within the segment);
-- mixture: federated as the global adapter only (common.protocol.GLOBAL_ONLY_KINDS): its experts and gate
-  are averaged across everyone, and the gate, not a segment bank, personalises;
+- mixture: federated as the global adapter only (`global_only` on its registration, common/adapters/mixture.py):
+  its experts and gate are averaged across everyone, and the gate, not a segment bank, personalises;
 - LoRA with A frozen and shared (FFA-LoRA): only B is trainable and sent, and because A is the same on every
   client, mean_i(B_i) @ A == mean_i(B_i @ A): averaging B is exactly averaging the weight updates. If both A
   and B of a module arrive (A trainable), averaging the factors separately is *not* the mean of the products;

@@ -260,3 +260,84 @@ def test_readme_layout_table_matches_the_tree() -> None:
     assert cells, "no layout table found under '## Layout'"
     assert missing == []
     assert unnamed == []
+
+
+# -- one model interface (issue 17) -------------------------------------------------------------------------------
+ARCH_NAMES = frozenset({"SEQ", "TEXT"})  # the constants of common/names.py
+ARCH_LITERALS = frozenset({"seq", "text"})
+MODEL_CLASSES = frozenset({"RecModel", "SeqRecModel"})
+# Where code may pick between the archs: the registry and the implementations themselves.
+ARCH_HOMES = ("common.federation.arch", "common.federation.text_task", "common.federation.seq_task")
+# Branches outside them, each with the reason it stays (a comment at the branch says the same).
+ARCH_BRANCH_ALLOWED = {
+    "common.protocol": "torch-free run config: which keys (adapter kind, adapter layers) an arch reads",
+    "common.rec.experiment": "central `fedadapt train`: per-arch modes, trainers and saved formats",
+    "cli.train": "a seq run's text-model options keep the text defaults (its text baselines train with them)",
+    "simulations.bench.compare": "the table label of the federated row",
+    "simulations.bench.quality": "a central run's saved format; the seq-only no-history rows",
+    "simulations.bench.secagg": "seq bank shapes from --seq-items without a data folder",
+    "simulations.privacy.experiments.membership": "central training of each arch",
+    "simulations.privacy.scores": "the attack's features are each model's own loss",
+}
+
+
+def _names_arch(node: ast.expr) -> bool:
+    if isinstance(node, ast.Name):
+        return node.id in ARCH_NAMES or node.id == "arch"
+    if isinstance(node, ast.Attribute):
+        return node.attr in ARCH_NAMES or node.attr == "arch"
+    return isinstance(node, ast.Constant) and node.value in ARCH_LITERALS
+
+
+def _class_name(node: ast.expr) -> str:
+    return node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else ""
+
+
+def arch_branches(source: str) -> list[int]:
+    """Lines that pick between the archs: `x == SEQ`, `arch != "text"`, `isinstance(m, SeqRecModel)`, ..."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare) and any(isinstance(op, ast.Eq | ast.NotEq) for op in node.ops):
+            if any(_names_arch(side) for side in (node.left, *node.comparators)):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "isinstance":
+            kinds = node.args[1:] and node.args[1]
+            classes = kinds.elts if isinstance(kinds, ast.Tuple) else [kinds] if kinds else []
+            if any(_class_name(c) in MODEL_CLASSES for c in classes):
+                lines.append(node.lineno)
+    return sorted(lines)
+
+
+def test_only_the_arch_registry_and_implementations_branch_on_the_arch() -> None:
+    """Federation, benchmarks, privacy and the CLI call the arch interface (common/federation/arch.py) instead
+    of comparing arch names or model classes; the few justified places are listed with their reason."""
+    # Prepare
+    found: dict[str, list[int]] = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        top = path.relative_to(ROOT).parts[0]
+        module = _module_name(path)
+        if top.startswith(".") or top in SKIPPED_TOP or any(_inside(module, home) for home in ARCH_HOMES):
+            continue
+        # Execute
+        lines = arch_branches(path.read_text())
+        if lines:
+            found[module] = lines
+    # Assert
+    assert sorted(set(found) - set(ARCH_BRANCH_ALLOWED)) == []
+    assert sorted(set(ARCH_BRANCH_ALLOWED) - set(found)) == []  # an entry no longer needed is removed
+
+
+def test_arch_branch_scan_finds_comparisons_and_class_checks() -> None:
+    """The scan itself: name, literal and attribute comparisons and model-class checks count; membership in
+    ARCHS and passing an arch name along do not."""
+    # Prepare
+    source = ("if cfg.arch == SEQ: pass\n"
+              "x = 1 if opts.arch != 'text' else 2\n"
+              "if isinstance(model, (RecModel, int)): pass\n"
+              "if arch not in ARCHS: pass\n"
+              "run(arch=SEQ)\n"
+              "if mode == 'seq-x': pass\n")
+    # Execute
+    lines = arch_branches(source)
+    # Assert
+    assert lines == [1, 2, 3]

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from common.adapters.base import ACTIVATIONS, validate_adapter_name
-from common.adapters.registry import adapter_kinds
+from common.adapters.registry import adapter_kinds, get_adapter_kind
 from common.names import GLOBAL
 
 PLACEMENTS = ("attn", "ffn")
@@ -73,8 +73,9 @@ class AdapterConfig:
             raise ValueError(f"adapter kind {self.kind!r} is unknown; expected one of {', '.join(adapter_kinds())}")
         self._check_sizes()
         self._check_targets()
-        if self.freeze_a and self.kind != "lora":
-            raise ValueError(f"freeze_a=True applies to kind 'lora' only, not {self.kind!r}")
+        if self.freeze_a and not get_adapter_kind(self.kind).supports_freeze_a:
+            able = " or ".join(repr(k) for k in adapter_kinds() if get_adapter_kind(k).supports_freeze_a)
+            raise ValueError(f"freeze_a=True applies to kind {able} only, not {self.kind!r}")
         if self.top_k is not None and not 1 <= self.top_k <= self.num_experts:
             raise ValueError(f"top_k={self.top_k} must be between 1 and num_experts={self.num_experts}")
         validate_adapter_name(self.hypernet_owner)

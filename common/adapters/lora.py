@@ -60,5 +60,6 @@ register_adapter_kind(
         default_sites=lambda config: ("query", "value"),
         make_layer=_make_layer,
         linear_only=True,
+        supports_freeze_a=True,
     )
 )

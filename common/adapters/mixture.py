@@ -62,5 +62,8 @@ register_adapter_kind(
         style="output",
         default_sites=sequential_sites,
         make_layer=_make_layer,
+        # It personalises through its learned gate: its experts and gate are one global adapter, averaged across
+        # every client, rather than one mixture per segment.
+        global_only=True,
     )
 )

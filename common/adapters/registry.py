@@ -41,6 +41,11 @@ class AdapterKind(Generic[ConfigT]):
     (prompt tuning). default_sites: abstract site names ('attn_out', 'ffn_out', 'ffn_block', 'query', 'value',
     'key') used when the config gives no target_modules. identity_at_init: whether a freshly injected adapter
     leaves the backbone's outputs unchanged.
+
+    Facts the federation reads (declared by each kind's own module, never listed elsewhere):
+    supports_freeze_a: the kind has a factor A that `AdapterConfig.freeze_a` can draw from the seed alone and
+    freeze (FFA-LoRA); the federation then always freezes it, since averaging the other factor is exact only so.
+    global_only: the kind personalises by itself and is federated as the global adapter alone, no segment banks.
     """
 
     name: str
@@ -52,6 +57,8 @@ class AdapterKind(Generic[ConfigT]):
     prepare: Prepare[ConfigT] | None = None
     identity_at_init: bool = True
     linear_only: bool = False  # the wrapped modules must be nn.Linear (LoRA)
+    supports_freeze_a: bool = False
+    global_only: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").isalnum():
@@ -84,3 +91,8 @@ def get_adapter_kind(name: str) -> AdapterKind[Any]:
 def adapter_kinds() -> tuple[str, ...]:
     """Names of all registered kinds, in registration order."""
     return tuple(_KINDS)
+
+
+def global_only_kinds() -> frozenset[str]:
+    """The registered kinds federated as the global adapter only (`AdapterKind.global_only`)."""
+    return frozenset(name for name, kind in _KINDS.items() if kind.global_only)

@@ -1,4 +1,5 @@
-"""What a party does with the sequential model (run-config arch=seq); common/federation/task.py dispatches here.
+"""What a party does with the sequential model (run-config arch=seq): the `FederatedArch` of
+common/federation/arch.py for `SeqRecModel`.
 
 The seq model (common/rec/seq_model.py) exposes the same bank surface as the text model's adapters, so the
 wire format, the server's validation and its per-bank aggregation are unchanged: state is
@@ -11,7 +12,7 @@ wire format, the server's validation and its per-bank aggregation are unchanged:
 - a client trains on its users with two or more training positives (`UserRecord.train_items`, time order)
   and weights each bank by its training targets (`seq_train.bank_counts`), the number the server bounds.
 
-Nothing here imports task.py (task.py imports this module): the backbone is passed in.
+Nothing here imports task.py or arch.py (they import this module).
 """
 
 from __future__ import annotations
@@ -22,12 +23,23 @@ import numpy as np
 import torch
 
 from common.backbone import Backbone
+from common.device import resolve_device
+from common.federation.backbones import backbone_for
 from common.federation.cache import ProcessCache
 from common.federation.client_data import ClientData
-from common.names import GLOBAL, SEQ_HEADS
+from common.names import GLOBAL, SEQ, SEQ_HEADS
 from common.protocol import FedConfig, RoundHParams
+from common.rec.evaluate import candidates_of
 from common.rec.seq_model import SeqConfig, SeqRecModel, catalog_fingerprint, frozen_item_vectors
-from common.rec.seq_train import SeqTrainConfig, bank_counts, evaluate_seq, train_items_of, train_seq
+from common.rec.seq_train import (
+    SeqTrainConfig,
+    bank_counts,
+    evaluate_seq,
+    history_of,
+    score_catalog,
+    train_items_of,
+    train_seq,
+)
 from common.rec.user_record import RecordLike
 
 Arrays = dict[str, np.ndarray]
@@ -131,3 +143,54 @@ def train(model: SeqRecModel, records: Sequence[RecordLike], names: Sequence[str
 def evaluate(model: SeqRecModel, records: Sequence[RecordLike], ks: Sequence[int]) -> dict[str, object]:
     """Sampled evaluation (held-out item vs its 99 negatives), the result shape of common.rec.evaluate."""
     return evaluate_seq(model, records, ks=ks)
+
+
+class SeqArch:
+    """The sequential hybrid model with its named banks (`FederatedArch[SeqRecModel]`)."""
+
+    name = SEQ
+
+    def owns(self, model: object) -> bool:
+        return isinstance(model, SeqRecModel)
+
+    def build(self, cfg: FedConfig, names: Sequence[str], item_texts: Mapping[str, str] | None = None) -> SeqRecModel:
+        texts = item_texts if item_texts is not None else catalog_texts(cfg.data_dir)
+        return new_model(cfg, texts, text_vectors(cfg, backbone_for(cfg.backbone), texts), names)
+
+    def client_model(self, cfg: FedConfig, item_texts: Mapping[str, str]) -> SeqRecModel:
+        return model_for(cfg, backbone_for(cfg.backbone), item_texts).to(resolve_device(cfg.device))
+
+    def initial_state(self, cfg: FedConfig, names: Sequence[str]) -> Arrays:
+        return initial_state(cfg, names, backbone_for(cfg.backbone).hidden_size)
+
+    def state(self, model: SeqRecModel, names: Sequence[str]) -> Arrays:
+        return arrays(model, names)
+
+    def load_state(self, model: SeqRecModel, names: Sequence[str], received: Mapping[str, np.ndarray]) -> None:
+        load_received(model, names, received)
+
+    def train_records(self, cfg: FedConfig, data: ClientData) -> list[RecordLike]:
+        return train_records(data, cfg.max_train_users)
+
+    def train_counts(self, cfg: FedConfig, records: Sequence[RecordLike]) -> dict[str, int]:
+        return counts(cfg, records)
+
+    def train(self, cfg: FedConfig, model: SeqRecModel, records: Sequence[RecordLike], item_texts: Mapping[str, str],
+              names: Sequence[str], hp: RoundHParams, seed: int,
+              reference: Mapping[str, torch.Tensor] | None = None) -> dict[str, float]:
+        return train(model, records, names, hp, seed, reference, cfg.device)
+
+    def evaluate(self, model: SeqRecModel, records: Sequence[RecordLike], item_texts: Mapping[str, str],
+                 ks: Sequence[int] = (10,), split: str = "test", full_catalog: bool = False) -> dict[str, object]:
+        return evaluate_seq(model, records, ks=ks, split=split, full_catalog=full_catalog)
+
+    def score_candidates(self, model: SeqRecModel, records: Sequence[RecordLike], item_texts: Mapping[str, str],
+                         split: str = "test") -> np.ndarray:
+        catalog, scores = self.score_catalog(model, records, item_texts, split)
+        column = {item: c for c, item in enumerate(catalog)}
+        return np.stack([scores[u, [column[i] for i in candidates_of(r, split)]] for u, r in enumerate(records)])
+
+    def score_catalog(self, model: SeqRecModel, records: Sequence[RecordLike], item_texts: Mapping[str, str],
+                      split: str = "test") -> tuple[list[str], np.ndarray]:
+        queries = [history_of(r, split) for r in records]
+        return list(model.catalog), score_catalog(model, [q[0] for q in queries], [q[1] for q in queries])

@@ -64,6 +64,9 @@ class ExperimentConfig:
 
         if self.arch not in ARCHS:
             raise ValueError(f"arch {self.arch!r} is not one of {', '.join(ARCHS)}")
+        # Arch branches kept in this module: central training (`fedadapt train`) has per-arch modes, trainers and
+        # saved formats (common/rec/baselines.py, common/rec/seq_modes.py); the federated arch interface
+        # (common/federation/arch.py) covers a federation's model, not these central baselines.
         if self.arch == "seq":
             bad = [m for m in self.modes if m not in (*SEQ_MODES, "no-adapter")]
             if bad:

@@ -21,7 +21,7 @@ the repeats after `warmup` untimed updates (one by default). Rows:
   lr 1e-3). A seq "pair" is a next-item training target of the same users.
 
 Quality is NDCG@10 (sampled protocol: the held-out validation item against its 99 negatives, the project's
-`evaluate` / `evaluate_seq`) on the shard's validation users after the same number of updates of each client.
+`FederatedArch.evaluate`) on the shard's validation users after the same number of updates of each client.
 """
 
 from __future__ import annotations
@@ -41,13 +41,12 @@ import torch.nn.functional as F
 from common.backbone import Backbone, load_backbone
 from common.device import cpu_model, device_label, resolve_device
 from common.federation import task
+from common.federation.arch import arch_for
 from common.federation.client_data import ClientData, client_data, record_segment_names
 from common.names import GLOBAL, SEQ, TEXT
 from common.protocol import FedConfig, RoundHParams
 from common.rec.evaluate import evaluate
 from common.rec.model import RecModel
-from common.rec.seq_model import SeqRecModel
-from common.rec.seq_train import evaluate_seq
 from common.rec.train import Pair, training_pairs
 from common.rec.user_record import RecordLike
 
@@ -165,12 +164,10 @@ class OursClient:
         return result.num_examples
 
     def quality(self) -> float:
-        model = task.client_model(self.cfg, self.shard)
-        task.load_received(model, self.names, self.state)
-        if isinstance(model, SeqRecModel):
-            result = evaluate_seq(model, self.eval_records, ks=(10,), split="valid")
-        else:
-            result = evaluate(model, self.eval_records, self.shard.item_texts, ks=(10,), split="valid")
+        arch = arch_for(self.cfg.arch)
+        model = arch.client_model(self.cfg, self.shard.item_texts)
+        arch.load_state(model, self.names, self.state)
+        result = arch.evaluate(model, self.eval_records, self.shard.item_texts, ks=(10,), split="valid")
         return float(result["overall"]["ndcg@10"])  # type: ignore[index]
 
 

@@ -22,12 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from common.names import CHECKPOINTS_DIR, GLOBAL, SEQ, SUMMARY_FILE
+from common.names import CHECKPOINTS_DIR, GLOBAL, SUMMARY_FILE, TEXT
 from common.rec.experiment import TABLE_FILE, markdown_table
 
 if TYPE_CHECKING:
     from common.protocol import FedConfig
-    from common.rec.seq_model import SeqRecModel
     from common.rec.user_record import RecordLike
 
 COMPARISON_FILE = "comparison.json"  # every row's metrics and the federated checkpoint's round and adapters
@@ -48,21 +47,18 @@ def central_summaries(folder: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def seq_model_from_banks(cfg: FedConfig, banks: Mapping[str, Mapping[str, np.ndarray]],
-                         item_texts: Mapping[str, str], served: Sequence[str] | None = None) -> SeqRecModel:
-    """The sequential model of a federated run with arch=seq: every bank of `banks` (bank -> flat state) on this
-    party's own frozen text vectors of the catalog `item_texts`, routing only through global and `served`
-    (every bank when None). Refuses banks whose shapes do not fit the run's seq config and catalog."""
-    import torch
+def model_from_banks(cfg: FedConfig, banks: Mapping[str, Mapping[str, np.ndarray]],
+                     item_texts: Mapping[str, str] | None = None, served: Sequence[str] | None = None) -> Any:
+    """The model of a federated run (its arch's, built as a client builds it) holding every bank of `banks`
+    (bank -> flat state), routing only through global and `served` (every bank when None). The catalog is
+    `item_texts` (read from the run's data-dir when None, by the archs that need one). Refuses banks whose keys
+    or shapes do not fit the run's config and catalog."""
+    from common.federation.arch import arch_for
 
-    from common.federation import seq_task
-    from common.federation.task import backbone_for
-
+    arch = arch_for(cfg.arch)
     names = [GLOBAL, *sorted(n for n in banks if n != GLOBAL)]
-    vectors = seq_task.text_vectors(cfg, backbone_for(cfg.backbone), item_texts)
-    model = seq_task.new_model(cfg, item_texts, vectors, names)
-    model.load_adapter_state({k: torch.from_numpy(np.array(v)) for bank in banks.values() for k, v in bank.items()},
-                             strict=True)
+    model = arch.build(cfg, names, item_texts)
+    arch.load_state(model, names, {k: v for bank in banks.values() for k, v in bank.items()})
     if served is not None:
         model.serving = frozenset({GLOBAL, *served})
     return model
@@ -70,24 +66,17 @@ def seq_model_from_banks(cfg: FedConfig, banks: Mapping[str, Mapping[str, np.nda
 
 def score(model: Any, records: Sequence[RecordLike], item_texts: Mapping[str, str]) -> dict[str, Any]:
     """Sampled test metrics of a federated model (either arch) on `records`: held-out item vs its 99 negatives."""
-    from common.rec.evaluate import evaluate
-    from common.rec.seq_model import SeqRecModel
-    from common.rec.seq_train import evaluate_seq
+    from common.federation.arch import arch_of
 
-    if isinstance(model, SeqRecModel):
-        return evaluate_seq(model, records)
-    return evaluate(model, records, item_texts)
+    return arch_of(model).evaluate(model, records, item_texts)
 
 
 def federated_model(run_folder: Path, data: Path, server_round: int | None = None,
                     item_texts: Mapping[str, str] | None = None) -> tuple[Any, dict[str, Any]]:
-    """The model a client would build (RecModel, or SeqRecModel for arch=seq), holding every bank of the run's
+    """The model a client of the run's arch would build, holding every bank of the run's
     checkpoint and routing only through the global bank and the segments the server served after that round
     (held-back segments' users get the global bank alone, as in the federation's own evaluation). `item_texts`:
     the catalog of `data` when the caller already has it (seq reads it from `data` otherwise)."""
-    import torch
-
-    from common.federation.task import new_model
     from common.protocol import FedConfig
     from server.checkpoint import load_checkpoint
 
@@ -98,18 +87,7 @@ def federated_model(run_folder: Path, data: Path, server_round: int | None = Non
     served = ckpt.state.get("served_segments")  # absent in checkpoints written before it was recorded: serve all
     info = {"round": ckpt.round, "adapters": names, "served": served, "run_config": ckpt.state["run_config"],
             "arch": cfg.arch}
-    if cfg.arch == SEQ:
-        from common.federation.seq_task import catalog_texts
-
-        texts = item_texts if item_texts is not None else catalog_texts(str(data))
-        return seq_model_from_banks(cfg, ckpt.banks, texts, served), info
-    model = new_model(cfg, names)
-    assert model.adapted is not None
-    for bank in ckpt.banks.values():
-        model.adapted.load_adapter_state({k: torch.from_numpy(v.copy()) for k, v in bank.items()}, strict=False)
-    if served is not None:
-        model.serving = frozenset({GLOBAL, *served})
-    return model, info
+    return model_from_banks(cfg, ckpt.banks, item_texts, served), info
 
 
 def compare(data: Path, central: Path, federated: Path, eval_users: int | None, seed: int,
@@ -145,7 +123,8 @@ def compare(data: Path, central: Path, federated: Path, eval_users: int | None, 
     popularity = next(iter(summaries.values()))["popularity"]
     order = {mode: i for i, mode in enumerate(MODES)}
     rows = {mode: summaries[mode]["metrics"] for mode in sorted(summaries, key=lambda m: (order.get(m, len(order)), m))}
-    label = "federated" if info["arch"] != SEQ else f"federated {SEQ}"
+    # The table's label only: text rows keep the label every earlier table has; other archs name themselves.
+    label = "federated" if info["arch"] == TEXT else f"federated {info['arch']}"
     rows[f"{label} (round {info['round']})"] = metrics
     return {"rows": rows, "popularity": popularity, "federated": {**info, "metrics": metrics},
             "eval_users": len(eval_records)}

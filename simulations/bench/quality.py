@@ -107,6 +107,7 @@ def trained_model(summary: Mapping[str, Any], folder: Path, backbone: Backbone, 
     from common.rec.model import RecModel
     from common.rec.seq_modes import load_banks
 
+    # Arch branch kept: a central run's saved folder (`fedadapt train`) has each arch's own format.
     if summary.get("arch") == "seq":
         return load_banks(folder / "adapters", backbone, item_texts)
     mode, max_len = str(summary["mode"]), int(summary["train_config"]["max_len"])
@@ -144,13 +145,9 @@ def _experiment_config(opts: QualityOptions) -> ExperimentConfig:
 
 def _score(model: RecModel | SeqRecModel, scored: Sequence[UserRecord], item_texts: Mapping[str, str],
            full: bool) -> dict[str, Any]:
-    from common.rec.evaluate import evaluate
-    from common.rec.seq_model import SeqRecModel
-    from common.rec.seq_train import evaluate_seq
+    from common.federation.arch import arch_of
 
-    if isinstance(model, SeqRecModel):
-        return evaluate_seq(model, scored, full_catalog=full)
-    return evaluate(model, scored, item_texts, full_catalog=full)
+    return arch_of(model).evaluate(model, scored, item_texts, full_catalog=full)
 
 
 def mode_rows(opts: QualityOptions, scored: Sequence[UserRecord], item_texts: Mapping[str, str],
@@ -186,7 +183,9 @@ def mode_rows(opts: QualityOptions, scored: Sequence[UserRecord], item_texts: Ma
                                         "seq": summary.get("seq"), "backbone": summary["backbone"],
                                         "adapters": summary["adapters"], "train_config": summary["train_config"]},
                              "summary": str(result.summary_path)}
-        if isinstance(model, SeqRecModel):  # cold start: the same requests with the history taken away
+        # Arch branch kept: only the seq model reads a history it can be scored without (cold start: the same
+        # requests with the history taken away); the text model reads the request's context text instead.
+        if isinstance(model, SeqRecModel):
             cold = {protocol: evaluate_seq(model, scored, full_catalog=protocol == "full", with_history=False)
                     for protocol in ("sampled", "full")}
             rows[f"{result.mode} (no history)"] = {"kind": "no-history", **cold, "seconds": {"total": 0.0},

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from common.names import GLOBAL
+from common.names import ARCHS, GLOBAL
 from simulations.bench.federation import ML1M_ITEMS
 
 OFF = "off"
@@ -47,8 +47,8 @@ class SecAggBenchOptions:
         bad = [m for m in self.modes if m not in SECURE_MODES]
         if bad or not self.modes:
             raise ValueError(f"--modes must be among {', '.join(SECURE_MODES)}, got {list(self.modes)}")
-        if self.arch not in ("text", "seq"):
-            raise ValueError(f"--arch must be text or seq, got {self.arch!r}")
+        if self.arch not in ARCHS:
+            raise ValueError(f"--arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
         if self.regions < 1 or self.seasons < 1:
             raise ValueError("--regions and --seasons must be >= 1")
 
@@ -65,6 +65,8 @@ def starting_banks(opts: SecAggBenchOptions) -> dict[str, np.ndarray]:
     from simulations.bench.federation import seq_state
 
     names = bank_names(opts.regions, opts.seasons)
+    # Arch branch kept: seq's bank shapes depend on a catalog size this bench sets (--seq-items) without any
+    # data folder, which the arch interface (built from a run's data) does not take.
     if opts.arch == "seq":
         state = seq_state(opts.backbone, names, opts.seq_items, 64, 200)
     else:

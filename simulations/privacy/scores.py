@@ -99,6 +99,7 @@ def seq_features(model: SeqRecModel, records: Sequence[RecordLike]) -> np.ndarra
 
 def user_features(model: Any, records: Sequence[RecordLike], item_texts: Mapping[str, str]) -> np.ndarray:
     """(U, 3) membership features of either architecture's model."""
+    # Arch branch kept: the attack's features are each model's own training loss and rank, defined per arch.
     if isinstance(model, SeqRecModel):
         return seq_features(model, records)
     return text_features(model, records, item_texts)

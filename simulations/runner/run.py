@@ -29,7 +29,7 @@ from typing import Any
 
 from common.data.schema import Marketplace, read_marketplace
 from common.defaults import ADAPTER_KIND, BACKBONE, ROUNDS
-from common.names import CHECKPOINTS_DIR, COMPLETE_FILE, METRICS_FILE, STOPPED_FILE, SUMMARY_FILE, TEXT
+from common.names import CHECKPOINTS_DIR, COMPLETE_FILE, METRICS_FILE, STOPPED_FILE, SUMMARY_FILE
 from common.privacy.budget import check_first_round
 from common.protocol import FedConfig
 from common.secagg.layout import SEGMENT_HIDDEN
@@ -149,7 +149,7 @@ def preflight(opts: SimOptions) -> Plan:
         check_first_round(cfg.dp, opts.clients, len(sample_nodes(range(opts.clients), cfg.fraction_train, 0, 1)))
     resume_after = check_resume(opts.out / CHECKPOINTS_DIR, cfg) if opts.resume else None
     gpus_per_client(cfg)  # cuda without a GPU: one line, exit 2, nothing started
-    check_backbone(cfg.backbone, cfg.adapter_layers if cfg.arch == TEXT else 0)  # last: a custom folder imports
+    check_backbone(cfg.backbone, cfg.backbone_adapter_layers)  # last: a custom folder imports
     return Plan(cfg, data_dir, generated, resume_after)
 
 

@@ -40,6 +40,8 @@ def central_model(setup: Setup, pool: str, backbone: Any) -> Any:
     from common.rec.train import TrainConfig
 
     opts, records = setup.opts, setup.pools[pool]
+    # Arch branch kept: central training (`fedadapt train`'s mode builders) is not part of the federated arch
+    # interface; each arch trains its global bank with its own central trainer and defaults.
     if opts.arch == "seq":
         seq_model, _ = build_and_train_seq("global-adapter", backbone, records, setup.item_texts,
                                        SeqConfig(seed=opts.seed),
