@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from common.defaults import ADAPTER_KIND, ADAPTER_LAYERS, ARCH_DEFAULTS, BACKBONE, ROUNDS, arch_defaults
+from common.defaults import ADAPTER_KIND, ADAPTER_LAYERS, BACKBONE, ROUNDS, arch_defaults
 from common.device import DEVICES
 from common.names import (
     ADAPTER_KINDS,
@@ -331,9 +331,9 @@ class FedConfig:
                 raise ValueError(f"segment key {key!r} in segment-keys={self.segment_keys!r} is not a column name")
 
     def _resolve_arch_defaults(self) -> None:
-        """lr, batch-size and local-epochs of 0 become the arch's defaults (an unknown arch is refused below)."""
-        if self.arch not in ARCH_DEFAULTS:
-            return
+        """lr, batch-size and local-epochs of 0 become the arch's defaults; an unknown arch is named first."""
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch {self.arch!r} is not one of {', '.join(ARCHS)}")
         arch = arch_defaults(self.arch)
         for name, value in (("lr", arch.lr_for(self.adapter_layers)), ("batch_size", arch.batch_size),
                             ("local_epochs", arch.local_epochs)):

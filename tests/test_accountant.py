@@ -13,7 +13,8 @@ from common.privacy.dp import DPConfig
 
 
 @pytest.mark.parametrize(("sigma", "population", "cohort", "rounds"), [
-    (1.0, 20, 10, 3), (4.0, 20, 10, 10), (1.5, 100, 10, 50), (0.8, 1000, 100, 20)])
+    (1.0, 20, 10, 3), (4.0, 20, 10, 10), pytest.param(1.5, 100, 10, 50, marks=pytest.mark.slow),
+    pytest.param(0.8, 1000, 100, 20, marks=pytest.mark.slow)])
 def test_epsilon_matches_dp_accounting_computed_directly(sigma: float, population: int, cohort: int,
                                                          rounds: int) -> None:
     """After each round, epsilon equals the library's RDP accountant (its default orders) composing the same

@@ -18,6 +18,7 @@ ROW_TYPES = {"pairs_per_update": int, "seconds_per_update": float, "seconds_per_
              "vs_ours-text": float, "vs_ours-seq": float}
 
 
+@pytest.mark.slow
 def test_bench_client_json_shape(capsys: pytest.CaptureFixture[str]) -> None:
     """--json prints one object: options, machine, shard and every row with typed timings, ratios and quality."""
     # Execute
@@ -40,6 +41,7 @@ def test_bench_client_json_shape(capsys: pytest.CaptureFixture[str]) -> None:
         == text_pairs == result["shard"]["pairs"]
 
 
+@pytest.mark.slow
 def test_bench_client_table_for_chosen_rows(capsys: pytest.CaptureFixture[str]) -> None:
     """Without --json a Markdown table has one line per requested row and names the machine."""
     assert main([*SMALL, "--rows", "naive-peft,ours-text"]) == 0

@@ -33,6 +33,7 @@ def quality(market: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
     return out, json.loads((out / QUALITY_JSON).read_text())
 
 
+@pytest.mark.slow
 def test_every_row_has_both_protocols_overall_and_per_segment(quality: tuple[Path, dict]) -> None:
     """quality.json holds one row per baseline and mode, each with sampled and full-catalog metrics overall,
     per segment and for cold/warm users and items, on the same 60 evaluation users."""
@@ -52,6 +53,7 @@ def test_every_row_has_both_protocols_overall_and_per_segment(quality: tuple[Pat
         assert row["seconds"]["total"] >= 0.0
 
 
+@pytest.mark.slow
 def test_library_rows_carry_their_tuning(quality: tuple[Path, dict]) -> None:
     """Each library row names the chosen point of its grid and the validation NDCG@10 of every point."""
     # Prepare
@@ -66,6 +68,7 @@ def test_library_rows_carry_their_tuning(quality: tuple[Path, dict]) -> None:
         assert next(p for p in row["validation"] if p["params"] == row["params"])["ndcg@10"] == best
 
 
+@pytest.mark.slow
 def test_mode_row_matches_its_train_run_and_the_table_lists_every_row(quality: tuple[Path, dict]) -> None:
     """The mode's sampled figures are run_experiment's (its summary sits in modes/); quality.md lists every
     row, and the popularity `fedadapt train` reports is quoted under it."""
@@ -83,6 +86,7 @@ def test_mode_row_matches_its_train_run_and_the_table_lists_every_row(quality: t
     assert "full-catalog HR@10 / NDCG@10" in table and "| user=cold (" in table
 
 
+@pytest.mark.slow
 def test_adapter_modes_are_rebuilt_from_their_saved_adapters(market: Path, tmp_path: Path) -> None:
     """Trained modes are scored again from modes/<mode>/adapters on both protocols; the command would refuse
     if the rebuilt model did not reproduce run_experiment's sampled figures."""

@@ -27,6 +27,7 @@ print(json.dumps({{"rc": rc, "loaded": [m for m in {ABSENT_ON_GPU!r} if m in sys
 """
 
 
+@pytest.mark.slow
 def test_bench_throughput_json_shape() -> None:
     """--json prints one object whose every (row, batch) cell has a positive, finite pairs/s; naive is 1.0x itself;
     and neither the module nor its code path imports flwr, datasets, cryptography or dp_accounting."""
@@ -51,6 +52,7 @@ def test_bench_throughput_json_shape() -> None:
     assert result["skipped"] == []
 
 
+@pytest.mark.slow
 def test_bench_throughput_table_bf16(capsys: pytest.CaptureFixture[str]) -> None:
     """Without --json: a Markdown table, one line per cell, bf16 (autocast) included, naming the device."""
     # Execute

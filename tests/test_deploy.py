@@ -28,6 +28,8 @@ from server.checkpoint import latest_complete_round
 from simulations.runner.reaper import marked_pids
 from simulations.runner.run import SimulationFailed
 
+pytestmark = pytest.mark.slow  # starts real Flower processes (`make check` leaves it out)
+
 CONFIG = {"min-segment-clients": 1, "batch-size": 8, "max-train-users": 12, "max-eval-users": 12}
 
 

@@ -18,6 +18,8 @@ from common.names import COMPLETE_FILE
 from common.privacy.accountant import PrivacyAccountant
 from simulations.runner.run import SimOptions, simulate
 
+pytestmark = pytest.mark.slow  # starts real Flower processes (`make check` leaves it out)
+
 CLIENTS = 3
 SIGMA = 2.0
 DP = {"min-segment-clients": 1, "lr": 0.005, "batch-size": 8, "dp-noise-multiplier": SIGMA, "dp-clip": 0.5}

@@ -140,6 +140,7 @@ def _rows(run: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_seq_simulation_trains_weights_by_targets_and_scores_in_range(seq_run: Path) -> None:
     """A real 2-round seq federation: round 1's banks equal every client's local seq delta averaged per bank
     with weights = its training targets in that bank (seq_train.bank_counts over its users with two or more
@@ -185,6 +186,7 @@ def test_seq_simulation_trains_weights_by_targets_and_scores_in_range(seq_run: P
         assert row["users"] > 0
 
 
+@pytest.mark.slow
 def test_fed_vs_central_scores_a_seq_run_on_the_central_users(seq_run: Path, data_dir: Path, tmp_path: Path) -> None:
     """bench fed-vs-central rebuilds the seq run's final banks on this machine's text vectors and scores them
     on the central run's 40 users: the same figures as the model a client builds from those banks."""
@@ -232,6 +234,7 @@ def test_bench_bytes_reports_a_catalog_sized_seq_row(capsys: pytest.CaptureFixtu
     assert 4 * sizes[300][0] <= sizes[300][1] <= 4 * sizes[300][0] + 32_768
 
 
+@pytest.mark.slow
 def test_bench_quality_puts_the_federated_run_beside_the_baselines(seq_run: Path, data_dir: Path,
                                                                    tmp_path: Path) -> None:
     """`bench quality --federated RUN` scores the run's last checkpoint on the same users with both protocols

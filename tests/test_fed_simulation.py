@@ -25,6 +25,8 @@ from server.validate import REASONS
 from simulations.runner.run import SimOptions, simulate
 from tests.bank_checks import assert_trained_close
 
+pytestmark = pytest.mark.slow  # starts real Flower processes (`make check` leaves it out)
+
 CLIENTS = 3
 ROUNDS = 4
 OVERRIDES = {"min-segment-clients": 1, "lr": 0.005, "batch-size": 8}

@@ -135,6 +135,7 @@ def test_privacy_items_writes_summary_and_table(tmp_path: Path, capsys: pytest.C
     assert (out / "data" / ".complete").is_file()
 
 
+@pytest.mark.slow
 def test_privacy_curve_runs_federations_and_plots(tmp_path: Path) -> None:
     """`fedadapt privacy curve` runs a no-DP and a DP federation (tiny backbone) and writes the curve: epsilon
     reported by the DP run, NDCG@10 in [0, 1] for both, the PNG and the table; called again, it reuses them."""

@@ -235,6 +235,7 @@ def cleanup() -> Iterator[list[str]]:
 SMOKE = ("--preset", "smoke", "--rounds", "30")  # far more rounds than the test waits for
 
 
+@pytest.mark.slow
 def test_sigint_stops_every_process_lock_refuses_and_resume_refuses_other_config(
         tmp_path: Path, cleanup: list[str]) -> None:
     """Ctrl-C after round 1 ends every process of the run (SuperLink, superexec, simulation, Ray, flwr run,
@@ -281,6 +282,7 @@ def test_sigint_stops_every_process_lock_refuses_and_resume_refuses_other_config
     assert _snapshot(run) == before
 
 
+@pytest.mark.slow
 def test_sigkill_of_the_cli_leaves_no_process_and_no_write(tmp_path: Path, cleanup: list[str]) -> None:
     """SIGKILL of the command (no clean-up code of its own can run): the watchdog ends every process of the run
     within seconds, deletes its FLWR_HOME and Ray folders and releases the lock; the ServerApp writes nothing

@@ -22,6 +22,8 @@ from tests.bank_checks import assert_trained_close
 from tests.fed_fakes import set_task_identity
 from tests.test_secagg_rounds import _strings
 
+pytestmark = pytest.mark.slow  # starts real Flower processes (`make check` leaves it out)
+
 CLIENTS = 3
 ROUNDS = 2
 

@@ -19,6 +19,8 @@ from server.app import initial_banks
 from server.checkpoint import load_checkpoint
 from simulations.runner.run import SimOptions, simulate
 
+pytestmark = pytest.mark.slow  # starts real Flower processes (`make check` leaves it out)
+
 CLIENTS = 3
 ROUNDS = 2
 OVERRIDES = {"min-segment-clients": 1, "lr": 0.005, "batch-size": 8}
