@@ -30,11 +30,11 @@ demo: install
 	$(BIN)/fedadapt simulate --preset demo --out results/demo --overwrite
 
 lint: install
-	$(BIN)/ruff check cli common client server simulations tests
+	$(BIN)/ruff check cli common client server simulations deployment tests
 	$(BIN)/hadolint docker/*Dockerfile
 
 typecheck: install
-	$(BIN)/mypy cli common client server simulations
+	$(BIN)/mypy cli common client server simulations deployment
 
 pytest: install
 	$(BIN)/python -m pytest -q
