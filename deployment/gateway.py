@@ -21,6 +21,10 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
 
 FLEET_PREFIX = "/v1/fleet/"
 HEALTH_PATH = "/health"
@@ -52,10 +56,10 @@ def allowed(method: str, path: str) -> bool:
     return method == "GET" and path == HEALTH_PATH
 
 
-def create_app(cfg: GatewayConfig):  # type: ignore[no-untyped-def]
+def create_app(cfg: GatewayConfig) -> Starlette:
     """The ASGI app: allowed requests forwarded to the SuperLink, everything else 404 (never forwarded)."""
     import httpx
-    from starlette.applications import Starlette
+    from starlette.applications import Starlette  # noqa: F811 - imported here so `--help` stays fast
     from starlette.requests import Request
     from starlette.responses import Response
     from starlette.routing import Route

@@ -148,7 +148,7 @@ def test_every_command_parses_with_flowers_own_parsers_and_is_locked_down(
         assert svc["restart"] == "unless-stopped" and svc["healthcheck"]["test"], svc_name
         assert svc["cpus"] and svc["mem_limit"] and svc["logging"]["options"]["max-size"], svc_name
         assert svc["depends_on"], svc_name
-        for source, target, read_only in mounts(svc):
+        for _source, target, read_only in mounts(svc):
             if not read_only:  # every writable mount is a folder init handed to uid 49999
                 prepared_as(compose, svc, target, "dir")
         addresses = published(svc)

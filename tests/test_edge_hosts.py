@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -57,7 +56,8 @@ def _try_namespaces() -> Hosts | None:
             ["ip", "link", "set", f"fa{tag}a", "netns", server], ["ip", "link", "set", f"fa{tag}b", "netns", node],
             ["ip", "-n", server, "addr", "add", f"10.{subnet}.0.1/24", "dev", f"fa{tag}a"],
             ["ip", "-n", node, "addr", "add", f"10.{subnet}.0.2/24", "dev", f"fa{tag}b"],
-            ["ip", "-n", server, "link", "set", f"fa{tag}a", "up"], ["ip", "-n", node, "link", "set", f"fa{tag}b", "up"],
+            ["ip", "-n", server, "link", "set", f"fa{tag}a", "up"],
+            ["ip", "-n", node, "link", "set", f"fa{tag}b", "up"],
             ["ip", "-n", server, "link", "set", "lo", "up"], ["ip", "-n", node, "link", "set", "lo", "up"]]
     for cmd in cmds:
         if subprocess.run(cmd, capture_output=True, check=False).returncode != 0:
