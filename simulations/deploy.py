@@ -166,6 +166,20 @@ class Deployment:
             time.sleep(1.0)
         raise RuntimeError(f"only {online} of {count} SuperNodes connected within {timeout:.0f} s; see {self.logs}")
 
+    def wait_stale_sessions(self, timeout: float) -> None:
+        """Return once no node is online in the SuperLink's kept state. A node of an earlier run that was killed
+        stays "online" until its heartbeat window passes (about 60 s in Flower 1.42), and the SuperLink refuses
+        to activate the same key again until then."""
+        deadline = time.monotonic() + timeout
+        stale = self.online_nodes()
+        if stale:
+            log.info("waiting for %d node session(s) of an earlier run to expire", stale)
+        while stale and time.monotonic() < deadline:
+            time.sleep(2.0)
+            stale = self.online_nodes()
+        if stale:
+            raise RuntimeError(f"{stale} node session(s) of an earlier run still online after {timeout:.0f} s")
+
     def online_nodes(self) -> int:
         proc = subprocess.run([_bin("flwr"), "supernode", "ls", CONNECTION, "--format", "json"], env=self.env,
                               capture_output=True, text=True, timeout=60, check=False)
@@ -291,6 +305,7 @@ def deploy_local(opts: DeployOptions, on_started: Callable[[Deployment], None] |
             data = write_node_data(plan, opts.clients, folder)
             dep.write_security()
             dep.start_superlink(opts.start_timeout)
+            dep.wait_stale_sessions(opts.start_timeout)
             for i in range(opts.clients):
                 keys = None if opts.insecure else dep.node_keys(i)
                 dep.start_node(i, node_config(i, opts.clients, data[i], dep.node_dir(i) / "state"), keys)
