@@ -8,10 +8,11 @@ builds the app's image on it (torch from the host's wheel folder when PyPI's CPU
 kept between runs under the `localhost/fedadapt-test-*` names.
 
 The services of compose.yaml are started the way compose would start them, from the file itself (images, entrypoints,
-commands, named volumes, bind mounts, networks with the service names as aliases, published ports, CPU and memory
-limits): `init` first (until it exits 0), then the SuperLink, the ServerApp's SuperExec, the Fleet gateway, the
+commands, named volumes, bind mounts, networks with the service names as aliases, published ports, restart
+policies, CPU and memory limits): `init` first (until it exits 0), then the SuperLink, the ServerApp's SuperExec, the Fleet gateway, the
 SuperNodes and their ClientApp executors. From the host, over the SuperLink's port published on 127.0.0.1 only: the
-nodes' public keys are registered and two rounds of the tiny backbone run with TLS and node authentication.
+nodes' public keys are registered and two rounds of the tiny backbone run with TLS and node authentication; every
+service's compose health check is run in its container and passes.
 """
 
 from __future__ import annotations
@@ -139,6 +140,8 @@ class Compose:
             args += ["-v", ":".join([host, target, *mode])]
         for port in svc.get("ports", []):
             args += ["-p", str(port)]
+        if svc.get("restart", "no") != "no":  # a SuperNode exits until its key is registered, then joins
+            args += ["--restart", svc["restart"]]
         if "cpus" in svc:
             args += ["--cpus", str(svc["cpus"])]
         if "mem_limit" in svc:
@@ -152,6 +155,12 @@ class Compose:
             self.started.pop()
         else:
             podman(*args, "-d", svc["image"], *command)
+
+    def health(self, service: str) -> int:
+        """The exit status of the service's compose health check, run in its container."""
+        test = self.spec["services"][service]["healthcheck"]["test"]
+        assert test[0] == "CMD"
+        return podman("exec", self.name(service), *test[1:], check=False, timeout=60).returncode
 
     def logs(self, service: str) -> str:
         return podman("logs", self.name(service), check=False).stdout[-3000:]
@@ -217,6 +226,7 @@ def test_compose_runs_two_rounds_in_containers_with_tls_and_node_auth(project: P
             online = sum(n.get("status") == "online" for n in nodes)
             time.sleep(3)
         assert online == 3, compose.logs("supernode-0") + compose.logs("fleet")
+        health = {service: compose.health(service) for service in compose.spec["services"] if service != "init"}
         config = project.parent / "run.toml"
         config.write_text('num-server-rounds = 2\nout-dir = "/runs/test"\nbackbone = "tiny"\nmin-segment-clients = 1\n'
                           'batch-size = 8\nmax-train-users = 8\nmax-eval-users = 8\nfraction-evaluate = 0.0\n')
@@ -228,5 +238,6 @@ def test_compose_runs_two_rounds_in_containers_with_tls_and_node_auth(project: P
         rows = [json.loads(line) for line in metrics.read_text().splitlines()]
         assert [r["round"] for r in rows] == [0, 1, 2] and rows[-1]["clients_sampled"] == 3
         assert (project / "runs").stat().st_uid == 49999  # init handed the bind mount to the image's user
+        assert all(code == 0 for code in health.values()), health  # every compose health check passes
     finally:
         compose.down()
