@@ -7,11 +7,12 @@ images (the SuperLink and SuperNode images are it with their program as entrypoi
 builds the app's image on it (torch from the host's wheel folder when PyPI's CPU index is out of reach). Images are
 kept between runs under the `localhost/fedadapt-test-*` names.
 
-The services of compose.yaml are started the way compose would start them, from the file itself (images, entrypoints,
-commands, named volumes, bind mounts, networks with the service names as aliases, published ports, restart
-policies, CPU and memory limits): `init` first (until it exits 0), then the SuperLink, the ServerApp's SuperExec, the Fleet gateway, the
-SuperNodes and their ClientApp executors. From the host, over the SuperLink's port published on 127.0.0.1 only: the
-nodes' public keys are registered and two rounds of the tiny backbone run with TLS and node authentication; every
+The services of compose.yaml are started the way compose would start them, from the file itself (images,
+entrypoints, commands, named volumes, bind mounts, networks with the service names as aliases, published ports,
+restart policies, CPU and memory limits): `init` first (until it exits 0), then the SuperLink, the ServerApp's
+SuperExec, the Fleet gateway, the SuperNodes and their ClientApp executors. From the host, over the SuperLink's port
+published on 127.0.0.1 only: the nodes' public keys are registered and two rounds of the tiny backbone run with TLS
+and node authentication; every
 service's compose health check is run in its container and passes.
 """
 
