@@ -12,8 +12,7 @@ entrypoints, commands, named volumes, bind mounts, networks with the service nam
 restart policies, CPU and memory limits): `init` first (until it exits 0), then the SuperLink, the ServerApp's
 SuperExec, the Fleet gateway, the SuperNodes and their ClientApp executors. From the host, over the SuperLink's port
 published on 127.0.0.1 only: the nodes' public keys are registered and two rounds of the tiny backbone run with TLS
-and node authentication; every
-service's compose health check is run in its container and passes.
+and node authentication; every service's compose health check is run in its container and passes.
 """
 
 from __future__ import annotations
