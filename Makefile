@@ -15,7 +15,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test check lint typecheck pytest clean
+.PHONY: install demo test check lint typecheck pytest test-containers clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,12 @@ test: lint typecheck pytest
 check: install
 	$(BIN)/ruff check cli common client server simulations deployment serving tests
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# docker/compose.yaml in real containers (tests/test_containers.py): podman, runc and mmdebstrap from Debian's
+# packages (root), a local Debian base and flwr image (no registry needed); images are kept between runs.
+test-containers: install
+	command -v podman >/dev/null && command -v mmdebstrap >/dev/null || apt-get install -y podman runc mmdebstrap
+	$(BIN)/python -m pytest -q -rs tests/test_containers.py
 
 clean:
 	rm -rf $(VENV) $(WORK) results

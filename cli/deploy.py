@@ -2,16 +2,23 @@
 
     fedadapt deploy local --nodes 3 --data DIR --rounds 2 --out RUN
     fedadapt deploy local --nodes 3 --rounds 2 --out RUN --insecure        (debugging only: no TLS, no node auth)
-    fedadapt deploy certs --out docker/certs --nodes 3 --host superlink    (files for docker/compose.yaml)
+    fedadapt deploy server --dir SERVER --host server.example.org --fleet-address 192.0.2.10:9092
+    fedadapt deploy node --superlink server.example.org:9092 --root-cert ca.pem --data SHARD --state STATE \
+        --partition-id 0 --num-partitions 3                                 (on the edge node)
+    fedadapt deploy node-key --state STATE                                  (only the node's key pair)
+    fedadapt deploy renew --tls SERVER/tls                                  (re-issue the server certificate)
+    fedadapt deploy certs --out docker/certs --host superlink --host fleet  (CA + certificate for docker/)
     fedadapt deploy shards --data DIR --nodes 3 --out docker/data          (each node's own data folder)
 
 local: starts a SuperLink and N SuperNodes on 127.0.0.1 (free ports), each node with its own data shard,
 state folder and key, runs the app with `flwr run`, and writes RUN/ like `fedadapt simulate` (metrics.jsonl,
-summary, plots, checkpoints; --resume continues a run); logs in RUN/deploy/logs/. Options are checked before
-anything starts (one line, exit 2). Ctrl-C/SIGTERM/SIGHUP stop every process it started (exit 128 + signal).
-certs: a CA, a SuperLink certificate for the given hosts and one key pair per node; shards: node i's own users
-(the shard the simulation gives partition i); both for a deployment you start yourself (docker compose or
-remote machines, README "Run on edge nodes").
+summary, plots, checkpoints; --resume continues a run); logs in RUN/deploy/logs/; keys, certificates and the
+SuperLink's state are kept in RUN/deploy/ for the next run. Options are checked before anything starts (one
+line, exit 2). Ctrl-C/SIGTERM/SIGHUP stop every process it started (exit 128 + signal).
+server / node: the two sides of a deployment across hosts (deployment/server.py, deployment/node.py; README
+"Run on edge nodes"): only the Fleet API is public, node keys are made on the nodes. certs: a CA and a SuperLink
+certificate for the given hosts (no node keys); renew: a new server certificate from the same CA before the
+old one expires; shards: node i's own users (the shard the simulation gives partition i).
 """
 
 from __future__ import annotations
@@ -55,21 +62,70 @@ def run_local(args: argparse.Namespace) -> int:
 
 
 def run_certs(args: argparse.Namespace) -> int:
-    from deployment.node_auth import write_node_keys
     from deployment.tls import check_hosts, write_tls
 
-    if args.nodes < 1:
-        raise ValueError(f"--nodes must be >= 1, got {args.nodes}")
     hosts = check_hosts(args.host or ["127.0.0.1", "localhost"])
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise ValueError(f"--out {out} is not empty (pass --overwrite to replace its keys)")
+        raise ValueError(f"--out {out} is not empty (pass --overwrite to replace its CA and certificate)")
     tls = write_tls(out, hosts)
-    for i in range(args.nodes):
-        write_node_keys(out, f"node-{i}")
-    print(f"CA {tls.ca_cert}, SuperLink certificate {tls.server_cert} for {', '.join(hosts)}, "
-          f"{args.nodes} node key pair(s) {out}/node-<i>[.pub]; private keys are 0600")
+    print(f"CA {tls.ca_cert}, SuperLink certificate {tls.server_cert} for {', '.join(hosts)}; ca.key and "
+          "server.key are 0600 and stay here. Node keys are made on each node (`fedadapt deploy node` or "
+          "`fedadapt deploy node-key`), never here.")
     return 0
+
+
+def run_renew(args: argparse.Namespace) -> int:
+    from deployment.certs import renew
+
+    renewed, status = renew(Path(args.tls), args.days, args.within, args.force, args.host or ())
+    state = "re-issued" if renewed else f"not due (expires in more than {args.within:g} days)"
+    print(f"server certificate {state}: valid until {status.not_after:%Y-%m-%d %H:%M} UTC for "
+          f"{', '.join(status.hosts)}; CA valid until {status.ca_not_after:%Y-%m-%d}."
+          + (" Restart the server side to load it; nodes need nothing new." if renewed else ""))
+    return 0
+
+
+def _node_spec(args: argparse.Namespace) -> Any:
+    from deployment.node import NodeSpec
+
+    return NodeSpec(superlink=args.superlink, root_cert=Path(args.root_cert), data=Path(args.data),
+                    state=Path(args.state), partition_id=args.partition_id, num_partitions=args.num_partitions,
+                    runtime_port=args.runtime_port, health_port=args.health_port)
+
+
+def run_node(args: argparse.Namespace) -> int:
+    from deployment.node import prepare_node, registration_hint
+    from deployment.node import run_node as start
+
+    spec = _node_spec(args)
+    public, made = prepare_node(spec)
+    print(registration_hint(public, made), flush=True)
+    if args.init_only:
+        return 0
+    return start(spec, args.restart_delay)
+
+
+def run_node_key(args: argparse.Namespace) -> int:
+    from deployment.node import registration_hint
+    from deployment.node_keys import ensure_node_keys
+
+    keys, made = ensure_node_keys(Path(args.state))
+    print(registration_hint(keys.public_key, made))
+    return 0
+
+
+def run_server(args: argparse.Namespace) -> int:
+    from deployment.server import ServerSpec, check_hosts_arg, instructions, prepare_server
+    from deployment.server import run_server as start
+
+    spec = ServerSpec(Path(args.dir), check_hosts_arg(args.host or []), args.fleet_address, args.control_port,
+                      args.health_port)
+    prepare_server(spec)
+    print(instructions(spec), flush=True)
+    if args.init_only:
+        return 0
+    return start(spec)
 
 
 def run_shards(args: argparse.Namespace) -> int:
@@ -89,7 +145,7 @@ def run_shards(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: Any) -> None:
-    """Register `deploy local` and `deploy certs`."""
+    """Register `deploy local|server|node|node-key|renew|certs|shards`."""
     p = subparsers.add_parser("deploy", help="run the federation on Flower's deployment runtime",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="mode", required=True, metavar="MODE")
@@ -112,13 +168,44 @@ def add_parser(subparsers: Any) -> None:
     local.add_argument("--insecure", action="store_true",
                        help="DEBUGGING ONLY: no TLS and no node authentication (prints a warning)")
     local.set_defaults(func=run_local)
-    certs = sub.add_parser("certs", help="CA, SuperLink certificate and node key pairs for docker/remote nodes")
-    certs.add_argument("--out", required=True, help="folder for ca.pem, server.pem/.key, node-<i>/.pub")
-    certs.add_argument("--nodes", type=int, default=3, help="node key pairs to write")
+    certs = sub.add_parser("certs", help="CA and SuperLink certificate for docker/ (no node keys)")
+    certs.add_argument("--out", required=True, help="folder for ca.pem, ca.key, server.pem, server.key")
     certs.add_argument("--host", action="append", help="a name or address the SuperLink is reached at "
                        "(repeat; default 127.0.0.1 and localhost)")
     certs.add_argument("--overwrite", action="store_true", help="replace existing files in --out")
     certs.set_defaults(func=run_certs)
+    renew = sub.add_parser("renew", help="re-issue the server certificate from the CA before it expires")
+    renew.add_argument("--tls", required=True, help="the folder with ca.key, ca.pem, server.pem (server side)")
+    renew.add_argument("--days", type=int, default=90, help="validity of the new certificate (capped by the CA)")
+    renew.add_argument("--within", type=float, default=30.0, help="renew once it expires within this many days")
+    renew.add_argument("--force", action="store_true", help="renew now, whatever the expiry")
+    renew.add_argument("--host", action="append", help="a further name or address for the new certificate")
+    renew.set_defaults(func=run_renew)
+    server = sub.add_parser("server", help="the server side: SuperLink (127.0.0.1), SuperExec, Fleet gateway")
+    server.add_argument("--dir", required=True, help="the server's folder (TLS, secret, state; kept)")
+    server.add_argument("--host", action="append", help="name or address nodes dial (repeat; in the certificate)")
+    server.add_argument("--fleet-address", required=True,
+                        help="HOST:PORT the Fleet gateway binds: the server's address on the nodes' network")
+    server.add_argument("--control-port", type=int, default=9093, help="the SuperLink's port on 127.0.0.1")
+    server.add_argument("--health-port", type=int, default=0, help="gRPC health server on 127.0.0.1 (0: none)")
+    server.add_argument("--init-only", action="store_true", help="write the files and print the steps; start nothing")
+    server.set_defaults(func=run_server)
+    node = sub.add_parser("node", help="an edge node: key pair made here, SuperNode + SuperExec")
+    node.add_argument("--superlink", required=True, help="HOST:PORT of the server's Fleet address")
+    node.add_argument("--root-cert", required=True, help="the server's CA certificate (ca.pem)")
+    node.add_argument("--data", required=True, help="this node's data folder (its users only)")
+    node.add_argument("--state", required=True, help="this node's folder for its key, secret and state (kept)")
+    node.add_argument("--partition-id", type=int, required=True, help="this node's index")
+    node.add_argument("--num-partitions", type=int, required=True, help="number of nodes in the federation")
+    node.add_argument("--runtime-port", type=int, default=9094, help="the SuperNode's Runtime API on 127.0.0.1")
+    node.add_argument("--health-port", type=int, default=0, help="gRPC health server on 127.0.0.1 (0: none)")
+    node.add_argument("--restart-delay", type=float, default=10.0,
+                      help="seconds before a SuperNode that exited (e.g. not registered yet) is started again")
+    node.add_argument("--init-only", action="store_true", help="make the key pair, print it, start nothing")
+    node.set_defaults(func=run_node)
+    node_key = sub.add_parser("node-key", help="make (or show) a node's key pair in STATE/keys, on the node")
+    node_key.add_argument("--state", required=True, help="the node's state folder")
+    node_key.set_defaults(func=run_node_key)
     shards = sub.add_parser("shards", help="one data folder per node (its own users), for docker/remote nodes")
     shards.add_argument("--data", required=True, help="marketplace folder to split")
     shards.add_argument("--nodes", type=int, required=True, help="number of nodes")

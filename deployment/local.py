@@ -14,6 +14,8 @@ RUN/deploy/tls/, the SuperLink started with its TLS flags, every SuperNode and `
 the CA; node authentication (deployment/node_auth.py): the SuperLink runs with `--enable-supernode-auth`,
 each node's public key is registered with `flwr supernode register` before the node starts, and the node
 signs with its private key. `insecure=True` turns both off (plain HTTP, any node may join): for debugging only.
+The certificates, the node keys and the SuperLink's state (RUN/deploy/flwr/state.db: registered keys, earlier
+runs) are made by the first run and kept by the next ones in the same RUN folder; a node is registered once.
 
 The run is what `fedadapt simulate` does otherwise: the same preflight (every option and the data checked
 before anything starts), run folder lock, run config file, outcome check (`flwr run` exits 0 on failure,
@@ -29,7 +31,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import socket
 import subprocess
 import time
@@ -38,8 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deployment.node_auth import NodeKeys, register_node, write_node_keys
-from deployment.tls import TlsFiles, write_tls
+from deployment.certs import ensure_tls
+from deployment.node_auth import NodeKeys, register_node
+from deployment.node_keys import ensure_node_keys
+from deployment.tls import DEFAULT_HOSTS, TlsFiles
 from simulations.runner.flower import PROJECT_ROOT, _bin, flower_env, free_port, stream_command
 from simulations.runner.reaper import TOKEN_VAR, Watchdog, kill_marked, new_token
 from simulations.runner.run import Plan, SimOptions, SimulationFailed, preflight, prepare_run, report_run
@@ -96,9 +99,9 @@ class Deployment:
         return self.folder / "nodes" / f"node-{index}"
 
     def write_security(self) -> None:
-        """CA + server certificate; one key pair per node in the node's own folder (none when insecure)."""
+        """CA + server certificate, made by the first run and kept by the next ones (none when insecure)."""
         if not self.insecure:
-            self.tls = write_tls(self.folder / "tls")
+            self.tls = ensure_tls(self.folder / "tls", DEFAULT_HOSTS)
 
     def start_superlink(self, timeout: float) -> None:
         self.port = free_port()
@@ -119,10 +122,14 @@ class Deployment:
                  "INSECURE" if self.tls is None else "TLS, node authentication")
 
     def node_keys(self, index: int, register: bool = True) -> NodeKeys:
-        """The node's key pair, written into its own folder; registered with the SuperLink unless told not to."""
-        keys = write_node_keys(self.node_dir(index) / "keys", "node")
-        if register:
+        """The node's key pair in its own folder (made once, kept across runs); registered with the SuperLink
+        unless told not to or already registered in the SuperLink's kept state (a marker beside its state.db)."""
+        keys, _ = ensure_node_keys(self.node_dir(index))
+        marker = self.flwr_home / "registered" / f"node-{index}"
+        if register and not marker.is_file():
             node_id = register_node(_bin("flwr"), keys.public_key, CONNECTION, self.env)
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(f"{node_id}\n")
             log.info("node %d: public key registered (SuperLink node id %d)", index, node_id)
         self.keys[index] = keys
         return keys
@@ -159,6 +166,20 @@ class Deployment:
             time.sleep(1.0)
         raise RuntimeError(f"only {online} of {count} SuperNodes connected within {timeout:.0f} s; see {self.logs}")
 
+    def wait_stale_sessions(self, timeout: float) -> None:
+        """Return once no node is online in the SuperLink's kept state. A node of an earlier run that was killed
+        stays "online" until its heartbeat window passes (about 60 s in Flower 1.42), and the SuperLink refuses
+        to activate the same key again until then."""
+        deadline = time.monotonic() + timeout
+        stale = self.online_nodes()
+        if stale:
+            log.info("waiting for %d node session(s) of an earlier run to expire", stale)
+        while stale and time.monotonic() < deadline:
+            time.sleep(2.0)
+            stale = self.online_nodes()
+        if stale:
+            raise RuntimeError(f"{stale} node session(s) of an earlier run still online after {timeout:.0f} s")
+
     def online_nodes(self) -> int:
         proc = subprocess.run([_bin("flwr"), "supernode", "ls", CONNECTION, "--format", "json"], env=self.env,
                               capture_output=True, text=True, timeout=60, check=False)
@@ -180,7 +201,7 @@ class Deployment:
         (self.folder / "flwr-ls.json").write_text(json.dumps(runs, indent=1))
         if not runs:
             return {}
-        run = runs[-1]
+        run = max(runs, key=lambda r: str(r.get("pending-at", "")))  # the SuperLink's state keeps earlier runs
         return {"runtime_status": run.get("status"),
                 "runtime_inbound_bytes": run.get("network-traffic", {}).get("inbound-bytes"),
                 "runtime_outbound_bytes": run.get("network-traffic", {}).get("outbound-bytes"),
@@ -276,7 +297,6 @@ def deploy_local(opts: DeployOptions, on_started: Callable[[Deployment], None] |
         prepared = prepare_run(opts, plan)
         folder = (opts.out / DEPLOY_DIR).resolve()
         dep = Deployment(folder, opts.insecure)
-        shutil.rmtree(dep.flwr_home, ignore_errors=True)  # the last run's SuperLink state; logs are appended
         watchdog = Watchdog(dep.token, hold_fds=(lock.fd,))
         started = time.monotonic()
         rc = None
@@ -285,6 +305,7 @@ def deploy_local(opts: DeployOptions, on_started: Callable[[Deployment], None] |
             data = write_node_data(plan, opts.clients, folder)
             dep.write_security()
             dep.start_superlink(opts.start_timeout)
+            dep.wait_stale_sessions(opts.start_timeout)
             for i in range(opts.clients):
                 keys = None if opts.insecure else dep.node_keys(i)
                 dep.start_node(i, node_config(i, opts.clients, data[i], dep.node_dir(i) / "state"), keys)

@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 DEFAULT_HOSTS = ("127.0.0.1", "localhost")
-VALID_DAYS = 365
+VALID_DAYS = 365  # the first server certificate; `fedadapt deploy renew` re-issues it from the CA
+CA_VALID_DAYS = 3650  # the CA outlives many server certificates: nodes keep the same ca.pem across renewals
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def write_tls(folder: Path, hosts: Sequence[str] = DEFAULT_HOSTS) -> TlsFiles:
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedadapt deployment CA")])
     ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
                .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=VALID_DAYS))
+               .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=CA_VALID_DAYS))
                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
                .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
                                             content_commitment=False, key_encipherment=False,

@@ -119,7 +119,9 @@ def test_a_killed_node_and_a_reply_over_its_registration_do_not_stop_the_round(m
 
 def test_a_killed_serverapp_resumes_from_its_last_checkpoint(market: Path, tmp_path: Path) -> None:
     """The ServerApp process is killed once round 1's checkpoint is on disk: the deployment fails loudly and
-    stops everything; `--resume` on a fresh deployment continues with round 2 and nothing is lost."""
+    stops everything; `--resume` on a fresh deployment continues with round 2 and nothing is lost. The second
+    deployment reuses the first one's CA, server key and node keys, and the SuperLink's state where the nodes
+    are already registered."""
     # Prepare
     run = tmp_path / "run"
     deps: list[Deployment] = []
@@ -142,6 +144,8 @@ def test_a_killed_serverapp_resumes_from_its_last_checkpoint(market: Path, tmp_p
         deploy_local(_opts(run, market, **{"fraction-evaluate": 0.0}), on_started=deps.append, on_line=on_line)
     killed_at = latest_complete_round(run / "checkpoints")
     _assert_nothing_left(deps[0])
+    kept = {p: p.read_bytes() for p in [run / "deploy" / "tls" / "ca.pem", run / "deploy" / "tls" / "server.key",
+                                        *(run / "deploy" / "nodes").glob("node-*/keys/node")]}
     resumed = _opts(run, market, **{"fraction-evaluate": 0.0})
     resumed.resume = True
     deploy_local(resumed, on_started=deps.append)
@@ -150,4 +154,6 @@ def test_a_killed_serverapp_resumes_from_its_last_checkpoint(market: Path, tmp_p
     assert killed_at == 1 and [r["round"] for r in rows] == [0, 1, 2]
     assert latest_complete_round(run / "checkpoints") == 2 and (run / "run-complete.json").is_file()
     assert "resuming after round 1" in (run / "deploy" / "logs" / "flwr.log").read_text()
+    assert len(kept) == 5 and all(p.read_bytes() == data for p, data in kept.items())  # kept across runs
+    assert len(list((run / "deploy" / "flwr" / "registered").iterdir())) == 3  # each node registered once
     _assert_nothing_left(deps[1])
