@@ -271,6 +271,9 @@ class FedConfig:
     secagg_threshold_fraction: float = 0.6  # Shamir t = ceil(fraction * share holders): survives 40% drop-outs
     secagg_degree: int = 0  # mask graph: 0 = complete (every pair); k >= 2 = k-regular ring (SecAgg+)
     secagg_banks: str = ""  # segment-hidden: the run's public list of segment banks, e.g. "region=EU,season=holiday"
+    # Registry of the clients' identity keys (common/secagg/identity.py): clients sign their keys and survivor
+    # lists and check their peers'; "" = the server is trusted to relay them. A node's own config may set it.
+    secagg_identities: str = ""
 
     def __post_init__(self) -> None:
         positive = ("num_server_rounds", "local_epochs", "batch_size", "max_len", "client_threads", "seq_dim",
@@ -341,6 +344,12 @@ class FedConfig:
         threshold_for(2, self.secagg_threshold_fraction)  # names secagg-threshold-fraction outside (0.5, 1]
         if self.secure_aggregation != "off":  # enough precision for 1,000 clients a round, else name the key
             FixedPoint(self.secagg_bits, self.secagg_clip_range, self.secagg_max_weight, 1000)
+        if self.secure_aggregation != "off" and self.min_segment_clients < 2:
+            raise ValueError(f"min-segment-clients={self.min_segment_clients} with secure-aggregation="
+                             f"{self.secure_aggregation}: a bank summed over one client is that client's update; "
+                             "secure aggregation needs min-segment-clients >= 2")
+        if self.secagg_identities and self.secure_aggregation == "off":
+            raise ValueError("secagg-identities is used only with secure aggregation (segment or segment-hidden)")
         if self.secagg_banks and self.secure_aggregation != SEGMENT_HIDDEN:
             raise ValueError("secagg-banks is used only with secure-aggregation=segment-hidden")
         for name in self.secagg_bank_tuple:
