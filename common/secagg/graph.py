@@ -34,8 +34,7 @@ def neighbour_graph(ids: Sequence[int], degree: int, seed: bytes) -> dict[int, t
     if degree <= 0 or degree >= n - 1:
         return {u: tuple(v for v in nodes if v != u) for u in nodes}
     half = math.ceil(degree / 2)
-    rng = np.random.default_rng(np.frombuffer(hashlib.sha256(seed).digest(), dtype=np.uint32))
-    ring = [nodes[i] for i in rng.permutation(n)]
+    ring = ring_order(nodes, seed)
     out: dict[int, set[int]] = {u: set() for u in nodes}
     for pos, u in enumerate(ring):
         for step in range(1, half + 1):
@@ -45,9 +44,20 @@ def neighbour_graph(ids: Sequence[int], degree: int, seed: bytes) -> dict[int, t
     return {u: tuple(sorted(vs)) for u, vs in out.items()}
 
 
+def ring_order(ids: Sequence[int], seed: bytes) -> list[int]:
+    """The public shuffle of the sparse graph: the ids in ring order for `seed`."""
+    nodes = sorted(int(i) for i in ids)
+    rng = np.random.default_rng(np.frombuffer(hashlib.sha256(seed).digest(), dtype=np.uint32))
+    return [nodes[i] for i in rng.permutation(len(nodes))]
+
+
+def vector_seed(salt: bytes, name: str) -> bytes:
+    return salt + b"|vector|" + name.encode()
+
+
 def vector_graph(members: Sequence[int], degree: int, salt: bytes, name: str) -> dict[int, tuple[int, ...]]:
     """The mask graph of one vector over its members (seeded by the round's salt and the vector's name)."""
-    return neighbour_graph(members, degree, salt + b"|vector|" + name.encode())
+    return neighbour_graph(members, degree, vector_seed(salt, name))
 
 
 def connected(graph: dict[int, tuple[int, ...]], nodes: Sequence[int]) -> bool:
