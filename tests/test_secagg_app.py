@@ -30,7 +30,7 @@ def _run(root: Path, mode: str, banks: str = "", arch: str = "text"
          ) -> tuple[dict[str, dict[str, np.ndarray]], list[Message]]:
     set_task_identity()
     cfg = FedConfig(num_server_rounds=ROUNDS, data_dir=str(root / "data"), out_dir=str(root / f"{arch}-{mode}"),
-                    backbone="tiny", min_segment_clients=1, lr=0.005 if arch == "text" else 0.001, batch_size=8,
+                    backbone="tiny", min_segment_clients=2, lr=0.005 if arch == "text" else 0.001, batch_size=8,
                     secure_aggregation=mode, secagg_banks=banks, client_state_dir=str(root / "state"), arch=arch)
     replies: list[Message] = []
 

@@ -314,3 +314,23 @@ def test_node_without_an_identity_key_refuses_a_run_with_identities(tmp_path: Pa
         client_secure.node_identity(cfg, 3)
     with pytest.raises(ValueError, match="secagg-identities is used only with secure aggregation"):
         FedConfig(secagg_identities=str(registry))
+
+
+def test_simulation_enrols_every_partition_and_names_the_registry(tmp_path: Path) -> None:
+    """`fedadapt simulate` with secure aggregation: the run config names RUN/secagg-identities.json, and
+    enrolment draws one key per partition in the clients' state folder (kept across runs) and registers
+    exactly their public halves; without secure aggregation nothing is enrolled."""
+    from common.secagg.identity import load_registry, public_half
+    from simulations.runner import SimOptions, enrol_clients, run_config
+
+    opts = SimOptions(out=tmp_path / "run", clients=3, config={"secure-aggregation": SEGMENT,
+                                                               "client-state-dir": str(tmp_path / "state")})
+    cfg = run_config(opts, tmp_path / "data")
+    assert cfg.secagg_identities == str((tmp_path / "run" / "secagg-identities.json").resolve())
+    (tmp_path / "run").mkdir()
+    enrol_clients(cfg, 3)
+    keys = {pid: load_identity(tmp_path / "state", pid) for pid in range(3)}
+    assert load_registry(cfg.secagg_identities) == {public_half(k) for k in keys.values()}
+    enrol_clients(cfg, 3)  # a second run keeps each client's key
+    assert {pid: load_identity(tmp_path / "state", pid) for pid in range(3)} == keys
+    assert not run_config(SimOptions(out=tmp_path / "plain"), tmp_path / "data").secagg_identities

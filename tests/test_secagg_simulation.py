@@ -21,7 +21,7 @@ from simulations.runner import SimOptions, simulate
 
 CLIENTS = 3
 ROUNDS = 2
-OVERRIDES = {"min-segment-clients": 1, "lr": 0.005, "batch-size": 8}
+OVERRIDES = {"min-segment-clients": 2, "lr": 0.005, "batch-size": 8}  # secure aggregation needs >= 2
 MODES = ("segment", "segment-hidden")
 
 
