@@ -348,8 +348,6 @@ class FedConfig:
             raise ValueError(f"min-segment-clients={self.min_segment_clients} with secure-aggregation="
                              f"{self.secure_aggregation}: a bank summed over one client is that client's update; "
                              "secure aggregation needs min-segment-clients >= 2")
-        if self.secagg_identities and self.secure_aggregation == "off":
-            raise ValueError("secagg-identities is used only with secure aggregation (segment or segment-hidden)")
         if self.secagg_banks and self.secure_aggregation != SEGMENT_HIDDEN:
             raise ValueError("secagg-banks is used only with secure-aggregation=segment-hidden")
         for name in self.secagg_bank_tuple:

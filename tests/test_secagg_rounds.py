@@ -304,16 +304,13 @@ def test_identities_a_substituted_key_aborts_the_round(tmp_path: Path) -> None:
 
 
 def test_node_without_an_identity_key_refuses_a_run_with_identities(tmp_path: Path) -> None:
-    """A node that was not enrolled cannot take part (its error names the missing key file); a registry
-    without secure aggregation is refused by the config."""
+    """A node that was not enrolled cannot take part (its error names the missing key file)."""
     registry = _registry(tmp_path, [1, 2])
     cfg = FedConfig(secure_aggregation=SEGMENT, secagg_identities=str(registry),
                     client_state_dir=str(tmp_path / "state"))
     assert client_secure.node_identity(cfg, 1) == load_identity(tmp_path / "state", 1)
     with pytest.raises(ValueError, match="partition-3.*not enrolled"):
         client_secure.node_identity(cfg, 3)
-    with pytest.raises(ValueError, match="secagg-identities is used only with secure aggregation"):
-        FedConfig(secagg_identities=str(registry))
 
 
 def test_simulation_enrols_every_partition_and_names_the_registry(tmp_path: Path) -> None:
