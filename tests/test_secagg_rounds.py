@@ -331,3 +331,25 @@ def test_simulation_enrols_every_partition_and_names_the_registry(tmp_path: Path
     enrol_clients(cfg, 3)  # a second run keeps each client's key
     assert {pid: load_identity(tmp_path / "state", pid) for pid in range(3)} == keys
     assert not run_config(SimOptions(out=tmp_path / "plain"), tmp_path / "data").secagg_identities
+
+
+def test_a_bank_left_with_one_survivor_is_withheld_through_flower_messages() -> None:
+    """Segment mode over the real handlers (issue 23, leak 1): among nodes 1, 2, 4, 5, 6 only 1 and 2 hold EU,
+    and 2 falls silent after sharing keys. No unmask reply carries a share of EU's seeds (1 withholds them), EU is
+    held back, and the other banks are the plain means of the survivors."""
+    nodes = [1, 2, 4, 5, 6]
+    unmask_replies: list[Message] = []
+
+    def drop_2_keep_unmask(msg: Message, reply: Message) -> list[Message]:
+        if msg.metadata.dst_node_id == 2 and msg.metadata.group_id.endswith(MASK):
+            return []
+        if msg.metadata.group_id.endswith(UNMASK):
+            unmask_replies.append(reply)
+        return [reply]
+
+    strategy, info, stats, _ = _round(SEGMENT, nodes, drop_2_keep_unmask)
+    assert info["secagg_aborted"] == "" and unmask_replies
+    assert all(EU not in r.content.config_records[CONFIG]["names"] for r in unmask_replies)
+    assert EU in stats.fallback and EU not in strategy.served
+    survivors = [1, 4, 5, 6]
+    _assert_banks(strategy, {b: v for b, v in _plain(survivors).items() if b != EU} | {EU: BANKS[EU]})
