@@ -65,6 +65,10 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
             config[key] = getattr(args, name)
     if args.secure_aggregation is not None:
         config["secure-aggregation"] = args.secure_aggregation
+    user_set = {item.partition("=")[0] for item in args.set or []}
+    if config.get("secure-aggregation", "off") != "off" and "min-segment-clients" not in user_set:
+        # a preset's min-segment-clients 1 is refused with secure aggregation (a bank summed over one client)
+        config["min-segment-clients"] = max(2, int(config.get("min-segment-clients", 2)))
     backbone = pick("backbone")
     return SimOptions(
         out=Path(args.out), clients=pick("clients"), rounds=pick("rounds"),

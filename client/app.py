@@ -73,7 +73,9 @@ def node_partition(context: Context) -> tuple[int, int]:
     return pid, num
 
 
-NODE_OWN_KEYS = ("data-dir", "client-state-dir")  # node-config keys that override the run config
+# node-config keys that override the run config (secagg-identities: so that the server cannot switch the
+# identity checks off or name another registry)
+NODE_OWN_KEYS = ("data-dir", "client-state-dir", "secagg-identities")
 
 
 def node_settings(context: Context) -> tuple[FedConfig, task.ClientData]:
@@ -105,7 +107,7 @@ def _reply(msg: Message, content: RecordDict, sent: dict[str, np.ndarray]) -> Me
 def query(msg: Message, context: Context) -> Message:
     cfg, data = node_settings(context)
     if secure.stage_of(msg) is not None:  # a secure round's share-keys, masked-input or unmask stage
-        return secure.answer_stage(msg, context, cfg)
+        return secure.answer_stage(msg, context, cfg, secure.node_identity(cfg, node_partition(context)[0]))
     fields: dict[str, Any] = {PARTITION_ID: data.partition_id, SEGMENTS: data.segment_names,
                               **task.registration(cfg, data)}
     if cfg.secure_aggregation == SEGMENT_HIDDEN:
@@ -124,7 +126,8 @@ def train(msg: Message, context: Context) -> Message:
     cfg, data = node_settings(context)
     if cfg.secure_aggregation != OFF:  # train, then the update leaves only masked (client/secure.py)
         return secure.train_and_advertise(msg, context, cfg, data.adapter_names,
-                                          lambda mine, hp: _trained(cfg, data, mine, hp))
+                                          lambda mine, hp: _trained(cfg, data, mine, hp),
+                                          secure.node_identity(cfg, data.partition_id))
     sent = received_arrays(msg)
     config = msg.content.config_records[CONFIG] if CONFIG in msg.content.config_records else {}
     hparams = RoundHParams.from_config(dict(config), cfg)
@@ -150,7 +153,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     cfg, data = node_settings(context)
     if cfg.secure_aggregation != OFF:  # the sums leave only masked, summed over the cohort (client/secure_eval.py)
         return secure_eval.evaluate_and_advertise(msg, context, cfg, data.adapter_names, data.segment_names,
-                                                  lambda banks: task.local_evaluate(cfg, data, banks))
+                                                  lambda banks: task.local_evaluate(cfg, data, banks),
+                                                  secure.node_identity(cfg, data.partition_id))
     sent = received_arrays(msg)
     sums = task.local_evaluate(cfg, data, sent)
     content = RecordDict({METRICS: MetricRecord(dict[str, MetricRecordValues](sums))})

@@ -6,8 +6,17 @@
   dp-clip, weight 1, in distributed mode its noise share added, and the encoding range derived from dp-clip and
   the noise so that nothing is clipped after the noise), encodes them in Z_(2^bits) and keeps them in the node's
   `context.state` with its secrets; the reply carries only public keys and a commitment.
-- share-keys, masked-input and unmask arrive as QUERY messages and answer from that state; the encoded
-  vectors leave the node only masked, and the state is dropped after unmask.
+- share-keys, masked-input, (with identities) consistency and unmask arrive as QUERY messages and answer from
+  that state; the encoded vectors leave the node only masked, and the state is dropped after unmask.
+- What the client checks comes from its own configuration (`client_rules`), never from the server's requests:
+  the mask graph's degree, the threshold fraction, and each vector's floor (min-segment-clients, at least 2,
+  the global bank and the hidden vector exempt from min-segment-clients but never below 2; with distributed
+  DP each bank's t noise shares, the hidden vector the global bank's t): a vector whose surviving members
+  fall below its floor is not uploaded, or if they fall after upload its self-mask shares are withheld, so an
+  under-populated or under-noised sum is never unmasked (common/secagg/client.py says how).
+- With `secagg-identities` (a registry file, common/secagg/identity.py) the client signs its advertisement and
+  the survivor list with its enrolled identity key and refuses to share or unmask unless every peer's
+  signature verifies.
 
 segment-hidden: the TRAIN message carries every bank of the run; the client trains only its own (the others
 stay zero in its vector), registers without segment names or per-segment counts (`hidden_registration`) and
@@ -25,6 +34,7 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
+from common.federation.client_secret import resolve_state_dir
 from common.federation.records import from_record
 from common.names import GLOBAL, bank_of
 from common.privacy.dp import DISTRIBUTED, clip_update, out_of_range, privatize_update
@@ -41,10 +51,11 @@ from common.protocol import (
 )
 from common.secagg import client as protocol
 from common.secagg.errors import ProtocolError
-from common.secagg.evaluation import EVAL_BITS, eval_min_members
+from common.secagg.evaluation import EVAL_BITS
 from common.secagg.evaluation import PURPOSE as EVAL_PURPOSE
 from common.secagg.fixedpoint import FixedPoint
-from common.secagg.layout import SEGMENT, SEGMENT_HIDDEN, bank_layouts, client_vectors
+from common.secagg.identity import load_identity, load_registry
+from common.secagg.layout import HIDDEN_VECTOR, SEGMENT, SEGMENT_HIDDEN, bank_layouts, client_vectors
 from common.secagg.wire import COHORT_PREFIX, COHORT_SIZE, read_config, stage_config, stage_in
 
 log = logging.getLogger(__name__)
@@ -128,10 +139,30 @@ def encoded_input(cfg: FedConfig, received: Mapping[str, np.ndarray], raw_delta:
     return {name: fixed.encode(v) for name, v in vectors.items()}
 
 
-def train_and_advertise(msg: Message, context: Context, cfg: FedConfig, own: Collection[str], train: Trainer
-                        ) -> Message:
+def node_identity(cfg: FedConfig, partition_id: int) -> bytes | None:
+    """This node's enrolled identity key (from its state folder) when the run uses secagg-identities."""
+    if not cfg.secagg_identities:
+        return None
+    return load_identity(resolve_state_dir(cfg.client_state_dir, cfg.data_dir), partition_id)
+
+
+def client_rules(cfg: FedConfig, config: Mapping[str, object], banks: Collection[str], cohort: int
+                 ) -> protocol.Rules:
+    """The rules this client holds the round to, from its own run config and (distributed DP) the t of each
+    bank it was sent: a bank's vector needs t surviving members (segment mode); the hidden vector, which
+    carries the global bank summed over every member, needs the global bank's t."""
+    floors: dict[str, int] = {}
+    if cfg.dp.enabled and cfg.dp.mode == DISTRIBUTED:
+        shares = parse_dp_shares(config, banks, cohort)
+        floors = dict(shares) if cfg.secure_aggregation == SEGMENT else {HIDDEN_VECTOR: shares.get(GLOBAL, 0)}
+    return protocol.Rules(cfg.secagg_degree, cfg.secagg_threshold_fraction, cfg.min_segment_clients,
+                          (GLOBAL, HIDDEN_VECTOR), floors)
+
+
+def train_and_advertise(msg: Message, context: Context, cfg: FedConfig, own: Collection[str], train: Trainer,
+                        identity: bytes | None = None) -> Message:
     """Stage 1: train the banks in `own` that were sent, keep the encoded vectors in the node state, reply
-    with public keys."""
+    with public keys (signed with `identity`, which a run with secagg-identities requires)."""
     stage = stage_of(msg)
     if stage is None or stage[0] != protocol.ADVERTISE:
         raise ProtocolError(f"this run uses secure-aggregation={cfg.secure_aggregation}: a train message must start "
@@ -147,15 +178,20 @@ def train_and_advertise(msg: Message, context: Context, cfg: FedConfig, own: Col
     mine = own_banks(own, received) if cfg.secure_aggregation == SEGMENT_HIDDEN else received
     raw_delta, counts = train(mine, RoundHParams.from_config(config, cfg))
     encoded = encoded_input(cfg, received, raw_delta, counts, config, cohort, rnd)
-    state, keys = protocol.advertise(msg.metadata.dst_node_id, msg.metadata.run_id, rnd)
+    if cfg.secagg_identities and identity is None:
+        raise ProtocolError("secagg-identities is set but this client has no identity key")
+    state, keys = protocol.advertise(msg.metadata.dst_node_id, msg.metadata.run_id, rnd, sorted(encoded), identity)
+    state.rules = client_rules(cfg, config, {bank_of(k) for k in received}, cohort)
     context.state[STATE_RECORD] = ConfigRecord(state.to_record())
     context.state[INPUT_RECORD] = ArrayRecord({name: Array(v) for name, v in encoded.items()})
     context.state[PURPOSE_RECORD] = ConfigRecord({"purpose": "train"})
     return Message(reply_content(protocol.ADVERTISE, rnd, keys), reply_to=msg)
 
 
-def answer_stage(msg: Message, context: Context, cfg: FedConfig) -> Message:
-    """Stages 2-4 from the node state; ProtocolError (sent back as an error reply) on anything inconsistent."""
+def answer_stage(msg: Message, context: Context, cfg: FedConfig, identity: bytes | None = None) -> Message:
+    """Stages 2-4 from the node state; ProtocolError (sent back as an error reply) on anything inconsistent.
+    With secagg-identities, the registry is read from the node's disk at share-keys and `identity` signs the
+    survivor list."""
     stage_round = stage_of(msg)
     assert stage_round is not None
     stage, rnd = stage_round
@@ -166,19 +202,41 @@ def answer_stage(msg: Message, context: Context, cfg: FedConfig) -> Message:
         raise ProtocolError(f"{stage} for round {rnd}, but this node has no secure round in progress")
     state = protocol.ClientState.from_record(context.state.config_records[STATE_RECORD])
     if stage == protocol.SHARE:
-        roster = dict(zip(payload["roster-ids"], zip(payload["roster-c"], payload["roster-s"], strict=True),
-                          strict=True))
-        out = protocol.share_keys(state, rnd, roster, payload["neighbours"], payload["threshold"])
-        content = reply_content(stage, rnd, {"receivers": sorted(out), "ciphertexts": [out[r] for r in sorted(out)]})
+        content = _share_keys(state, rnd, payload, cfg)
     elif stage == protocol.MASK:
         content = _masked_input(state, rnd, payload, context, cfg)
+    elif stage == protocol.CONSISTENCY:
+        if identity is None:
+            raise ProtocolError("consistency stage, but this client has no identity key")
+        signature = protocol.consistency(state, rnd, payload["survivors"], identity)
+        content = reply_content(stage, rnd, {"signature": signature})
     else:
-        shares = protocol.unmask(state, rnd, payload["survivors"], payload["dropped"])
-        content = reply_content(stage, rnd, {"owners": sorted(shares), "shares": [shares[o] for o in sorted(shares)]})
+        signers, sigs = payload["signers"], payload["signatures"]
+        if len(signers) != len(sigs):
+            raise ProtocolError("signers and signatures differ in length")
+        shares = protocol.unmask(state, rnd, payload["survivors"], payload["dropped"],
+                                 dict(zip(signers, sigs, strict=True)))
+        if state.withheld:
+            log.warning("secure round %d: self-mask shares of %s withheld (too few surviving members or a "
+                        "disconnected mask graph)", rnd, list(state.withheld))
+        keys = sorted(shares)
+        content = reply_content(stage, rnd, {"owners": [o for o, _ in keys], "names": [n for _, n in keys],
+                                             "shares": [shares[k] for k in keys]})
         del context.state[STATE_RECORD]
         return Message(content, reply_to=msg)
     context.state[STATE_RECORD] = ConfigRecord(state.to_record())
     return Message(content, reply_to=msg)
+
+
+def _share_keys(state: protocol.ClientState, rnd: int, payload: Mapping[str, Any], cfg: FedConfig) -> RecordDict:
+    columns = [payload[k] for k in ("roster-ids", "roster-c", "roster-s", "roster-commit", "roster-id", "roster-sig")]
+    if len({len(c) for c in columns}) != 1:
+        raise ProtocolError("roster fields differ in length")
+    roster = {node: protocol.Advert(*rest) for node, *rest in zip(*columns, strict=True)}
+    vectors = {name: payload.get(COHORT_PREFIX + name, []) for name in payload["vector-names"]}
+    registry = load_registry(cfg.secagg_identities) if cfg.secagg_identities else None
+    out = protocol.share_keys(state, rnd, roster, vectors, state.rules, registry)
+    return reply_content(protocol.SHARE, rnd, {"receivers": sorted(out), "ciphertexts": [out[r] for r in sorted(out)]})
 
 
 def _masked_input(state: protocol.ClientState, rnd: int, payload: Mapping[str, Any], context: Context,
@@ -191,13 +249,9 @@ def _masked_input(state: protocol.ClientState, rnd: int, payload: Mapping[str, A
     if INPUT_RECORD not in context.state.array_records:
         raise ProtocolError("no encoded input waiting for masked-input")
     vectors = {k: a.numpy() for k, a in context.state.array_records[INPUT_RECORD].items()}
-    min_members = cfg.min_segment_clients if cfg.secure_aggregation == SEGMENT else 1
-    bits, exempt = cfg.secagg_bits, {GLOBAL}
     purpose = context.state.config_records.get(PURPOSE_RECORD, ConfigRecord()).get("purpose")
-    if purpose == EVAL_PURPOSE:  # evaluation sums: every row, OVERALL included, over enough clients; 64-bit ring
-        min_members, exempt, bits = eval_min_members(cfg), set(), EVAL_BITS
-    masked = protocol.masked_input(state, rnd, ciphertexts, payload["u2"], vectors, cohorts, bits, min_members,
-                                   tuple(exempt))
+    bits = EVAL_BITS if purpose == EVAL_PURPOSE else cfg.secagg_bits  # evaluation sums: a 64-bit ring
+    masked = protocol.masked_input(state, rnd, ciphertexts, payload["u2"], vectors, cohorts, bits)
     del context.state[INPUT_RECORD]
     wire = np.uint32 if bits <= 32 else np.uint64
     return reply_content(protocol.MASK, rnd, {}, {k: v.astype(wire) for k, v in masked.items()})

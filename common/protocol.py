@@ -271,6 +271,9 @@ class FedConfig:
     secagg_threshold_fraction: float = 0.6  # Shamir t = ceil(fraction * share holders): survives 40% drop-outs
     secagg_degree: int = 0  # mask graph: 0 = complete (every pair); k >= 2 = k-regular ring (SecAgg+)
     secagg_banks: str = ""  # segment-hidden: the run's public list of segment banks, e.g. "region=EU,season=holiday"
+    # Registry of the clients' identity keys (common/secagg/identity.py): clients sign their keys and survivor
+    # lists and check their peers'; "" = the server is trusted to relay them. A node's own config may set it.
+    secagg_identities: str = ""
 
     def __post_init__(self) -> None:
         self._resolve_arch_defaults()
@@ -363,6 +366,10 @@ class FedConfig:
                 raise ValueError(f"{exc} (with DP the values go up to dp-clip x (1 + 12 x dp-noise-multiplier) in "
                                  "distributed mode, dp-clip in central mode: raise secagg-bits or lower them)"
                                  ) from exc
+        if self.secure_aggregation != "off" and self.min_segment_clients < 2:
+            raise ValueError(f"min-segment-clients={self.min_segment_clients} with secure-aggregation="
+                             f"{self.secure_aggregation}: a bank summed over one client is that client's update; "
+                             "secure aggregation needs min-segment-clients >= 2")
         if self.secagg_banks and self.secure_aggregation != SEGMENT_HIDDEN:
             raise ValueError("secagg-banks is used only with secure-aggregation=segment-hidden")
         for name in self.secagg_bank_tuple:

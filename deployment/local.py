@@ -45,7 +45,7 @@ from deployment.node_keys import ensure_node_keys
 from deployment.tls import DEFAULT_HOSTS, TlsFiles
 from simulations.runner.flower import PROJECT_ROOT, _bin, flower_env, free_port, stream_command
 from simulations.runner.reaper import TOKEN_VAR, Watchdog, kill_marked, new_token
-from simulations.runner.run import Plan, SimOptions, SimulationFailed, preflight, prepare_run, report_run
+from simulations.runner.run import Plan, SimOptions, SimulationFailed, enrol_clients, preflight, prepare_run, report_run
 from simulations.runner.runlock import RunLock
 
 log = logging.getLogger(__name__)
@@ -304,6 +304,7 @@ def deploy_local(opts: DeployOptions, on_started: Callable[[Deployment], None] |
         try:
             data = write_node_data(plan, opts.clients, folder)
             dep.write_security()
+            enrol_clients(plan.cfg, opts.clients, lambda i: dep.node_dir(i) / "state")  # each in its node's folder
             dep.start_superlink(opts.start_timeout)
             dep.wait_stale_sessions(opts.start_timeout)
             for i in range(opts.clients):

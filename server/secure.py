@@ -4,7 +4,7 @@ Drives the four SecAgg+ stages (common/secagg/server.py) over `grid.send_and_rec
 
 1. advertise-keys (TRAIN message): the banks to train plus the round's hyper-parameters; the client trains,
    keeps its encoded update in its node state and replies with public keys only;
-2. share-keys, 3. masked-input, 4. unmask (QUERY messages).
+2. share-keys, 3. masked-input, (with secagg-identities) 3b. consistency, 4. unmask (QUERY messages).
 
 Each stage has its own group id (`secagg-r<round>-<stage>`). Every reply is untrusted: one that is an error,
 from a node not asked, from a node that answered twice, for another stage or round (a replayed message), or
@@ -17,16 +17,19 @@ released bank's sum of weighted deltas, sum of weights and number of contributor
 about segments from the protocol: every client receives every bank and uploads one vector with a slot for each;
 the server learns every bank's sums, contributor count included, and so still learns a bank's total when it
 has only one contributor (that client's update), even though such a bank is not applied. A bank with fewer
-than min-segment-clients contributors (hidden) or cohort members (segment: the clients then do not upload it)
-is not applied that round. It never sees a single delta, so it cannot check a delta's norm: an honest client
-moves a bank's sum by at most the encoding range per coordinate times its weight, but a modified one uploads any
-ring element (up to 2^(bits-1)/scale per coordinate) and forges its weight and contributor slots
-(tests/test_secagg_malicious_client.py measures it; README, Privacy).
+than min-segment-clients contributors (hidden) is not applied that round; in segment mode a bank with fewer
+surviving members (at least 2) is never unmasked: its members do not upload it, or withhold the shares of its
+self masks if members drop out after uploading (the clients enforce it, common/secagg/client.py). It never
+sees a single delta, so it cannot check a delta's norm: an honest client moves a bank's sum by at most the
+encoding range per coordinate times its weight, but a modified one uploads any ring element (up to
+2^(bits-1)/scale per coordinate) and forges its weight and contributor slots (tests/test_secagg_malicious_client.py
+measures it; README, Privacy).
 
 DP (common/privacy/dp.py): every contributor weighs 1 and clips its whole update to dp-clip before encoding (in
 a range derived from dp-clip and the noise, FedConfig.secagg_encoding_range, so that no noise is clipped);
 central mode adds N(0, (sigma*C)^2) to each unmasked bank sum; distributed mode has clients add their shares
-before masking, and a bank whose surviving cohort is below its t is not unmasked.
+before masking, and a vector whose surviving members are below its t (hidden: the global bank's t) is never
+unmasked: its members withhold its self-mask shares (the server's view of it stays uniform noise).
 """
 
 from __future__ import annotations
@@ -44,9 +47,9 @@ from flwr.serverapp import Grid
 
 from common.federation.records import message_bytes
 from common.names import GLOBAL, bank_of
-from common.privacy.dp import DISTRIBUTED, DPConfig, central_noise, enough_shares, noise_shares
+from common.privacy.dp import DISTRIBUTED, DPConfig, central_noise, noise_shares
 from common.protocol import ARRAYS, CONFIG, FedConfig, dp_shares_key
-from common.secagg.client import ADVERTISE, MASK, SHARE, UNMASK
+from common.secagg.client import ADVERTISE, CONSISTENCY, MASK, SHARE, UNMASK
 from common.secagg.errors import ProtocolError, SecAggAbort, StaleMessage
 from common.secagg.fixedpoint import FixedPoint
 from common.secagg.layout import (
@@ -87,12 +90,13 @@ class SecureSettings:
     degree: int
     min_segment_clients: int
     dp: DPConfig | None = None
+    identities: bool = False
 
     @classmethod
     def from_config(cls, cfg: FedConfig) -> SecureSettings:
         return cls(cfg.secure_aggregation, cfg.secagg_bits, cfg.secagg_encoding_range, cfg.secagg_max_weight,
                    cfg.secagg_threshold_fraction, cfg.secagg_degree, cfg.min_segment_clients,
-                   cfg.dp if cfg.dp.enabled else None)
+                   cfg.dp if cfg.dp.enabled else None, bool(cfg.secagg_identities))
 
     def fixed_point(self, cohort: int) -> FixedPoint:
         return FixedPoint(self.bits, self.clip, self.max_weight, cohort)
@@ -173,19 +177,19 @@ class SecureRound:
             cohort = hidden_view(cohort, strategy)
         messages, sent = strategy.train_messages(cohort, hp, rnd)
         layouts = bank_layouts({k: v for arrays in sent.values() for k, v in arrays.items()})
-        spec = self._spec(sent, layouts, rnd, run_id)
         shares = self._noise_shares(sent)
+        spec = self._spec(sent, layouts, rnd, run_id, shares)
         train = [self._advertise_message(m, len(cohort), rnd, shares) for m in messages]
         stats.sampled = len(cohort)
         info: dict[str, Any] = {"secure_aggregation": mode, "secagg_aborted": ""}
         try:
             server = self._protocol(spec, train, rnd)
             stats.replied = len(server.masked)
-            released = self._releasable(server, shares)
+            released = server.released()
             uploads = {n: len(set(server.cohorts[n]) & set(server.masked)) for n in released}
             agg = self._aggregate(strategy, layouts, server.totals(released), len(cohort), shares, uploads)
-            agg.fallback += sorted(set(spec.vectors) - set(server.cohorts) - {HIDDEN_VECTOR})
-            agg.noise_short = sorted({*agg.noise_short, *(set(server.cohorts) - set(released))})
+            for name in sorted(set(spec.vectors) - set(released)):
+                self._held_back(agg, server, spec, name, layouts, shares)
         except SecAggAbort as exc:
             log.warning("secure round %d aborted, banks unchanged: %s", rnd, exc)
             info["secagg_aborted"] = str(exc)
@@ -203,8 +207,20 @@ class SecureRound:
                      "secagg_vector_words": int(sum(length for _, length in spec.vectors.values()))})
         return info
 
-    def _spec(self, sent: Mapping[int, Arrays], layouts: Mapping[str, BankLayout], rnd: int, run_id: int
-              ) -> RoundSpec:
+    def _held_back(self, agg: BankAggregate, server: SecAggServer, spec: RoundSpec, name: str,
+                   layouts: Mapping[str, BankLayout], shares: Mapping[str, int]) -> None:
+        """A vector not unmasked: its banks are short of noise when its survivors are below the bank's t,
+        otherwise held back as below min-segment-clients (or with a disconnected mask graph)."""
+        survivors = len(set(spec.vectors[name][0]) & set(server.masked))
+        banks = sorted(layouts) if name == HIDDEN_VECTOR else [name]
+        for bank in banks:
+            short = survivors < shares.get(GLOBAL if name == HIDDEN_VECTOR else bank, 0)
+            target = agg.noise_short if short else agg.fallback
+            if bank not in target:
+                target.append(bank)
+
+    def _spec(self, sent: Mapping[int, Arrays], layouts: Mapping[str, BankLayout], rnd: int, run_id: int,
+              shares: Mapping[str, int]) -> RoundSpec:
         nodes = tuple(sorted(sent))
         if self.settings.mode == SEGMENT:
             members: dict[str, list[int]] = {}
@@ -214,8 +230,11 @@ class SecureRound:
             vectors = {b: (tuple(sorted(m)), layouts[b].length) for b, m in members.items()}
         else:
             vectors = {HIDDEN_VECTOR: (nodes, sum(lay.length for lay in layouts.values()))}
+        floors = dict(shares) if self.settings.mode == SEGMENT else {HIDDEN_VECTOR: shares.get(GLOBAL, 0)}
         return RoundSpec(run_id, rnd, nodes, vectors, self.settings.bits, self.settings.threshold_fraction,
-                         self.settings.degree, min_members=self.settings.min_segment_clients, exempt=(GLOBAL,))
+                         self.settings.degree, min_members=self.settings.min_segment_clients,
+                         exempt=(GLOBAL, HIDDEN_VECTOR), floors=floors if shares else {},
+                         identities=self.settings.identities)
 
     def _noise_shares(self, sent: Mapping[int, Arrays]) -> dict[str, int]:
         """Distributed DP: t per bank (common/privacy/dp.py noise_shares over the bank's sampled holders). In
@@ -240,16 +259,18 @@ class SecureRound:
         return Message(content, msg.metadata.dst_node_id, MessageType.TRAIN, group_id=group_id(rnd, ADVERTISE))
 
     def _protocol(self, spec: RoundSpec, train: list[Message], rnd: int) -> SecAggServer:
-        """The four stages; returns the server state after unmask (SecAggAbort below the threshold)."""
+        """The stages; returns the server state after unmask (SecAggAbort below the threshold)."""
         server = SecAggServer(spec)
         keys = self._payloads(self._exchange(train, ADVERTISE, rnd), ADVERTISE, rnd)
-        requests = server.receive_keys(keys)
         share_requests = {}
-        for node, r in requests.items():
+        for node, r in server.receive_keys(keys).items():
             ids = sorted(r["roster"])
-            share_requests[node] = {"roster-ids": ids, "roster-c": [r["roster"][i][0] for i in ids],
-                                    "roster-s": [r["roster"][i][1] for i in ids], "neighbours": r["neighbours"],
-                                    "threshold": r["threshold"]}
+            roster = [r["roster"][i] for i in ids]
+            share_requests[node] = {"roster-ids": ids, "roster-c": [a.c_pk for a in roster],
+                                    "roster-s": [a.s_pk for a in roster], "roster-commit": [a.b_commit for a in roster],
+                                    "roster-id": [a.id_pk for a in roster], "roster-sig": [a.signature for a in roster],
+                                    "vector-names": sorted(r["vectors"]),
+                                    **{COHORT_PREFIX + name: m for name, m in r["vectors"].items()}}
         replies = self._payloads(self._exchange(self._query(share_requests, SHARE, rnd), SHARE, rnd), SHARE, rnd)
         shares = {}
         for node, p in replies.items():
@@ -268,32 +289,33 @@ class SecureRound:
         for node, msg in self._exchange(self._query(mask_requests, MASK, rnd), MASK, rnd).items():
             try:
                 read_config(msg.content.config_records.get(CONFIG, ConfigRecord()), MASK, rnd, "reply")
-                if ARRAYS not in msg.content.array_records:
-                    raise ProtocolError("masked-input reply has no arrays")
-                masked[node] = read_vectors(msg.content.array_records[ARRAYS], server.expected_vectors(node))
+                arrays: Mapping[str, Any] = msg.content.array_records.get(ARRAYS, {})
+                masked[node] = read_vectors(arrays, server.expected_vectors(node))
             except ProtocolError as exc:
                 self.traffic.rejected["foreign-round" if isinstance(exc, StaleMessage) else "malformed"] += 1
                 log.warning("secure round %d: node %d masked input rejected (%s)", rnd, node, exc)
-        unmask_requests = server.receive_masked(masked)
+        next_requests = server.receive_masked(masked)
+        if spec.identities:  # every survivor signs the list; the unmask request carries all the signatures
+            asked = {n: {"survivors": r["survivors"]} for n, r in next_requests.items()}
+            signed = self._payloads(self._exchange(self._query(asked, CONSISTENCY, rnd), CONSISTENCY, rnd),
+                                    CONSISTENCY, rnd)
+            unmask_requests = {}
+            for node, r in server.receive_signatures({n: p["signature"] for n, p in signed.items()}).items():
+                signers = sorted(r["signatures"])
+                unmask_requests[node] = {"survivors": r["survivors"], "dropped": r["dropped"], "signers": signers,
+                                         "signatures": [r["signatures"][s] for s in signers]}
+        else:
+            unmask_requests = {n: {**r, "signers": [], "signatures": []} for n, r in next_requests.items()}
         revealed = {}
         for node, p in self._payloads(self._exchange(self._query(unmask_requests, UNMASK, rnd), UNMASK, rnd),
                                       UNMASK, rnd).items():
-            if len(p["owners"]) == len(p["shares"]):
-                revealed[node] = dict(zip(p["owners"], p["shares"], strict=True))
+            if len(p["owners"]) == len(p["names"]) == len(p["shares"]):
+                revealed[node] = dict(zip(zip(p["owners"], p["names"], strict=True), p["shares"], strict=True))
             else:
                 self.traffic.rejected["malformed"] += 1
         server.receive_unmask(revealed)
         self.traffic.rejected.update(server.rejected)
         return server
-
-    def _releasable(self, server: SecAggServer, shares: Mapping[str, int]) -> list[str]:
-        """Vectors to unmask: with distributed DP (segment mode), only banks whose surviving cohort carries
-        its t noise shares (hidden mode: t = min-segment-clients, enforced on the contributor count)."""
-        dp = self.settings.dp
-        names = sorted(server.cohorts)
-        if dp is None or dp.mode != DISTRIBUTED or self.settings.mode != SEGMENT:
-            return names
-        return [n for n in names if enough_shares(len(set(server.cohorts[n]) & set(server.masked)), shares[n])]
 
     def _aggregate(self, strategy: AdapterBankStrategy, layouts: Mapping[str, BankLayout],
                    totals: Mapping[str, np.ndarray], cohort: int, shares: Mapping[str, int],
@@ -304,7 +326,7 @@ class SecureRound:
         clients whose vector went into each sum) is not applied and counts as rejected "implausible-sum"."""
         fixed = self.settings.fixed_point(cohort)
         decoded = {name: fixed.decode(total) for name, total in totals.items()}
-        sums = split_totals(self.settings.mode, layouts, decoded)
+        sums = split_totals(self.settings.mode, layouts, decoded) if decoded else {}  # hidden: withheld
         agg = BankAggregate()
         for bank, bank_sum in sorted(sums.items()):
             uploaded = uploads.get(HIDDEN_VECTOR, uploads.get(bank, 0))

@@ -5,8 +5,13 @@ Why and what is summed: common/secagg/evaluation.py. The round is the training r
 banks to evaluate, as plain evaluation does; each client evaluates, keeps its encoded rows and replies with keys
 only (client/secure_eval.py). After unmask the server decodes one sum per row: OVERALL over every surviving
 client, and in segment mode one per segment over its registered members, a row with fewer than
-max(2, min-segment-clients) members being neither uploaded nor learned. Fewer evaluation clients than that, or
-an aborted round, gives a metrics line without evaluation figures and `secagg_eval_aborted` saying why.
+max(2, min-segment-clients) members being neither uploaded nor learned: the clients check it against their own
+configuration (client/secure_eval.py `eval_rules`) at masked input, and at unmask withhold the self-mask shares of
+a row whose members dropped below it after upload. The round is SecAgg+ with everything the training round has
+against a server that cheats: per-row mask graphs and self-mask seeds, and under secagg-identities signed key
+advertisements and the consistency stage (signatures naming the evaluation, so none is valid in training).
+Fewer evaluation clients than that, or an aborted round, gives a metrics line without evaluation figures and
+`secagg_eval_aborted` saying why.
 
 What it does not hide: the evaluation cohort and who dropped out (as for training), and the sums themselves: they
 carry no DP noise and are not counted in epsilon (README, Privacy). A server that deviates from the protocol,
@@ -60,7 +65,8 @@ class SecureEvaluation(SecureRound):
                 members.setdefault(name, []).append(client.node_id)
         nodes = tuple(sorted(c.node_id for c in cohort))
         spec = RoundSpec(run_id, rnd, nodes, {n: (tuple(sorted(m)), len(ROW)) for n, m in members.items()},
-                         EVAL_BITS, self.settings.threshold_fraction, self.settings.degree, min_members=minimum)
+                         EVAL_BITS, self.settings.threshold_fraction, self.settings.degree, min_members=minimum,
+                         identities=self.settings.identities)
         messages = [self._advertise(m, len(cohort), rnd) for m in strategy.evaluate_messages(cohort, rnd)]
         try:
             server = self._protocol(spec, messages, rnd)

@@ -88,7 +88,8 @@ def _updates(clients: int, seed: int = 0) -> list[ClientUpdate]:
 def test_segment_inference_on_plain_deltas_beats_chance_and_on_masked_vectors_does_not() -> None:
     """The classifier reads the region from plain global deltas; from the masked words the server receives in
     SecAgg+ rounds (segment-visible and segment-hidden) it is at chance, the words look uniform, and the
-    unmasked sums are exact. The vector names give the segment away only in segment-visible mode."""
+    unmasked sums are exact. The vector names give the segment away only in segment-visible mode (and only for
+    banks with at least 2 members in the cohort: a lone member's bank is not uploaded)."""
     # Prepare
     updates = _updates(30)
     labels = [u.segments[0].split("=")[1] for u in updates]
@@ -108,7 +109,9 @@ def test_segment_inference_on_plain_deltas_beats_chance_and_on_masked_vectors_do
         assert error < 1e-9, mode
         words = np.concatenate([masked_global(r, mode, layouts) for r in received])
         assert 0.45 < words.mean() < 0.55 and words.std() == pytest.approx(np.sqrt(1 / 12), rel=0.05)
-    assert by_protocol([list(r) for r in views[SEGMENT][0]], labels) == 1.0
+    # segment-visible: every uploaded region vector names its bank; a client alone with its region in a cohort
+    # uploads none (a bank with one member is never summed), so the share is below 1 but far above chance
+    assert 0.8 <= by_protocol([list(r) for r in views[SEGMENT][0]], labels) < 1.0
     assert by_protocol([list(r) for r in views[SEGMENT_HIDDEN][0]], labels) == 0.0
 
 

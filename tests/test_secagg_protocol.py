@@ -93,12 +93,12 @@ def test_malformed_replies_are_rejected_and_the_round_goes_on() -> None:
     server = SecAggServer(spec)
     states, keys = {}, {}
     for node in spec.cohort:
-        states[node], keys[node] = client.advertise(node, spec.run_id, spec.server_round)
+        states[node], keys[node] = client.advertise(node, spec.run_id, spec.server_round, ["v"])
     keys[spec.cohort[0]] = {**keys[spec.cohort[0]], "c-pk": b"short"}
     keys[999] = dict(keys[spec.cohort[1]])  # a stranger replaying someone's keys
     # Execute
     requests = server.receive_keys(keys)
-    shares = {n: client.share_keys(states[n], 3, r["roster"], r["neighbours"], r["threshold"])
+    shares = {n: client.share_keys(states[n], 3, r["roster"], r["vectors"], spec.rules)
               for n, r in requests.items()}
     requests = server.receive_shares(shares)
     masked = {n: client.masked_input(states[n], 3, r["ciphertexts"], r["u2"], {"v": fixed.encode(values[n])},
@@ -120,10 +120,11 @@ def test_replayed_or_foreign_round_share_is_refused() -> None:
     stage-3 request for another round is refused before anything is decrypted."""
     # Prepare: round 3 delivers a ciphertext; round 4 reuses the same state
     spec, _, _ = _round(n=3)
-    states = {n: client.advertise(n, spec.run_id, 3)[0] for n in spec.cohort}
-    roster = {n: (crypto.public_key(s.c_sk), crypto.public_key(s.s_sk)) for n, s in states.items()}
+    adverts = {n: client.advertise(n, spec.run_id, 3, ["v"]) for n in spec.cohort}
+    states = {n: state for n, (state, _) in adverts.items()}
+    roster = {n: client.Advert(r["c-pk"], r["s-pk"], r["b-commit"]) for n, (_, r) in adverts.items()}
     a, b, c = spec.cohort
-    blob = client.share_keys(states[a], 3, roster, [b, c], 2)[b]
+    blob = client.share_keys(states[a], 3, roster, {"v": [a, b, c]}, spec.rules)[b]
     key = crypto.agree(states[b].c_sk, roster[a][0], client.round_salt(spec.run_id, 3), b"share-transport")
     # Execute / Assert
     assert crypto.decrypt(key, blob, client.associated_data(spec.run_id, 3, client.SHARE, a, b))
@@ -131,7 +132,7 @@ def test_replayed_or_foreign_round_share_is_refused() -> None:
         crypto.decrypt(key, blob, client.associated_data(spec.run_id, 4, client.SHARE, a, b))
     with pytest.raises(ProtocolError, match="failed authentication"):
         crypto.decrypt(key, blob, client.associated_data(spec.run_id, 3, client.SHARE, c, b))
-    client.share_keys(states[b], 3, roster, [a, c], 2)
+    client.share_keys(states[b], 3, roster, {"v": [a, b, c]}, spec.rules)
     with pytest.raises(ProtocolError, match="round 4"):
         client.masked_input(states[b], 4, {a: blob}, [a, b, c], {}, {}, 64)
 
@@ -151,10 +152,11 @@ def test_client_never_reveals_both_shares_of_one_client() -> None:
 def test_state_round_trips_through_a_record() -> None:
     """What the Flower shell stores in context.state gives the same client back."""
     spec, _, _ = _round(n=3)
-    states = {n: client.advertise(n, spec.run_id, 3)[0] for n in spec.cohort}
-    roster = {n: (crypto.public_key(s.c_sk), crypto.public_key(s.s_sk)) for n, s in states.items()}
+    adverts = {n: client.advertise(n, spec.run_id, 3, ["v"]) for n in spec.cohort}
+    roster = {n: client.Advert(r["c-pk"], r["s-pk"], r["b-commit"]) for n, (_, r) in adverts.items()}
     first = spec.cohort[0]
-    client.share_keys(states[first], 3, roster, list(spec.cohort[1:]), 2)
+    states = {n: state for n, (state, _) in adverts.items()}
+    client.share_keys(states[first], 3, roster, {"v": list(spec.cohort)}, spec.rules)
     assert client.ClientState.from_record(states[first].to_record()) == states[first]
 
 

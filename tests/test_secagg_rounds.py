@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,8 @@ from client import secure as client_secure
 from common.names import GLOBAL, bank_of
 from common.privacy.dp import CENTRAL, DISTRIBUTED, DPConfig
 from common.protocol import CONFIG, FedConfig, RoundHParams
-from common.secagg.client import ADVERTISE, MASK, SHARE, STAGES, UNMASK
+from common.secagg.client import ADVERTISE, CONSISTENCY, MASK, SHARE, STAGES, UNMASK
+from common.secagg.identity import enrol, load_identity, write_registry
 from common.secagg.layout import SEGMENT, SEGMENT_HIDDEN
 from server.aggregate import aggregate_banks, apply_delta, dp_aggregate_banks
 from server.clients import ClientInfo
@@ -40,27 +42,31 @@ def _delta(node: int, keys: list[str]) -> tuple[dict[str, np.ndarray], dict[str,
     return delta, counts
 
 
-def _app(cfg: FedConfig) -> ClientApp:
+def _app(cfg: FedConfig, identities: dict[int, bytes] | None = None) -> ClientApp:
     app = ClientApp()
+    keys = identities or {}
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         node = msg.metadata.dst_node_id
         return client_secure.train_and_advertise(msg, context, cfg, {GLOBAL, SEGMENTS[node]},
-                                                 lambda sent, hp: _delta(node, list(sent)))
+                                                 lambda sent, hp: _delta(node, list(sent)), keys.get(node))
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
-        return client_secure.answer_stage(msg, context, cfg)
+        return client_secure.answer_stage(msg, context, cfg, keys.get(msg.metadata.dst_node_id))
 
     return app
 
 
 def _round(mode: str, nodes: list[int], intercept: Intercept | None = None, min_segment_clients: int = 2,
-           **dp: object) -> tuple[AdapterBankStrategy, dict[str, object], RoundStats, InProcessGrid]:
+           registry: Path | None = None, **dp: object
+           ) -> tuple[AdapterBankStrategy, dict[str, object], RoundStats, InProcessGrid]:
     set_task_identity()
-    cfg = FedConfig(secure_aggregation=mode, min_segment_clients=min_segment_clients, **dp)  # type: ignore[arg-type]
-    grid = InProcessGrid(_app(cfg), {n: {} for n in nodes}, cfg.to_run_config(), intercept=intercept)
+    cfg = FedConfig(secure_aggregation=mode, min_segment_clients=min_segment_clients,  # type: ignore[arg-type]
+                    secagg_identities=str(registry or ""), **dp)
+    identities = {n: load_identity(registry.parent / "state", n) for n in nodes} if registry else None
+    grid = InProcessGrid(_app(cfg, identities), {n: {} for n in nodes}, cfg.to_run_config(), intercept=intercept)
     strategy = AdapterBankStrategy(copy.deepcopy(BANKS), ServerOptimizer(OptimizerConfig("fedavg", 1.0)),
                                    ValidationConfig(), min_segment_clients)  # the secure path brings its own DP
     known = (EU, NA) if mode == SEGMENT else ()  # hidden: the server knows no client's segment
@@ -264,3 +270,86 @@ def test_a_single_sampled_client_never_runs_a_secure_round() -> None:
     strategy, info, _, grid = _round(SEGMENT, [1])
     assert "fewer than 2" in str(info["secagg_aborted"]) and not grid.sent
     _assert_banks(strategy, BANKS)
+
+
+def _registry(tmp_path: Path, nodes: list[int]) -> Path:
+    """Enrol every node (node id = partition id here) in tmp_path/state and write their registry."""
+    return write_registry(tmp_path / "secagg-identities.json", {n: enrol(tmp_path / "state", n) for n in nodes})
+
+
+@pytest.mark.parametrize("mode", [SEGMENT, SEGMENT_HIDDEN])
+def test_identities_round_signs_checks_and_matches_the_plain_means(tmp_path: Path, mode: str) -> None:
+    """With secagg-identities the round runs the consistency stage and ends with the plain means."""
+    nodes = list(range(1, 7))
+    strategy, info, stats, grid = _round(mode, nodes, registry=_registry(tmp_path, nodes))
+    assert info["secagg_aborted"] == "" and stats.rejected == 0
+    assert sum(m.metadata.group_id.endswith(CONSISTENCY) for m in grid.sent) == 6
+    _assert_banks(strategy, _plain(nodes))
+
+
+def test_identities_a_substituted_key_aborts_the_round(tmp_path: Path) -> None:
+    """The keys node 3 advertised are replaced on their way (as a server substituting them would): every peer
+    refuses to share secrets with an error naming node 3, the round aborts and no bank moves."""
+    nodes = list(range(1, 7))
+
+    def substitute(msg: Message, reply: Message) -> list[Message]:
+        if msg.metadata.dst_node_id == 3 and msg.metadata.group_id.endswith(ADVERTISE):
+            return [_with_config(msg, reply, **{"c-pk": bytes(32 * [7])})]
+        return [reply]
+
+    strategy, info, stats, _ = _round(SEGMENT, nodes, substitute, registry=_registry(tmp_path, nodes))
+    assert "fewer than the threshold" in str(info["secagg_aborted"])
+    _assert_banks(strategy, BANKS)
+    assert strategy.served == set()
+
+
+def test_node_without_an_identity_key_refuses_a_run_with_identities(tmp_path: Path) -> None:
+    """A node that was not enrolled cannot take part (its error names the missing key file)."""
+    registry = _registry(tmp_path, [1, 2])
+    cfg = FedConfig(secure_aggregation=SEGMENT, secagg_identities=str(registry),
+                    client_state_dir=str(tmp_path / "state"))
+    assert client_secure.node_identity(cfg, 1) == load_identity(tmp_path / "state", 1)
+    with pytest.raises(ValueError, match="partition-3.*not enrolled"):
+        client_secure.node_identity(cfg, 3)
+
+
+def test_simulation_enrols_every_partition_and_names_the_registry(tmp_path: Path) -> None:
+    """`fedadapt simulate` with secure aggregation: the run config names RUN/secagg-identities.json, and
+    enrolment draws one key per partition in the clients' state folder (kept across runs) and registers
+    exactly their public halves; without secure aggregation nothing is enrolled."""
+    from common.secagg.identity import load_registry, public_half
+    from simulations.runner.run import SimOptions, enrol_clients, run_config
+
+    opts = SimOptions(out=tmp_path / "run", clients=3, config={"secure-aggregation": SEGMENT,
+                                                               "client-state-dir": str(tmp_path / "state")})
+    cfg = run_config(opts, tmp_path / "data")
+    assert cfg.secagg_identities == str((tmp_path / "run" / "secagg-identities.json").resolve())
+    (tmp_path / "run").mkdir()
+    enrol_clients(cfg, 3)
+    keys = {pid: load_identity(tmp_path / "state", pid) for pid in range(3)}
+    assert load_registry(cfg.secagg_identities) == {public_half(k) for k in keys.values()}
+    enrol_clients(cfg, 3)  # a second run keeps each client's key
+    assert {pid: load_identity(tmp_path / "state", pid) for pid in range(3)} == keys
+    assert not run_config(SimOptions(out=tmp_path / "plain"), tmp_path / "data").secagg_identities
+
+
+def test_a_bank_left_with_one_survivor_is_withheld_through_flower_messages() -> None:
+    """Segment mode over the real handlers (issue 23, leak 1): among nodes 1, 2, 4, 5, 6 only 1 and 2 hold EU,
+    and 2 falls silent after sharing keys. No unmask reply carries a share of EU's seeds (1 withholds them), EU is
+    held back, and the other banks are the plain means of the survivors."""
+    nodes = [1, 2, 4, 5, 6]
+    unmask_replies: list[Message] = []
+
+    def drop_2_keep_unmask(msg: Message, reply: Message) -> list[Message]:
+        if msg.metadata.dst_node_id == 2 and msg.metadata.group_id.endswith(MASK):
+            return []
+        if msg.metadata.group_id.endswith(UNMASK):
+            unmask_replies.append(reply)
+        return [reply]
+
+    strategy, info, stats, _ = _round(SEGMENT, nodes, drop_2_keep_unmask)
+    assert info["secagg_aborted"] == "" and unmask_replies
+    assert all(EU not in r.content.config_records[CONFIG]["names"] for r in unmask_replies)
+    assert EU in stats.fallback and EU not in strategy.served
+    survivors = [1, 4, 5, 6]
+    _assert_banks(strategy, {b: v for b, v in _plain(survivors).items() if b != EU} | {EU: BANKS[EU]})

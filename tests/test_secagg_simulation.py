@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow  # starts real Flower processes (`make check` leav
 
 CLIENTS = 3
 ROUNDS = 2
-OVERRIDES = {"min-segment-clients": 1, "lr": 0.005, "batch-size": 8}
+OVERRIDES = {"min-segment-clients": 2, "lr": 0.005, "batch-size": 8}  # secure aggregation needs >= 2
 MODES = ("segment", "segment-hidden")
 
 

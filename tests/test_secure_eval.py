@@ -14,7 +14,8 @@ serialized), with a stand-in evaluator whose metrics depend on the banks a clien
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +26,9 @@ from client import secure as client_secure
 from client import secure_eval
 from common.names import GLOBAL, OVERALL, bank_of
 from common.protocol import EVAL_METRICS, EVAL_USERS, METRICS, FedConfig, metric_key
+from common.secagg.client import ADVERTISE, CONSISTENCY, MASK, SHARE, UNMASK
 from common.secagg.evaluation import eval_fixed_point
+from common.secagg.identity import enrol, load_identity, write_registry
 from common.secagg.layout import SEGMENT, SEGMENT_HIDDEN
 from server.clients import ClientInfo
 from server.optimizer import OptimizerConfig, ServerOptimizer
@@ -54,18 +57,19 @@ def _sums(node: int, banks: Mapping[str, np.ndarray]) -> dict[str, float]:
     return out
 
 
-def _app(cfg: FedConfig) -> ClientApp:
+def _app(cfg: FedConfig, identities: Mapping[int, bytes] | None = None) -> ClientApp:
     app = ClientApp()
+    keys = identities or {}
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         node = msg.metadata.dst_node_id
         return secure_eval.evaluate_and_advertise(msg, context, cfg, {GLOBAL, SEGMENTS[node]}, [SEGMENTS[node]],
-                                                  lambda banks: _sums(node, banks))
+                                                  lambda banks: _sums(node, banks), keys.get(node))
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
-        return client_secure.answer_stage(msg, context, cfg)
+        return client_secure.answer_stage(msg, context, cfg, keys.get(msg.metadata.dst_node_id))
 
     return app
 
@@ -81,16 +85,23 @@ class Curious(AdapterBankStrategy):
 
 
 def _evaluate(mode: str, nodes: list[int], strategy_cls: type[AdapterBankStrategy] = AdapterBankStrategy,
-              min_segment_clients: int = 2) -> tuple[dict[str, object], list[Message]]:
+              min_segment_clients: int = 2, registry: Path | None = None,
+              drop: Callable[[Message], bool] = lambda msg: False) -> tuple[dict[str, object], list[Message]]:
+    """One secure evaluation over the in-process grid; `replies`: every reply the server got; `drop(request)`:
+    lose the reply to that request; `registry`: run with secagg-identities (keys in registry.parent/state)."""
     set_task_identity()
-    cfg = FedConfig(secure_aggregation=mode, min_segment_clients=min_segment_clients)
+    cfg = FedConfig(secure_aggregation=mode, min_segment_clients=min_segment_clients,
+                    secagg_identities=str(registry or ""))
+    identities = {n: load_identity(registry.parent / "state", n) for n in nodes} if registry else None
     replies: list[Message] = []
 
     def keep(msg: Message, reply: Message) -> list[Message]:
+        if drop(msg):
+            return []
         replies.append(reply)
         return [reply]
 
-    grid = InProcessGrid(_app(cfg), {n: {} for n in nodes}, cfg.to_run_config(), intercept=keep)
+    grid = InProcessGrid(_app(cfg, identities), {n: {} for n in nodes}, cfg.to_run_config(), intercept=keep)
     strategy = strategy_cls(copy.deepcopy(BANKS), ServerOptimizer(OptimizerConfig("fedavg", 1.0)), ValidationConfig(),
                             min_segment_clients, served=(EU, NA))
     cohort = [ClientInfo(n, n, (SEGMENTS[n],) if mode == SEGMENT else (), {GLOBAL: 1}, 10 + n) for n in nodes]
@@ -164,3 +175,90 @@ def test_a_plain_evaluate_message_is_refused_in_a_secure_run() -> None:
     msg = strategy.evaluate_messages([ClientInfo(1, 1, (EU,), {GLOBAL: 1}, 11)], 1)
     (reply,) = grid.send_and_receive(msg)
     assert reply.has_error() and "no evaluation sums are sent in the clear" in reply.error.reason
+
+
+def _registry(tmp_path: Path, nodes: list[int]) -> Path:
+    """Enrol every node (node id = partition id here) in tmp_path/state and write their registry."""
+    return write_registry(tmp_path / "secagg-identities.json", {n: enrol(tmp_path / "state", n) for n in nodes})
+
+
+def _stage(msg: Message) -> str:
+    """The secure stage a request or reply belongs to (its group id ends with it)."""
+    return next((s for s in (ADVERTISE, SHARE, MASK, CONSISTENCY, UNMASK) if msg.metadata.group_id.endswith(s)), "")
+
+
+def test_with_identities_the_evaluation_round_signs_and_checks_consistency(tmp_path: Path) -> None:
+    """secagg-identities reaches evaluation too: every client signs its advertisement and the survivor list, and
+    the round gives the same sums as without identities."""
+    nodes = sorted(SEGMENTS)
+    result, replies = _evaluate(SEGMENT, nodes, registry=_registry(tmp_path, nodes))
+    plain, _ = _evaluate(SEGMENT, nodes)
+    assert result["secagg_eval_aborted"] == "" and result["eval_clients"] == len(nodes)
+    assert sum(_stage(r) == CONSISTENCY for r in replies) == len(nodes)
+    adverts = [r for r in replies if _stage(r) == ADVERTISE]
+    assert len(adverts) == len(nodes) and all(len(r.content.config_records["config"]["signature"]) == 64
+                                              for r in adverts)
+    assert result["users"] == plain["users"] and result["segments"] == plain["segments"]
+
+
+def test_an_evaluation_key_substitution_aborts_with_no_sum(tmp_path: Path) -> None:
+    """A server that replaces node 3's advertised keys in the evaluation round: the peers refuse to share secrets
+    (the signature does not verify), the round aborts and no evaluation figure is learned."""
+    nodes = sorted(SEGMENTS)
+    registry = _registry(tmp_path, nodes)
+    set_task_identity()
+    cfg = FedConfig(secure_aggregation=SEGMENT, secagg_identities=str(registry))
+    identities = {n: load_identity(tmp_path / "state", n) for n in nodes}
+    refusals: list[str] = []
+
+    def substitute(msg: Message, reply: Message) -> list[Message]:
+        if msg.metadata.dst_node_id == 3 and _stage(msg) == ADVERTISE:
+            reply.content.config_records["config"]["c-pk"] = bytes(32 * [7])
+        if reply.has_error() and _stage(msg) == SHARE and msg.metadata.dst_node_id != 3:
+            refusals.append(reply.error.reason)
+        return [reply]
+
+    grid = InProcessGrid(_app(cfg, identities), {n: {} for n in nodes}, cfg.to_run_config(), intercept=substitute)
+    strategy = AdapterBankStrategy(copy.deepcopy(BANKS), ServerOptimizer(OptimizerConfig("fedavg", 1.0)),
+                                   ValidationConfig(), 2, served=(EU, NA))
+    cohort = [ClientInfo(n, n, (SEGMENTS[n],), {GLOBAL: 1}, 10 + n) for n in nodes]
+    result = SecureEvaluation(grid, cfg, 60.0).evaluate(strategy, cohort, 1, 1)
+    assert "fewer than the threshold" in str(result["secagg_eval_aborted"]) and result["eval_clients"] == 0
+    assert "users" not in result
+    assert len(refusals) == len(nodes) - 1 and all("node 3" in r and "substituted" in r for r in refusals)
+
+
+def test_an_evaluation_row_left_with_one_survivor_is_withheld_by_its_member() -> None:
+    """The unmask floor holds in evaluation (issue 23, leak 1 on the evaluation rows): EU's members are 1 and 3,
+    and 3's masked input is lost after it uploaded. Node 1 withholds its EU self-mask share (no unmask reply
+    names EU), so the server learns the OVERALL and NA rows only, never node 1's own EU row."""
+    nodes = [1, 2, 3, 4]  # EU: 1, 3; NA: 2, 4
+    result, replies = _evaluate(SEGMENT, nodes, drop=lambda m: m.metadata.dst_node_id == 3 and _stage(m) == MASK)
+    unmasked = [r for r in replies if _stage(r) == UNMASK]
+    assert unmasked and all(EU not in r.content.config_records["config"]["names"] for r in unmasked)
+    assert sorted(result["segments"]) == [NA]  # type: ignore[call-overload]
+    assert result["eval_clients"] == 3 and result["secagg_eval_aborted"] == ""
+
+
+def test_clients_hold_evaluation_rows_to_their_own_minimum_not_the_servers() -> None:
+    """A server that claims min-segment-clients 2 while the clients' own configuration says 3 asks for the EU
+    and NA rows of 2 members each: no client uploads them (`eval_rules` comes from the client's config), so the
+    server learns neither row."""
+    nodes = [1, 2, 3, 4]  # EU: 1, 3; NA: 2, 4
+    set_task_identity()
+    clients_cfg = FedConfig(secure_aggregation=SEGMENT, min_segment_clients=3)
+    server_cfg = FedConfig(secure_aggregation=SEGMENT, min_segment_clients=2)
+    replies: list[Message] = []
+
+    def keep(msg: Message, reply: Message) -> list[Message]:
+        replies.append(reply)
+        return [reply]
+
+    grid = InProcessGrid(_app(clients_cfg), {n: {} for n in nodes}, clients_cfg.to_run_config(), intercept=keep)
+    strategy = AdapterBankStrategy(copy.deepcopy(BANKS), ServerOptimizer(OptimizerConfig("fedavg", 1.0)),
+                                   ValidationConfig(), 2, served=(EU, NA))
+    cohort = [ClientInfo(n, n, (SEGMENTS[n],), {GLOBAL: 1}, 10 + n) for n in nodes]
+    result = SecureEvaluation(grid, server_cfg, 60.0).evaluate(strategy, cohort, 1, 1)
+    uploaded = {name for r in replies for name in r.content.array_records.get("arrays", {}).keys()}
+    assert not uploaded & {EU, NA}
+    assert not result.get("segments")

@@ -46,6 +46,8 @@ def _simulate(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int,
     (["--segments", "region,regoin"], "segment key 'regoin' (--segments) is neither a column of the users table "
                                       "(region, age_band) nor one of season"),
     (["--clients", "500"], "--clients 500 is more than the 160 users in the data"),
+    (["--secure-aggregation", "segment", "--set", "min-segment-clients=1"],
+     "min-segment-clients=1 with secure-aggregation=segment: a bank summed over one client"),
 ])
 def test_bad_options_fail_before_anything_is_written(argv: list[str], named: str, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
@@ -192,3 +194,17 @@ def test_adapter_layers_beyond_the_backbone_are_refused_before_anything_starts(
                              capsys)
     assert code == 2 and "adapter-layers=3: the tiny backbone has only 2 layers" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_smoke_preset_with_secure_aggregation_releases_banks_from_two_clients(tmp_path: Path) -> None:
+    """The smoke preset's min-segment-clients 1 would be refused with secure aggregation: the command raises it
+    to 2 (an explicit --set wins and is then refused by the config)."""
+    from cli.main import build_parser
+    from cli.simulate import options_from_args
+
+    parse = build_parser("simulate").parse_args
+    base = ["simulate", "--preset", "smoke", "--out", str(tmp_path)]
+    assert options_from_args(parse(base)).config["min-segment-clients"] == 1
+    assert options_from_args(parse([*base, "--secure-aggregation", "segment"])).config["min-segment-clients"] == 2
+    explicit = parse([*base, "--secure-aggregation", "segment", "--set", "min-segment-clients=1"])
+    assert options_from_args(explicit).config["min-segment-clients"] == "1"

@@ -7,6 +7,9 @@
 - AES-256-GCM carries the shares; the associated data binds sender, receiver, run, round and stage, so a
   ciphertext replayed from another round, another run or another pair of clients fails authentication.
 - AES-256-CTR over zero bytes is the PRG that expands a 32-byte seed into a mask vector of 64-bit words.
+- Ed25519 signatures under each client's long-lived identity key (common/secagg/identity.py): a client signs
+  its key advertisement and the survivor list it is given, so that a server relaying keys or lists cannot
+  substitute or split them without the peers noticing.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -85,3 +89,28 @@ def prg_words(seed: bytes, length: int) -> np.ndarray:
     encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
     stream = encryptor.update(bytes(8 * length)) + encryptor.finalize()
     return np.frombuffer(stream, dtype="<u8").astype(np.uint64, copy=False)
+
+
+SIGNATURE_BYTES = 64
+
+
+def identity_public_key(private: bytes) -> bytes:
+    """The 32 raw bytes of the Ed25519 public key of a raw 32-byte identity private key."""
+    return Ed25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
+
+
+def sign(private: bytes, message: bytes) -> bytes:
+    """Ed25519 signature (64 bytes) of `message` under a raw identity private key."""
+    return Ed25519PrivateKey.from_private_bytes(private).sign(message)
+
+
+def verify(public: bytes, signature: bytes, message: bytes) -> bool:
+    """Whether `signature` is a valid Ed25519 signature of `message` under `public` (False on any malformed
+    input: a wrong-length key or signature is simply not valid)."""
+    if len(public) != PUBLIC_KEY_BYTES or len(signature) != SIGNATURE_BYTES:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True

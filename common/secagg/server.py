@@ -1,15 +1,19 @@
 """The server side of one SecAgg+ round over plain values (no Flower): it relays, checks and unmasks.
 
 The server never learns a client's input: it sees public keys, ciphertexts it cannot open, masked vectors that
-are uniform in Z_(2^bits), and in the last stage exactly one kind of share per client (b for survivors, the
-s key for clients that dropped after sharing). Reconstruction needs t shares, so it is robust to up to
-holders - t drop-outs per secret at every stage.
+are uniform in Z_(2^bits), and in the last stage exactly one kind of share per client (the b of each released
+vector for survivors, the s key for clients that dropped after sharing). Reconstruction needs t shares, so it
+is robust to up to holders - t drop-outs per secret at every stage. It mirrors the clients' release rule
+(common/secagg/client.py `releasable`): a vector whose surviving members are below its floor, or whose mask
+graph is not connected over them, is withheld (`withheld`), because its members would refuse its shares.
 
 `SecAggServer` moves through the stages with one method each. Each takes the replies of that stage as
 `{node: content}` (already decoded by the Flower shell), rejects the malformed ones with a reason (their
 senders count as dropped), records the survivors U1 ⊇ U2 ⊇ U3 ⊇ U4, and returns the next stage's request per
 node. Fewer than t survivors at any stage, or a secret that cannot be rebuilt, raises SecAggAbort: the caller
-applies nothing from the round. `totals()` returns each named vector's sum over the clients in U3.
+applies nothing from the round. With identities, `receive_masked` asks for the consistency stage first and
+`receive_signatures` relays every survivor's signature to the unmask request. `totals()` returns each
+released vector's sum over its members in U3.
 """
 
 from __future__ import annotations
@@ -24,7 +28,11 @@ import numpy as np
 
 from common.secagg import crypto, shamir
 from common.secagg.client import (
-    CIPHERTEXT_BYTES,
+    S_KEY,
+    Advert,
+    Rules,
+    ciphertext_bytes,
+    commit_digest,
     commitment,
     masks,
     pair_info,
@@ -32,7 +40,7 @@ from common.secagg.client import (
     self_seed,
 )
 from common.secagg.errors import ProtocolError, SecAggAbort
-from common.secagg.graph import neighbour_graph, threshold_for
+from common.secagg.graph import connected, neighbour_graph, threshold_for, vector_graph
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +49,10 @@ log = logging.getLogger(__name__)
 class RoundSpec:
     """One secure round: who is in it, what is summed, and the protocol parameters.
 
-    vectors: name -> (the cohort members who upload it, its length); degree: 0 = complete graph;
-    min_members: a vector (other than those in `exempt`) whose members still in the round after share-keys
-    are fewer is not uploaded at all (its sum would be too few clients' updates; clients check it too)."""
+    vectors: name -> (the cohort members who upload it, its length); degree: 0 = complete graph (per vector);
+    a vector is summed only while its members in the round are at least its floor (`Rules.floor`: at least 2;
+    min_members unless the vector is `exempt`; `floors[name]` when given, e.g. distributed DP's t), which the
+    clients check too; identities: the clients sign their keys and survivor lists (consistency stage)."""
 
     run_id: int
     server_round: int
@@ -52,8 +61,10 @@ class RoundSpec:
     bits: int = 64
     threshold_fraction: float = 0.6
     degree: int = 0
-    min_members: int = 1
+    min_members: int = 2
     exempt: tuple[str, ...] = ()
+    floors: Mapping[str, int] = field(default_factory=dict)
+    identities: bool = False
 
     def __post_init__(self) -> None:
         if len(set(self.cohort)) != len(self.cohort) or len(self.cohort) < 2:
@@ -62,29 +73,38 @@ class RoundSpec:
             if not set(members) <= set(self.cohort) or length < 1:
                 raise ValueError(f"vector {name!r}: members outside the cohort or empty length")
 
+    @property
+    def rules(self) -> Rules:
+        """The rules a client of this round applies (from its own configuration, in a deployment)."""
+        return Rules(self.degree, self.threshold_fraction, self.min_members, self.exempt, dict(self.floors))
 
-@dataclass
-class Keys:
-    c_pk: bytes
-    s_pk: bytes
-    b_commit: bytes
+    def names_of(self, node: int) -> list[str]:
+        """The vectors `node` uploads."""
+        return sorted(name for name, (members, _) in self.vectors.items() if node in members)
 
 
 @dataclass
 class SecAggServer:
     spec: RoundSpec
     rejected: Counter[str] = field(default_factory=Counter)
-    keys: dict[int, Keys] = field(default_factory=dict)  # U1
-    graph: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    keys: dict[int, Advert] = field(default_factory=dict)  # U1
+    commits: dict[int, dict[str, bytes]] = field(default_factory=dict)  # node -> vector -> commitment to its b
+    members: dict[str, tuple[int, ...]] = field(default_factory=dict)  # vectors shared: name -> members in U1
+    graphs: dict[str, dict[int, tuple[int, ...]]] = field(default_factory=dict)
     threshold: int = 0
     ciphertexts: dict[int, dict[int, bytes]] = field(default_factory=dict)  # U2: sender -> receiver -> blob
     masked: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # U3
-    revealed: dict[int, dict[int, bytes]] = field(default_factory=dict)  # U4: holder -> owner -> share
+    signatures: dict[int, bytes] = field(default_factory=dict)  # consistency: survivor -> its signature
+    revealed: dict[int, dict[tuple[int, str], bytes]] = field(default_factory=dict)  # U4: holder -> share
     cohorts: dict[str, list[int]] = field(default_factory=dict)  # vectors uploaded: name -> members in U2
 
     @property
     def salt(self) -> bytes:
         return round_salt(self.spec.run_id, self.spec.server_round)
+
+    def neighbours(self, node: int) -> set[int]:
+        """Everyone `node` shares a mask graph edge with, over all its vectors (the holders of its s key)."""
+        return {v for g in self.graphs.values() for v in g.get(node, ())}
 
     def _reject(self, node: int, reason: str, detail: str) -> None:
         self.rejected[reason] += 1
@@ -97,7 +117,7 @@ class SecAggServer:
                               f"than the threshold {max(self.threshold, 2)}; nothing is applied")
 
     def receive_keys(self, replies: Mapping[int, Mapping[str, Any]]) -> dict[int, dict[str, Any]]:
-        """Stage 1 replies {c-pk, s-pk, b-commit} -> share-keys requests {roster, neighbours, threshold}."""
+        """Stage 1 replies -> share-keys requests {roster: {id: Advert}, vectors: {name: members}}."""
         intended = neighbour_graph(self.spec.cohort, self.spec.degree, self.salt)
         self.threshold = threshold_for(min(len(v) for v in intended.values()) + 1, self.spec.threshold_fraction)
         for node, reply in replies.items():
@@ -105,40 +125,58 @@ class SecAggServer:
                 self._reject(node, "unknown-sender", "not in the cohort")
                 continue
             try:
-                values = [reply[k] for k in ("c-pk", "s-pk", "b-commit")]
-                if not all(isinstance(v, bytes) and len(v) == 32 for v in values):
+                advert = Advert(*(reply[k] for k in ("c-pk", "s-pk", "b-commit", "id-pk", "signature")))
+                names, commits = list(reply["commit-names"]), list(reply["commits"])
+                if not all(isinstance(v, bytes) and len(v) == 32 for v in advert[:3]):
                     raise ProtocolError("keys must be three 32-byte values")
-            except (KeyError, ProtocolError) as exc:
+                if not (isinstance(advert.id_pk, bytes) and isinstance(advert.signature, bytes)):
+                    raise ProtocolError("identity key and signature must be bytes")
+                if names != self.spec.names_of(node) or len(commits) != len(names):
+                    raise ProtocolError(f"commitments for {names[:5]}, expected {self.spec.names_of(node)[:5]}")
+                by_name = dict(zip(names, commits, strict=True))
+                if commit_digest(by_name) != advert.b_commit:
+                    raise ProtocolError("the commitment digest does not match the commitments")
+            except (KeyError, TypeError, ValueError, ProtocolError) as exc:
                 self._reject(node, "malformed", str(exc))
                 continue
-            self.keys[node] = Keys(*values)
+            self.keys[node], self.commits[node] = advert, by_name
         all_keys = [k for keys in self.keys.values() for k in (keys.c_pk, keys.s_pk)]
         duplicated = {k for k, n in Counter(all_keys).items() if n > 1}
         for node in [n for n, k in self.keys.items() if k.c_pk in duplicated or k.s_pk in duplicated]:
             self._reject(node, "duplicate-key", "a public key used twice")
             del self.keys[node]
         self._need(len(self.keys), "advertise-keys")
-        self.graph = neighbour_graph(sorted(self.keys), self.spec.degree, self.salt)
-        roster = {n: (k.c_pk, k.s_pk) for n, k in self.keys.items()}
-        return {n: {"roster": roster, "neighbours": list(self.graph[n]), "threshold": self.threshold}
+        rules = self.spec.rules
+        for name, (members, _) in sorted(self.spec.vectors.items()):
+            alive = tuple(sorted(set(members) & set(self.keys)))
+            if len(alive) >= rules.floor(name):
+                self.members[name] = alive
+                self.graphs[name] = vector_graph(alive, self.spec.degree, self.salt, name)
+        roster = dict(self.keys)
+        return {n: {"roster": roster, "vectors": {name: list(m) for name, m in self.members.items() if n in m}}
                 for n in self.keys}
+
+    def _pair_names(self, sender: int, receiver: int) -> list[str]:
+        return [name for name, g in self.graphs.items() if receiver in g.get(sender, ())]
 
     def receive_shares(self, replies: Mapping[int, Mapping[int, bytes]]) -> dict[int, dict[str, Any]]:
         """Stage 2 replies {receiver: ciphertext} -> masked-input requests {ciphertexts, u2, cohorts}."""
         for node, reply in replies.items():
             if node not in self.keys:
                 self._reject(node, "unknown-sender", "not in U1")
-            elif set(reply) != set(self.graph[node]):
+            elif set(reply) != self.neighbours(node):
                 self._reject(node, "malformed", "ciphertexts are not addressed to exactly its neighbours")
-            elif not all(isinstance(c, bytes) and len(c) == CIPHERTEXT_BYTES for c in reply.values()):
-                self._reject(node, "malformed", f"ciphertexts must be {CIPHERTEXT_BYTES} bytes")
+            elif not all(isinstance(c, bytes) and len(c) == ciphertext_bytes(self._pair_names(node, r))
+                         for r, c in reply.items()):
+                self._reject(node, "malformed", "ciphertexts of the wrong size")
             else:
                 self.ciphertexts[node] = dict(reply)
         self._need(len(self.ciphertexts), "share-keys")
         u2 = sorted(self.ciphertexts)
-        for name, (members, _) in sorted(self.spec.vectors.items()):
+        rules = self.spec.rules
+        for name, members in sorted(self.members.items()):
             alive = sorted(set(members) & set(u2))
-            if alive and (len(alive) >= self.spec.min_members or name in self.spec.exempt):
+            if len(alive) >= rules.floor(name):
                 self.cohorts[name] = alive
         return {v: {"ciphertexts": {u: self.ciphertexts[u][v] for u in u2 if v in self.ciphertexts[u]},
                     "u2": u2, "cohorts": {n: m for n, m in self.cohorts.items() if v in m}} for v in u2}
@@ -148,7 +186,8 @@ class SecAggServer:
         return {name: self.spec.vectors[name][1] for name, members in self.cohorts.items() if node in members}
 
     def receive_masked(self, replies: Mapping[int, Mapping[str, np.ndarray]]) -> dict[int, dict[str, list[int]]]:
-        """Stage 3 replies {name: masked vector} -> unmask requests {survivors, dropped}."""
+        """Stage 3 replies {name: masked vector} -> the next requests {survivors, dropped} (the consistency
+        stage's with identities, else unmask's)."""
         limit = 2**self.spec.bits - 1
         for node, reply in replies.items():
             if node not in self.ciphertexts:
@@ -174,13 +213,42 @@ class SecAggServer:
         dropped = sorted(set(self.ciphertexts) - set(self.masked))
         return {v: {"survivors": survivors, "dropped": dropped} for v in survivors}
 
-    def receive_unmask(self, replies: Mapping[int, Mapping[int, bytes]]) -> None:
-        """Stage 4 replies {owner: share}; a reply that reveals anything it was not asked for is rejected."""
+    def receive_signatures(self, replies: Mapping[int, bytes]) -> dict[int, dict[str, Any]]:
+        """Consistency replies {node: signature} -> unmask requests {survivors, dropped, signatures}. Every
+        survivor must sign: clients refuse to unmask without each survivor's signature (one silent here ends
+        the round)."""
+        for node, sig in replies.items():
+            if node not in self.masked:
+                self._reject(node, "unknown-sender", "not in U3")
+            elif not isinstance(sig, bytes) or len(sig) != crypto.SIGNATURE_BYTES:
+                self._reject(node, "malformed", f"a signature has {crypto.SIGNATURE_BYTES} bytes")
+            else:
+                self.signatures[node] = sig
+        missing = sorted(set(self.masked) - set(self.signatures))
+        if missing:
+            raise SecAggAbort(f"round {self.spec.server_round}: survivors {missing[:5]} did not sign the survivor "
+                              "list; clients unmask only with every survivor's signature; nothing is applied")
+        survivors = sorted(self.masked)
+        dropped = sorted(set(self.ciphertexts) - set(self.masked))
+        return {v: {"survivors": survivors, "dropped": dropped, "signatures": dict(self.signatures)}
+                for v in survivors}
+
+    def _may_reveal(self, node: int) -> set[tuple[int, str]]:
+        """The shares `node` holds: s-key shares of itself and its neighbours, b-shares of its vectors'."""
         asked = set(self.ciphertexts)
+        out = {(o, S_KEY) for o in (self.neighbours(node) | {node}) & asked}
+        for name, g in self.graphs.items():
+            if node in g:
+                out |= {(o, name) for o in ({*g[node], node} & asked)}
+        return out
+
+    def receive_unmask(self, replies: Mapping[int, Mapping[tuple[int, str], bytes]]) -> None:
+        """Stage 4 replies {(owner, vector or S_KEY): share}; a reply that reveals anything it was not asked
+        for is rejected."""
         for node, reply in replies.items():
             if node not in self.masked:
                 self._reject(node, "unknown-sender", "not in U3")
-            elif not set(reply) <= (set(self.graph[node]) | {node}) & asked:
+            elif not set(reply) <= self._may_reveal(node):
                 self._reject(node, "malformed", "shares of clients it does not hold")
             elif not all(isinstance(s, bytes) and len(s) == shamir.ELEMENT_BYTES for s in reply.values()):
                 self._reject(node, "malformed", f"shares must be {shamir.ELEMENT_BYTES} bytes")
@@ -188,37 +256,49 @@ class SecAggServer:
                 self.revealed[node] = dict(reply)
         self._need(len(self.revealed), "unmask")
 
-    def _secret(self, owner: int, order: Sequence[int]) -> bytes:
-        shares = {order.index(h) + 1: rev[owner] for h, rev in self.revealed.items() if owner in rev}
-        return shamir.combine(shares, self.threshold)
+    def released(self) -> list[str]:
+        """The uploaded vectors the clients will unmask (their rule, `client.releasable`, on the server's view)."""
+        survivors, rules = set(self.masked), self.spec.rules
+        return [name for name, members in sorted(self.cohorts.items())
+                if len(alive := sorted(set(members) & survivors)) >= rules.floor(name)
+                and connected(self.graphs[name], alive)]
+
+    def withheld(self) -> list[str]:
+        """Uploaded vectors that are not unmasked (too few surviving members, or a disconnected mask graph)."""
+        return sorted(set(self.cohorts) - set(self.released()))
+
+    def _secret(self, owner: int, key: str, holders: int, order: Sequence[int]) -> bytes:
+        shares = {order.index(h) + 1: rev[(owner, key)] for h, rev in self.revealed.items() if (owner, key) in rev}
+        return shamir.combine(shares, threshold_for(holders, self.spec.threshold_fraction))
 
     def totals(self, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """Each uploaded vector's sum over U3 (uint64 ring elements), or only `names`; SecAggAbort when a
-        secret cannot be rebuilt."""
+        """Each released vector's sum over its members in U3 (uint64 ring elements), or only `names` (each
+        must be released); SecAggAbort when a secret cannot be rebuilt."""
         order = sorted(self.keys)
         bits, survivors = self.spec.bits, set(self.masked)
         dropped = set(self.ciphertexts) - survivors
-        seeds = {u: self._secret(u, order) for u in sorted(survivors)}
-        for u, b in seeds.items():
-            if commitment(b) != self.keys[u].b_commit:
-                raise SecAggAbort(f"the self-mask seed rebuilt for node {u} does not match its commitment")
-        s_keys = {d: self._secret(d, order) for d in sorted(dropped)}
-        for d, sk in s_keys.items():
-            if crypto.public_key(sk) != self.keys[d].s_pk:
-                raise SecAggAbort(f"the mask key rebuilt for dropped node {d} does not match its public key")
-        shared = {(d, v): crypto.exchange(s_keys[d], self.keys[v].s_pk)
-                  for d in s_keys for v in set(self.graph[d]) & survivors}
+        released = self.released()
+        if names is not None and not set(names) <= set(released):
+            raise SecAggAbort(f"vectors {sorted(set(names) - set(released))[:5]} are withheld by their members")
+        s_keys: dict[int, bytes] = {}
         out = {}
-        for name in sorted(self.cohorts) if names is None else names:
-            members, length = self.cohorts[name], self.spec.vectors[name][1]
+        for name in released if names is None else names:
+            members, length, graph = self.cohorts[name], self.spec.vectors[name][1], self.graphs[name]
             alive = sorted(survivors & set(members))
             total = np.zeros(length, dtype=np.uint64)
             for u in alive:
-                total += self.masked[u][name] - masks(self_seed(seeds[u], self.salt, name), length, bits)
+                b = self._secret(u, name, len(graph[u]) + 1, order)
+                if commitment(b) != self.commits[u][name]:
+                    raise SecAggAbort(f"the self-mask seed rebuilt for node {u} does not match its commitment")
+                total += self.masked[u][name] - masks(self_seed(b, self.salt, name), length, bits)
             for d in sorted(dropped & set(members)):
-                for v in sorted(set(self.graph[d]) & set(alive)):
-                    seed = crypto.derive(shared[(d, v)], self.salt, pair_info(name, v, d))
-                    pair = masks(seed, length, bits)
+                if d not in s_keys:
+                    s_keys[d] = self._secret(d, S_KEY, len(self.neighbours(d)) + 1, order)
+                    if crypto.public_key(s_keys[d]) != self.keys[d].s_pk:
+                        raise SecAggAbort(f"the mask key rebuilt for dropped node {d} does not match its public key")
+                for v in sorted(set(graph[d]) & set(alive)):
+                    shared = crypto.exchange(s_keys[d], self.keys[v].s_pk)
+                    pair = masks(crypto.derive(shared, self.salt, pair_info(name, v, d)), length, bits)
                     total = total - pair if v < d else total + pair  # undo the mask v added for d
             out[name] = total & np.uint64(2**bits - 1)
         return out

@@ -17,21 +17,25 @@ from typing import Any
 
 import numpy as np
 
-from common.secagg.client import ADVERTISE, MASK, SHARE, UNMASK
+from common.secagg.client import ADVERTISE, CONSISTENCY, MASK, SHARE, UNMASK
 from common.secagg.errors import ProtocolError, StaleMessage
 
 STAGE = "secagg-stage"
 ROUND = "secagg-round"
 COHORT_SIZE = "secagg-cohort-size"  # the advertise (train) request: the most summands, for the fixed-point scale
-COHORT_PREFIX = "cohort/"  # masked-input request: "cohort/<vector name>" -> its members
+COHORT_PREFIX = "cohort/"  # share-keys and masked-input requests: "cohort/<vector name>" -> its members
 IDS, BLOBS, INT, BYTES, STRS = "ids", "blobs", "int", "bytes", "strs"
 FIELDS: dict[str, dict[str, dict[str, str]]] = {
-    ADVERTISE: {"request": {COHORT_SIZE: INT}, "reply": {"c-pk": BYTES, "s-pk": BYTES, "b-commit": BYTES}},
-    SHARE: {"request": {"roster-ids": IDS, "roster-c": BLOBS, "roster-s": BLOBS, "neighbours": IDS,
-                        "threshold": INT},
+    ADVERTISE: {"request": {COHORT_SIZE: INT},
+                "reply": {"c-pk": BYTES, "s-pk": BYTES, "b-commit": BYTES, "commit-names": STRS, "commits": BLOBS,
+                          "id-pk": BYTES, "signature": BYTES}},
+    SHARE: {"request": {"roster-ids": IDS, "roster-c": BLOBS, "roster-s": BLOBS, "roster-commit": BLOBS,
+                        "roster-id": BLOBS, "roster-sig": BLOBS, "vector-names": STRS},
             "reply": {"receivers": IDS, "ciphertexts": BLOBS}},
     MASK: {"request": {"u2": IDS, "senders": IDS, "ciphertexts": BLOBS, "vector-names": STRS}, "reply": {}},
-    UNMASK: {"request": {"survivors": IDS, "dropped": IDS}, "reply": {"owners": IDS, "shares": BLOBS}},
+    CONSISTENCY: {"request": {"survivors": IDS}, "reply": {"signature": BYTES}},
+    UNMASK: {"request": {"survivors": IDS, "dropped": IDS, "signers": IDS, "signatures": BLOBS},
+             "reply": {"owners": IDS, "names": STRS, "shares": BLOBS}},
 }
 _CHECKS = {
     IDS: lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v),

@@ -32,6 +32,7 @@ from common.defaults import ADAPTER_KIND, BACKBONE, ROUNDS
 from common.names import CHECKPOINTS_DIR, COMPLETE_FILE, METRICS_FILE, STOPPED_FILE, SUMMARY_FILE
 from common.privacy.budget import check_first_round
 from common.protocol import FedConfig
+from common.secagg.identity import REGISTRY_FILE, enrol, write_registry
 from common.secagg.layout import SEGMENT_HIDDEN
 from server.clients import sample_nodes
 from simulations.runner.flower import PROJECT_ROOT, SuperLink, flwr_run
@@ -182,7 +183,21 @@ def run_config(opts: SimOptions, data_dir: Path) -> FedConfig:
         "stop-after-round": opts.stop_after_round, "client-threads": client_threads(opts.cpus_per_client),
     }
     values.update(opts.config)
+    if values.get("secure-aggregation", "off") != "off" and "secagg-identities" not in values:
+        values["secagg-identities"] = str(opts.out.resolve() / REGISTRY_FILE)  # enrol_clients writes it
     return FedConfig.from_run_config(values)
+
+
+def enrol_clients(cfg: FedConfig, partitions: int, state_dir: Callable[[int], Path] | None = None) -> None:
+    """Secure aggregation: draw every partition's identity key in its state folder (once; kept across runs)
+    and write the registry the run config names (common/secagg/identity.py), before any client starts."""
+    if cfg.secure_aggregation == "off" or not cfg.secagg_identities:
+        return
+    from common.federation.client_secret import resolve_state_dir
+
+    shared = resolve_state_dir(cfg.client_state_dir, cfg.data_dir)
+    keys = {pid: enrol((state_dir or (lambda _: shared))(pid), pid) for pid in range(partitions)}
+    write_registry(Path(cfg.secagg_identities), keys)
 
 
 def client_threads(cpus_per_client: float) -> int:
@@ -273,6 +288,7 @@ def report_run(opts: SimOptions, prepared: Prepared, wall: float, extra: dict[st
 def _simulate_locked(opts: SimOptions, plan: Plan, lock_fd: int,
                      on_superlink: Callable[[SuperLink], None] | None) -> dict[str, Any]:
     prepared = prepare_run(opts, plan)
+    enrol_clients(plan.cfg, opts.clients)
     toml, marker = prepared.run_config, prepared.marker
     flwr_home = (opts.flwr_home or PROJECT_ROOT / ".work" / "flwr" / f"sim-{int(time.time() * 1000)}-{os.getpid()}")
     started = time.monotonic()
