@@ -57,7 +57,7 @@ def load_run(folder: str | Path, data: str | Path | None = None) -> ServedRun:
     if data is not None:
         run_config["data-dir"] = str(data)
     cfg = FedConfig.from_run_config(run_config)
-    if cfg.arch != SEQ:
+    if cfg.arch != SEQ:  # serving is built on the seq model's user tower (tests/test_layout.py lists why)
         raise ValueError(f"{folder}: a run of arch={cfg.arch!r}; serving supports arch={SEQ!r} runs only")
     if not cfg.data_dir or not Path(cfg.data_dir).is_dir():
         raise FileNotFoundError(f"{folder}: the run's data folder {cfg.data_dir!r} is not here; pass --data DATA")
