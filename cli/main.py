@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "deploy": ("cli.deploy", "run the federation on Flower's deployment runtime (TLS, node authentication)"),
     "bench": ("cli.bench", "benchmarks (reported, not asserted)"),
     "privacy": ("cli.privacy", "privacy experiments: membership, segment and item inference, privacy-utility curve"),
+    "serve": ("cli.serve", "serve recommendations from a trained run over HTTP"),
 }
 
 # What a subcommand raises for a user's mistake: printed as one line, exit status 2, never a traceback.

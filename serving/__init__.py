@@ -1,2 +1,4 @@
-"""Serving recommendations from a trained run (issue "Serving"): the home of the edge user tower, the cloud item
-index and the `fedadapt serve` service. Nothing is built here yet; `fedadapt serve` does not exist today."""
+"""Serving recommendations from a trained arch=seq run (`fedadapt serve`): `run` loads the run and its catalog,
+`banks` holds one round's banks and an LRU of segment banks bounded in bytes, `recommend` ranks the catalog for a
+request, `app` is the FastAPI service. Not here yet (issue 19): the edge/cloud split, int8, an ANN index, the page
+and the load benchmark."""

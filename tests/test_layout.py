@@ -278,6 +278,7 @@ ARCH_BRANCH_ALLOWED = {
     "simulations.bench.secagg": "seq bank shapes from --seq-items without a data folder",
     "simulations.privacy.experiments.membership": "central training of each arch",
     "simulations.privacy.scores": "the attack's features are each model's own loss",
+    "serving.run": "serving is built on the seq model's user tower; a run of another arch is refused by name",
 }
 
 

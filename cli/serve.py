@@ -1,0 +1,54 @@
+"""`fedadapt serve`: recommendations from a trained arch=seq run over HTTP (FastAPI + uvicorn).
+
+    fedadapt serve --run RUN [--data DATA] [--host 127.0.0.1] [--port 8000] [--cache-mb 256]
+
+Loads the run's latest complete checkpoint and the catalog of its data folder (--data when the run config's
+data-dir is not on this machine), then serves POST /recommend, POST /recommend/vector, GET /health and
+GET /metadata (serving/app.py). A newer round written into RUN/checkpoints is picked up without a restart.
+Everything is checked before the port opens: a missing run, a text-arch run or a bad port is one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port must be an integer, got {text!r}") from None
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"port must be in 1..65535, got {port}")
+    return port
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from serving.app import create_app
+    from serving.banks import BankStore
+    from serving.recommend import Recommender
+    from serving.run import load_run
+
+    if args.cache_mb < 0 or args.refresh_seconds < 0:
+        raise ValueError("--cache-mb and --refresh-seconds must be >= 0")
+    served = load_run(args.run, args.data)
+    store = BankStore(served, cache_bytes=int(args.cache_mb * (1 << 20)), refresh_seconds=args.refresh_seconds)
+    print(f"serving {served.folder} round {store.current().round} ({len(served.catalog)} items) "
+          f"on http://{args.host}:{args.port}", flush=True)
+    uvicorn.run(create_app(Recommender(store)), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("serve", help="serve recommendations from a trained run (arch=seq) over HTTP",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="run folder of `fedadapt simulate` / `deploy` (with checkpoints/)")
+    p.add_argument("--data", default=None, help="the run's data folder (default: the run config's data-dir)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_port, default=8000, help="port to bind (default 8000)")
+    p.add_argument("--cache-mb", type=float, default=256.0, help="bound of the segment-bank cache in MiB")
+    p.add_argument("--refresh-seconds", type=float, default=1.0,
+                   help="how often a request checks for a newer checkpoint round (default 1)")
+    p.set_defaults(func=run)

@@ -1,0 +1,104 @@
+"""The ASGI app of `fedadapt serve`: request and reply shapes, limits, and the mapping of mistakes to 4xx.
+
+Every request body is a pydantic model with `extra="forbid"`, strict types and length limits, so a misspelt
+field, a string where a number belongs, a huge k or a 100,000-event history is answered 422 with the field named,
+before any tensor is touched. A validation error never echoes the input back (a long history would come back
+whole). The recommender's own refusals (an item outside the catalog, a segment key the run has no banks for,
+a vector of the wrong width) are 422 with its message too.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from common.names import SEQ
+from serving.recommend import Recommendation, Recommender, RequestError
+
+MAX_K = 1000  # items per reply
+MAX_HISTORY = 10_000  # events per request; the user tower reads only the most recent seq-max-len of them
+MAX_SEGMENTS = 16
+MAX_VECTOR = 4096
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Segments = Annotated[dict[Name, Name], Field(max_length=MAX_SEGMENTS)]
+
+
+class RecommendRequest(BaseModel):
+    """A user's segment values and recent history (oldest first, item ids of the run's catalog)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    segments: Segments = Field(default_factory=dict)
+    history: Annotated[list[Name], Field(max_length=MAX_HISTORY)] = Field(default_factory=list)
+    k: int = Field(10, ge=1, le=MAX_K)
+    exclude_history: bool = True
+    include_vector: bool = False
+
+
+class VectorRequest(BaseModel):
+    """A user vector computed elsewhere and, optionally, the segments whose item-bias deltas apply."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    vector: Annotated[list[Annotated[float, Field(allow_inf_nan=False)]], Field(min_length=1, max_length=MAX_VECTOR)]
+    segments: Segments = Field(default_factory=dict)
+    k: int = Field(10, ge=1, le=MAX_K)
+
+
+def reply(rec: Recommendation) -> dict[str, Any]:
+    out: dict[str, Any] = {"round": rec.round, "banks": rec.banks, "fallbacks": rec.fallbacks,
+                           "items": [{"id": r.id, "title": r.title, "score": r.score} for r in rec.items]}
+    if rec.user_vector is not None:
+        out["user_vector"] = rec.user_vector
+    return out
+
+
+def create_app(recommender: Recommender) -> FastAPI:
+    """The service over `recommender` (its store picks up new rounds; see serving/banks.py)."""
+    app = FastAPI(title="fedadapt serve", docs_url=None, redoc_url=None, openapi_url=None)
+    store = recommender.store
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in exc.errors()[:10]]
+        detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
+        return JSONResponse(status_code=422, content={"detail": detail, "errors": errors})
+
+    @app.exception_handler(RequestError)
+    async def refused(_: Request, exc: RequestError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": str(exc)})
+
+    @app.exception_handler(OSError)
+    async def gone(_: Request, exc: OSError) -> JSONResponse:  # a pruned round's bank file vanished mid-request
+        return JSONResponse(status_code=503, content={"detail": f"checkpoint not readable ({exc}); retry"})
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "round": store.current().round}
+
+    @app.get("/metadata")
+    def metadata() -> dict[str, Any]:
+        bank_set = store.current()
+        run = store.run
+        return {"run": str(run.folder), "arch": SEQ, "round": bank_set.round,
+                "segment_keys": list(recommender.segment_keys), "banks": sorted(bank_set.files),
+                "served": sorted(bank_set.served),
+                "catalog": {"items": len(run.catalog), "fingerprint": run.fingerprint},
+                "user_vector_dim": int(bank_set.table.shape[1]), "history_window": bank_set.model.cfg.max_len,
+                "limits": {"k": MAX_K, "history": MAX_HISTORY, "segments": MAX_SEGMENTS},
+                "cache": {"bytes": store.cache.bytes, "max_bytes": store.cache.max_bytes,
+                          "banks": len(store.cache), "evictions": store.cache.evictions}}
+
+    @app.post("/recommend")
+    def recommend(body: RecommendRequest) -> dict[str, Any]:
+        return reply(recommender.recommend(body.segments, body.history, body.k, body.exclude_history,
+                                           body.include_vector))
+
+    @app.post("/recommend/vector")
+    def recommend_vector(body: VectorRequest) -> dict[str, Any]:
+        return reply(recommender.recommend_vector(body.vector, body.segments, body.k))
+
+    return app
