@@ -46,6 +46,7 @@ from common.rec.model import RecModel, RoutingPlan
 from common.rec.seq_model import SeqRecModel
 from common.rec.train import TrainConfig, train_epochs, training_pairs
 from common.rec.user_record import RecordLike
+from common.threads import PLAN
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +209,7 @@ def client_model(cfg: FedConfig, data: ClientData) -> BankModel:
 
 def local_train(cfg: FedConfig, data: ClientData, received: Mapping[str, np.ndarray], hp: RoundHParams) -> TrainResult:
     """Load the received adapters, train them on the client's users, return trained - received."""
-    torch.set_num_threads(cfg.client_threads)
+    PLAN.apply(cfg.client_threads, cfg.client_cpus)
     model = client_model(cfg, data)
     names = received_banks(data, received)
     load_received(model, names, received)
@@ -235,7 +236,7 @@ def local_evaluate(cfg: FedConfig, data: ClientData, received: Mapping[str, np.n
 
     Sums (not means) so that the server can pool clients exactly: mean = sum over clients / users.
     """
-    torch.set_num_threads(cfg.client_threads)
+    PLAN.apply(cfg.client_threads, cfg.client_cpus)
     model = client_model(cfg, data)
     load_received(model, received_banks(data, received), received)
     records = data.eval_records(cfg.max_eval_users)
