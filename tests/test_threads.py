@@ -12,12 +12,18 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from cli.main import main
+from client import app as client_app
+from common.federation import task
 from common.neighbours import alive, busy_neighbours
-from common.protocol import FedConfig
+from common.protocol import ARRAYS, CONFIG, FedConfig
 from common.threads import ENV_THREADS, CpuSample, ThreadPlan, choose_threads, others_busy, read_busy_seconds
+from tests.fed_fakes import fake_client_data, install_fake, set_task_identity
 
 ROOT = Path(__file__).resolve().parent.parent
 CPUS = sorted(os.sched_getaffinity(0))
@@ -228,3 +234,39 @@ def test_bench_client_runs_beside_its_neighbours(capsys: pytest.CaptureFixture[s
     assert result["machine"]["neighbours"] == 1 and result["rows"]["ours-seq"]["threads"] == [1]
     assert _neighbours_of(os.getpid()) == []
 
+
+
+# -- where the count is applied ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("run_config", "threads"), [
+    ({"client-threads": 2}, 2),  # explicit: the run config's count, whatever the CPUs
+    ({"client-threads": 0, "client-cpus": 1}, 1),  # follow the free CPUs, at most the simulation's cpus-per-client
+])
+def test_client_app_train_uses_the_run_configs_threads(run_config: dict[str, int], threads: int,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ClientApp train message sets the process's torch threads from client-threads / client-cpus."""
+    # Prepare
+    monkeypatch.delenv(ENV_THREADS)
+    set_task_identity()
+    cfg = FedConfig(data_dir="/fake/data", backbone="tiny", adapter_kind="lora", batch_size=4, **{
+        k.replace("-", "_"): v for k, v in run_config.items()})
+    data = fake_client_data(0, {"region": "EU", "season": "regular"})
+    install_fake(cfg, 0, 2, data)
+    sent: dict[str, np.ndarray] = task.initial_state(cfg, data.adapter_names)
+    msg = Message(RecordDict({ARRAYS: ArrayRecord({k: Array(v) for k, v in sent.items()}),
+                              CONFIG: ConfigRecord({"server-round": 1})}), 100, "train")
+    context = Context(run_id=1, node_id=100, node_config={"partition-id": 0, "num-partitions": 2},
+                      state=RecordDict(), run_config=cfg.to_run_config())
+    try:
+        # Execute
+        client_app.app(msg, context)
+        # Assert
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(1)
+
+
+def test_train_refuses_a_negative_thread_count(capsys: pytest.CaptureFixture[str]) -> None:
+    """`fedadapt train --threads -1` is refused by the parser, naming the value."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--data", "d", "--mode", "global-adapter", "--out", "o", "--threads", "-1"])
+    assert exit_.value.code == 2 and "-1 must be >= 0" in capsys.readouterr().err
