@@ -14,8 +14,8 @@ from simulations.bench_client import ROWS
 SMALL = ["bench", "client", "--backbone", "tiny", "--repeats", "1", "--pairs", "24", "--users", "120",
          "--products", "150", "--clients", "2", "--eval-users", "8"]
 ROW_TYPES = {"pairs_per_update": int, "seconds_per_update": float, "seconds_per_256_pairs": float,
-             "pairs_per_second": float, "seconds_all": list, "threads": list, "ndcg10_valid": float, "ndcg10_valid_start": float,
-             "vs_ours-text": float, "vs_ours-seq": float}
+             "pairs_per_second": float, "seconds_all": list, "threads": list, "ndcg10_valid": float,
+             "ndcg10_valid_start": float, "vs_ours-text": float, "vs_ours-seq": float}
 
 
 def test_bench_client_json_shape(capsys: pytest.CaptureFixture[str]) -> None:
