@@ -125,6 +125,7 @@ class ThreadPlan:
         self._explicit: int | None = None
         self._cap = 0
         self._follow = False
+        self._busy = 0.0  # cores others kept busy over the last interval measured
         self._last: CpuSample | None = None
         self.threads = 0  # the count set last (0: none set yet)
 
@@ -152,11 +153,9 @@ class ThreadPlan:
         now = self._sampler(cpus)
         if before is None or now is None:  # no /proc/stat: every usable CPU
             return self._use(choose_threads(len(cpus), 0.0, self._cap), "no CPU statistics")
-        if now.wall - before.wall < PROBE_S / 2:  # too short to say anything: keep the last choice
-            return self.threads or self._use(choose_threads(len(cpus), 0.0, self._cap), "first")
-        self._last = now
-        busy = others_busy(before, now)
-        return self._use(choose_threads(len(cpus), busy, self._cap), f"{busy:.2f} cores busy elsewhere")
+        if now.wall - before.wall >= PROBE_S / 2:  # else too short to say anything: the last interval's load
+            self._last, self._busy = now, others_busy(before, now)
+        return self._use(choose_threads(len(cpus), self._busy, self._cap), f"{self._busy:.2f} cores busy elsewhere")
 
     def _use(self, threads: int, why: str) -> int:
         if threads != self.threads:

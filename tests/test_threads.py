@@ -122,6 +122,20 @@ def test_a_busy_neighbour_costs_a_thread() -> None:
     assert beside <= len(CPUS) - 1 and chosen == [beside]
 
 
+@TWO_CPUS
+def test_a_new_cap_or_mode_applies_at_once() -> None:
+    """Decisions closer together than a measurement can tell still honour the cap and mode asked for now."""
+    # Prepare
+    plan = ThreadPlan(set_threads=lambda n: None, sampler=lambda cpus: CpuSample(time.monotonic(), 0.0, 0.0))
+    # Execute
+    free = plan.apply(0)
+    capped = plan.apply(0, cap=1)
+    explicit = plan.apply(3)
+    again = plan.apply(0)
+    # Assert
+    assert (free, capped, explicit, again) == (len(CPUS), 1, 3, len(CPUS))
+
+
 def test_refresh_leaves_a_count_nobody_chose_to_follow() -> None:
     """Code that never asked to follow the free CPUs (a test that set one thread itself) keeps its own count."""
     chosen: list[int] = []
