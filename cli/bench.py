@@ -2,7 +2,7 @@
 
     fedadapt bench adapters [--backbone PATH|tiny] [--json] [--repeats N]
     fedadapt bench quality --data T [--modes M,M|''] [--history session|event] --out R
-    fedadapt bench client [--backbone minilm|tiny|PATH] [--pairs 256] [--repeats N] [--data DIR] [--json]
+    fedadapt bench client [--backbone minilm|tiny|PATH] [--pairs 256] [--repeats N] [--data DIR] [--neighbour N]
     fedadapt bench secagg [--clients 10,50,100] [--modes off,segment,segment-hidden] [--arch text|seq]
     fedadapt bench throughput [--device auto|cpu|cuda] [--batch-sizes 256,1024] [--precision fp32,bf16] [--json]
 
@@ -104,7 +104,11 @@ def _configure_client(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--partition", type=int, default=0, help="the partition whose users are benchmarked")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows of {', '.join(ROWS)}")
     parser.add_argument("--device", choices=DEVICES, default="cpu", help="auto takes CUDA when torch sees a GPU")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: every CPU this process may use)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0: the CPUs this process may use that others leave free; "
+                             "FEDADAPT_THREADS sets it too)")
+    parser.add_argument("--neighbour", "--neighbours", dest="neighbours", type=int, default=0, metavar="N",
+                        help="run the rows beside N busy processes (started and stopped by the benchmark)")
     parser.add_argument("--eval-users", type=_positive_int, default=64, help="validation users scored per row")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
 
@@ -115,7 +119,8 @@ def _run_client(args: argparse.Namespace) -> int:
                                  warmup=args.warmup, data=args.data,
                                  users=args.users, products=args.products, clients=args.clients,
                                  partition=args.partition, device=args.device,
-                                 threads=args.threads, eval_users=args.eval_users, rows=rows)
+                                 threads=args.threads, neighbours=args.neighbours,
+                                 eval_users=args.eval_users, rows=rows)
     result = bench_client(options)
     print(json.dumps(result.as_json()) if args.json else format_client_table(result.as_json()))
     return 0

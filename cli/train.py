@@ -19,6 +19,7 @@ from common.rec.experiment import ExperimentConfig, run_experiment
 from common.rec.seq_model import SeqConfig
 from common.rec.seq_train import SeqTrainConfig
 from common.rec.train import TrainConfig
+from common.threads import PLAN
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -69,10 +70,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=DEVICES, default="cpu",
                    help="where training and evaluation run: auto takes CUDA when torch sees a GPU")
+    p.add_argument("--threads", type=_threads, default=0,
+                   help="torch threads (0: the CPUs this process may use that others leave free, re-checked "
+                        "while it trains; FEDADAPT_THREADS sets it too)")
     p.add_argument("--history", choices=HISTORIES, default=DEFAULT_HISTORY,
                    help="what a context may hold: 'event' (every event before the target, also inside its "
                         "session; the default) or 'session' (only events before the target's session)")
     p.set_defaults(func=run)
+
+
+def _threads(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0 (0: follow the free CPUs)")
+    return value
 
 
 def parse_modes(text: str) -> list[str]:
@@ -124,6 +138,7 @@ def _line(mode: str, metrics: dict[str, Any], popularity: dict[str, Any]) -> str
 def run(args: argparse.Namespace) -> int:
     """Run every mode, printing each one's headline metrics as it finishes."""
     resolve_device(args.device)  # cuda without a GPU: one line, exit 2, before any data is read
+    PLAN.apply(args.threads)  # FEDADAPT_THREADS=abc: one line, exit 2, before any data is read
     for result in run_experiment(experiment_config(args)):
         print(f"{_line(result.mode, result.metrics, result.popularity)}  -> {result.summary_path}", flush=True)
     return 0

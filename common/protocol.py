@@ -250,7 +250,8 @@ class FedConfig:
     max_client_examples: int = 1_000_000  # the most training pairs (or evaluation users) one client may register
     resume: bool = False
     stop_after_round: int = 0
-    client_threads: int = 1  # torch threads per client update; `fedadapt simulate` sets it to --cpus-per-client
+    client_threads: int = 0  # torch threads per client update; 0: the CPUs free of other load (common/threads.py)
+    client_cpus: int = 0  # the most threads client-threads=0 takes; simulate: --cpus-per-client; 0: affinity
     device: str = "cpu"  # auto | cpu | cuda (common/device.py); simulate also asks Flower for a GPU per client
     negative_pool: bool = True  # arch=text: sampled negatives encoded once per epoch without gradient (TrainConfig)
     round_timeout: float = 3600.0
@@ -277,8 +278,7 @@ class FedConfig:
 
     def __post_init__(self) -> None:
         self._resolve_arch_defaults()
-        positive = ("num_server_rounds", "local_epochs", "batch_size", "max_len", "client_threads", "seq_dim",
-                    "seq_max_len")
+        positive = ("num_server_rounds", "local_epochs", "batch_size", "max_len", "seq_dim", "seq_max_len")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -301,6 +301,9 @@ class FedConfig:
             raise ValueError(f"adapter-layers must be >= 0 (0 = every layer), got {self.adapter_layers}")
         if self.lower_cache_mb < 0:
             raise ValueError(f"lower-cache-mb must be >= 0 (0 = no cache), got {self.lower_cache_mb}")
+        for name, zero in (("client_threads", "follow the free CPUs"), ("client_cpus", "every CPU")):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name.replace('_', '-')} must be >= 0 (0 = {zero}), got {getattr(self, name)}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy {self.strategy!r} is not one of {', '.join(STRATEGIES)}")
         if self.history not in HISTORIES:

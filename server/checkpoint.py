@@ -50,9 +50,10 @@ FORMAT_VERSION = 1
 # (raising target-epsilon continues a run that stopped at it: epsilon goes on from the checkpoint). Every other key
 # (data, model, adapters, segments, optimisation, sampling, evaluation) defines the experiment whose rounds
 # metrics.jsonl and the checkpoints continue (where and with how much memory a client computes, client-threads,
-# device and lower-cache-mb, does not); out-dir may change so that a copied or moved run folder resumes.
+# client-cpus, device and lower-cache-mb, does not); out-dir may change so that a copied or moved run folder resumes.
 RESUMABLE_KEYS = frozenset({"num-server-rounds", "resume", "stop-after-round", "round-timeout", "client-threads",
-                            "device", "lower-cache-mb", "out-dir", "target-epsilon", "target-epsilon-action"})
+                            "client-cpus", "device", "lower-cache-mb", "out-dir", "target-epsilon",
+                            "target-epsilon-action"})
 
 
 class CheckpointError(ValueError):

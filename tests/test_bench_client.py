@@ -14,8 +14,8 @@ from simulations.bench.client import ROWS
 SMALL = ["bench", "client", "--backbone", "tiny", "--repeats", "1", "--pairs", "24", "--users", "120",
          "--products", "150", "--clients", "2", "--eval-users", "8"]
 ROW_TYPES = {"pairs_per_update": int, "seconds_per_update": float, "seconds_per_256_pairs": float,
-             "pairs_per_second": float, "seconds_all": list, "ndcg10_valid": float, "ndcg10_valid_start": float,
-             "vs_ours-text": float, "vs_ours-seq": float}
+             "pairs_per_second": float, "seconds_all": list, "threads": list, "ndcg10_valid": float,
+             "ndcg10_valid_start": float, "vs_ours-text": float, "vs_ours-seq": float}
 
 
 @pytest.mark.slow
@@ -28,11 +28,13 @@ def test_bench_client_json_shape(capsys: pytest.CaptureFixture[str]) -> None:
     result = json.loads(capsys.readouterr().out)
     assert list(result) == ["options", "machine", "shard", "rows"]
     assert list(result["rows"]) == list(ROWS)
-    assert result["machine"]["device"] == "cpu" and result["machine"]["threads"] >= 1
+    assert result["machine"]["device"] == "cpu" and result["machine"]["threads"] == "free CPUs"
+    assert result["machine"]["neighbours"] == 0
     assert result["shard"]["pairs"] >= 24 and result["shard"]["eval_users"] <= 8
     for name, row in result["rows"].items():
         assert {k: type(v) for k, v in row.items()} == ROW_TYPES, name
-        assert row["pairs_per_update"] > 0 and len(row["seconds_all"]) == 1
+        assert row["pairs_per_update"] > 0 and len(row["seconds_all"]) == 1 == len(row["threads"])
+        assert row["threads"] == [1]  # conftest's FEDADAPT_THREADS=1
         assert 0.0 <= row["ndcg10_valid"] <= 1.0 and 0.0 <= row["ndcg10_valid_start"] <= 1.0
         assert math.isclose(row["seconds_per_256_pairs"], row["seconds_per_update"] * 256 / row["pairs_per_update"])
     assert result["rows"]["ours-text"]["vs_ours-text"] == 1.0 and result["rows"]["ours-seq"]["vs_ours-seq"] == 1.0
@@ -54,6 +56,8 @@ def test_bench_client_table_for_chosen_rows(capsys: pytest.CaptureFixture[str]) 
     (["--rows", "ours,naive-peft"], "unknown row"),
     (["--partition", "5"], "partition 5"),
     (["--warmup", "-1"], "warmup=-1"),
+    (["--neighbour", "-1"], "neighbours=-1"),
+    (["--threads", "-2"], "threads=-2"),
 ])
 def test_bench_client_refuses_bad_options(extra: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     """A bad row name, partition or warm-up count is one line on stderr and exit status 2."""

@@ -74,10 +74,11 @@ def test_cuda_without_gpu_is_refused_by_train_and_simulate(tmp_path: Path, capsy
 
 
 def test_simulate_device_and_threads_reach_the_run_config(tmp_path: Path) -> None:
-    """The run config carries --device, and client-threads follows --cpus-per-client unless set explicitly."""
+    """The run config carries --device; a client's threads follow the free CPUs up to --cpus-per-client
+    (client-cpus) unless client-threads is set explicitly."""
     data = tmp_path / "data"
     two = run_config(SimOptions(out=tmp_path / "r", cpus_per_client=2.0, config={"device": "auto"}), data)
-    assert (two.client_threads, two.device) == (2, "auto")
-    assert run_config(SimOptions(out=tmp_path / "r", cpus_per_client=0.5), data).client_threads == 1
+    assert (two.client_threads, two.client_cpus, two.device) == (0, 2, "auto")
+    assert run_config(SimOptions(out=tmp_path / "r", cpus_per_client=0.5), data).client_cpus == 1
     explicit = SimOptions(out=tmp_path / "r", cpus_per_client=2.0, config={"client-threads": 1})
     assert run_config(explicit, data).client_threads == 1

@@ -147,7 +147,7 @@ def test_resume_conflicts_name_every_changed_experiment_key() -> None:
     saved = FedConfig(adapter_kind="lora", segment_keys="region,season", out_dir="/runs/a",
                       data_dir="/runs/a/data").to_run_config()
     moved_and_longer = FedConfig(out_dir="/runs/b", data_dir="/runs/b/data", num_server_rounds=9, resume=True,
-                                 stop_after_round=4, round_timeout=60.0, client_threads=2)
+                                 stop_after_round=4, round_timeout=60.0, client_threads=2, client_cpus=1)
     other = FedConfig(adapter_kind="bottleneck", segment_keys="region", out_dir="/runs/a", data_dir="/runs/a/data")
     # Execute
     allowed, refused = resume_conflicts(saved, moved_and_longer), resume_conflicts(saved, other)

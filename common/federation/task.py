@@ -39,6 +39,7 @@ from common.protocol import (
     metric_key,
 )
 from common.rec.user_record import RecordLike
+from common.threads import PLAN
 
 log = logging.getLogger(__name__)
 
@@ -125,14 +126,9 @@ def _seed(cfg: FedConfig, server_round: int, partition_id: int) -> int:
     return (cfg.seed * 1_000_003 + server_round * 10_007 + partition_id) % (2**31 - 1)
 
 
-def client_model(cfg: FedConfig, data: ClientData) -> Any:
-    """The per-process cached model of the run's arch (seq: on this client's catalog), on the run's device."""
-    return arch_for(cfg.arch).client_model(cfg, data.item_texts)
-
-
 def local_train(cfg: FedConfig, data: ClientData, received: Mapping[str, np.ndarray], hp: RoundHParams) -> TrainResult:
     """Load the received adapters, train them on the client's users, return trained - received."""
-    torch.set_num_threads(cfg.client_threads)
+    PLAN.apply(cfg.client_threads, cfg.client_cpus)
     arch = arch_for(cfg.arch)
     model = arch.client_model(cfg, data.item_texts)
     names = received_banks(data, received)
@@ -155,7 +151,7 @@ def local_evaluate(cfg: FedConfig, data: ClientData, received: Mapping[str, np.n
 
     Sums (not means) so that the server can pool clients exactly: mean = sum over clients / users.
     """
-    torch.set_num_threads(cfg.client_threads)
+    PLAN.apply(cfg.client_threads, cfg.client_cpus)
     arch = arch_for(cfg.arch)
     model = arch.client_model(cfg, data.item_texts)
     arch.load_state(model, received_banks(data, received), received)

@@ -42,6 +42,7 @@ from common.device import check_device_name, resolve_device
 from common.names import TEXT, make_key
 from common.rec.model import RecModel, routing_signature
 from common.rec.user_record import RecordLike
+from common.threads import PLAN
 
 log = logging.getLogger(__name__)
 
@@ -186,11 +187,13 @@ def prox_term(named: Mapping[str, torch.nn.Parameter], reference: Mapping[str, t
 
 def take_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: Sequence[torch.nn.Parameter],
               max_grad_norm: float) -> float:
-    """One optimizer step with the gradient norm clipped; returns the loss value."""
+    """One optimizer step with the gradient norm clipped; returns the loss value. Between steps the thread count
+    follows the free CPUs (common/threads.py; only where a caller chose that mode, at most every REFRESH_S)."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     optimizer.step()
+    PLAN.refresh()
     return float(loss.item())
 
 

@@ -44,11 +44,13 @@ from common.federation import task
 from common.federation.arch import arch_for
 from common.federation.client_data import ClientData, client_data, record_segment_names
 from common.names import GLOBAL, SEQ, TEXT
+from common.neighbours import busy_neighbours
 from common.protocol import FedConfig, RoundHParams
 from common.rec.evaluate import evaluate
 from common.rec.model import RecModel
 from common.rec.train import Pair, training_pairs
 from common.rec.user_record import RecordLike
+from common.threads import PLAN
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +76,8 @@ class ClientBenchOptions:
     users: int = 1000  # synthetic data only
     products: int = 400
     device: str = "cpu"
-    threads: int = 0  # 0: every CPU this process may run on
+    threads: int = 0  # 0: the CPUs this process may use that others leave free (common/threads.py)
+    neighbours: int = 0  # busy processes started beside the rows and stopped after them (common/neighbours.py)
     eval_users: int = 64
     rows: tuple[str, ...] = ROWS
     seed: int = 0
@@ -88,14 +91,12 @@ class ClientBenchOptions:
         if self.warmup < 0:
             raise ValueError(f"warmup={self.warmup} must be >= 0")
         if self.threads < 0:
-            raise ValueError(f"threads={self.threads} must be >= 0 (0: every CPU)")
+            raise ValueError(f"threads={self.threads} must be >= 0 (0: follow the free CPUs)")
+        if self.neighbours < 0:
+            raise ValueError(f"neighbours={self.neighbours} must be >= 0")
         unknown = [r for r in self.rows if r not in ROWS]
         if unknown or not self.rows:
             raise ValueError(f"unknown row(s) {unknown or self.rows}; expected some of {', '.join(ROWS)}")
-
-    @property
-    def thread_count(self) -> int:
-        return self.threads or len(os.sched_getaffinity(0))
 
 
 @dataclass
@@ -104,6 +105,7 @@ class Row:
 
     pairs: int = 0  # pairs (seq: targets) one update trains on
     seconds: list[float] = field(default_factory=list)
+    threads: list[int] = field(default_factory=list)  # torch threads each timed update started on
     ndcg10: float = float("nan")
     ndcg10_start: float = float("nan")
 
@@ -112,6 +114,7 @@ class Row:
         per_unit = median * UNIT / self.pairs
         return {"pairs_per_update": self.pairs, "seconds_per_update": median, "seconds_per_256_pairs": per_unit,
                 "pairs_per_second": self.pairs / median, "seconds_all": self.seconds,
+                "threads": self.threads,
                 "ndcg10_valid": self.ndcg10, "ndcg10_valid_start": self.ndcg10_start,
                 **{f"vs_{name}": per_unit / ref for name, ref in reference.items()}}
 
@@ -275,9 +278,10 @@ class ClientBenchResult:
                 "rows": {name: row.as_json(reference) for name, row in self.rows.items()}}
 
 
-def machine_facts(device: torch.device, threads: int) -> dict[str, object]:
+def machine_facts(device: torch.device, opts: ClientBenchOptions) -> dict[str, object]:
     """What the figures were measured on (the load average says whether the machine was busy)."""
-    return {"cpu": cpu_model(), "cpus": os.cpu_count(), "threads": threads, "device": device_label(device),
+    return {"cpu": cpu_model(), "cpus": os.cpu_count(), "threads": opts.threads or "free CPUs",
+            "neighbours": opts.neighbours, "device": device_label(device),
             "torch": torch.__version__, "load_average_1m": round(os.getloadavg()[0], 2)}
 
 
@@ -285,7 +289,7 @@ def _clients(opts: ClientBenchOptions, folder: Path, device: torch.device
              ) -> tuple[dict[str, OursClient | NaiveClient], dict[str, object]]:
     backbone = "" if opts.backbone in (None, "minilm") else str(opts.backbone)
     text_cfg = FedConfig(data_dir=str(folder), backbone=backbone, arch=TEXT, seed=opts.seed,
-                         client_threads=opts.thread_count, device=opts.device, batch_size=16)
+                         client_threads=opts.threads, device=opts.device, batch_size=16)
     every_layer = replace(text_cfg, adapter_layers=0, lr=3e-3)  # the text defaults before adapter-layers=2
     seq_cfg = replace(text_cfg, arch=SEQ, batch_size=32, lr=1e-3)
     shard = shard_of(text_cfg, opts)
@@ -308,7 +312,12 @@ def _clients(opts: ClientBenchOptions, folder: Path, device: torch.device
 def bench_client(opts: ClientBenchOptions) -> ClientBenchResult:
     """Interleaved timed updates of every row on one shard, then each row's NDCG@10 on the validation users."""
     device = resolve_device(opts.device)
-    torch.set_num_threads(opts.thread_count)
+    with busy_neighbours(opts.neighbours):
+        return _bench_client(opts, device)
+
+
+def _bench_client(opts: ClientBenchOptions, device: torch.device) -> ClientBenchResult:
+    PLAN.apply(opts.threads)
     folder = Path(opts.data).resolve() if opts.data is not None else synthetic_folder(opts)
     clients, shard = _clients(opts, folder, device)
     rows = {name: Row() for name in clients}
@@ -319,15 +328,17 @@ def bench_client(opts: ClientBenchOptions) -> ClientBenchResult:
         rows[name].ndcg10_start = starts[client.start_key]
     for repeat in range(opts.warmup + opts.repeats):  # the first `warmup` fill caches and are not timed
         for name, client in clients.items():
+            threads = PLAN.apply(opts.threads)
             started = time.perf_counter()
             rows[name].pairs = client.update()
             elapsed = time.perf_counter() - started
             if repeat >= opts.warmup:
                 rows[name].seconds.append(elapsed)
+                rows[name].threads.append(threads)
             log.info("repeat %d %s: %.2f s for %d pairs", repeat, name, elapsed, rows[name].pairs)
     for name, client in clients.items():
         rows[name].ndcg10 = client.quality()
-    return ClientBenchResult(opts, machine_facts(device, opts.thread_count), shard, rows)
+    return ClientBenchResult(opts, machine_facts(device, opts), shard, rows)
 
 
 def format_client_table(data: Mapping[str, object]) -> str:
@@ -335,13 +346,14 @@ def format_client_table(data: Mapping[str, object]) -> str:
     rows = data["rows"]
     assert isinstance(rows, dict)
     refs = [n for n in ("ours-text", "ours-seq") if n in rows]
-    head = ("| client | pairs/update | s per 256 pairs | pairs/s | "
+    head = ("| client | pairs/update | s per update | s per 256 pairs | pairs/s | threads | "
             + " | ".join(f"x {r}" for r in refs) + " | NDCG@10 valid (start -> after) |")
-    lines = [head, "|" + "---|" * (5 + len(refs))]
+    lines = [head, "|" + "---|" * (7 + len(refs))]
     for name, row in rows.items():
         ratios = " | ".join(f"{row[f'vs_{r}']:.2f}" for r in refs)
-        lines.append(f"| {name} | {row['pairs_per_update']} | {row['seconds_per_256_pairs']:.2f} | "
-                     f"{row['pairs_per_second']:.1f} | {ratios} | "
+        threads = ",".join(str(t) for t in row["threads"])
+        lines.append(f"| {name} | {row['pairs_per_update']} | {row['seconds_per_update']:.2f} | "
+                     f"{row['seconds_per_256_pairs']:.2f} | {row['pairs_per_second']:.1f} | {threads} | {ratios} | "
                      f"{row['ndcg10_valid_start']:.4f} -> {row['ndcg10_valid']:.4f} |")
     machine, shard = data["machine"], data["shard"]
     lines.append(f"\nmachine: {machine}\nshard: {shard}\n"

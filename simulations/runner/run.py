@@ -180,7 +180,7 @@ def run_config(opts: SimOptions, data_dir: Path) -> FedConfig:
         "num-server-rounds": opts.rounds, "seed": opts.seed, "data-dir": str(data_dir),
         "out-dir": str(opts.out.resolve()), "backbone": opts.backbone, "adapter-kind": opts.adapter,
         "segment-keys": opts.segments, "fraction-train": opts.fraction, "resume": opts.resume,
-        "stop-after-round": opts.stop_after_round, "client-threads": client_threads(opts.cpus_per_client),
+        "stop-after-round": opts.stop_after_round, "client-cpus": client_cpus(opts.cpus_per_client),
     }
     values.update(opts.config)
     if values.get("secure-aggregation", "off") != "off" and "secagg-identities" not in values:
@@ -200,9 +200,10 @@ def enrol_clients(cfg: FedConfig, partitions: int, state_dir: Callable[[int], Pa
     write_registry(Path(cfg.secagg_identities), keys)
 
 
-def client_threads(cpus_per_client: float) -> int:
-    """Torch threads per client update: the CPUs Ray reserves for the client (at least one). Without this a
-    client given 2 CPUs trains on 1 thread (measured 1.79x slower on 2 cores); `--set client-threads=N` wins."""
+def client_cpus(cpus_per_client: float) -> int:
+    """The most torch threads a client update takes: the CPUs Ray reserves for it (at least one), fewer while
+    other processes keep some busy (common/threads.py). Without it a client given 2 CPUs trained on 1 thread
+    (measured 1.79x slower on 2 cores); `--set client-threads=N` fixes the count instead."""
     return max(1, int(cpus_per_client))
 
 
