@@ -168,7 +168,8 @@ class ThreadPlan:
 def _torch_set_num_threads(threads: int) -> None:
     import torch
 
-    torch.set_num_threads(threads)
+    if torch.get_num_threads() != threads:  # setting it again, even unchanged, costs the next steps' pool start-up
+        torch.set_num_threads(threads)
 
 
 PLAN = ThreadPlan()  # torch's thread count is per process, and so is this plan
