@@ -29,6 +29,7 @@ import pytest
 
 from common.data.schema import write_marketplace
 from common.data.synthetic import generate_marketplace
+from simulations.runner.flower import _bin
 
 pytestmark = pytest.mark.slow  # starts real Flower processes (`make check` leaves it out)
 
@@ -149,7 +150,7 @@ def test_nodes_on_another_host_join_over_the_fleet_gateway_only(hosts: Hosts, tm
         env = {**os.environ, "FLWR_HOME": str(server_dir / "flwr")}
 
         def flwr(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run([*hosts.server_prefix, "flwr", *args], env=env, capture_output=True, text=True,
+            return subprocess.run([*hosts.server_prefix, _bin("flwr"), *args], env=env, capture_output=True, text=True,
                                   timeout=300, check=False, cwd=Path(__file__).resolve().parents[1])
 
         _wait_for("the SuperLink", lambda: flwr("supernode", "ls", "fedadapt-server").returncode == 0)

@@ -217,8 +217,9 @@ def _start(code: list[str]) -> tuple[subprocess.Popen[str], list[int]]:
     return proc, pids
 
 
-BLOCK = ("import time\nfrom common.neighbours import busy_neighbours\n"
-         "with busy_neighbours(2):\n    time.sleep(600)\n")
+# Ctrl-C's handler set explicitly: a process started from a background job inherits SIGINT ignored (CI may run so)
+BLOCK = ("import signal, time\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+         "from common.neighbours import busy_neighbours\nwith busy_neighbours(2):\n    time.sleep(600)\n")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
