@@ -159,22 +159,28 @@ def client_rules(cfg: FedConfig, config: Mapping[str, object], banks: Collection
                           (GLOBAL, HIDDEN_VECTOR), floors)
 
 
-def train_and_advertise(msg: Message, context: Context, cfg: FedConfig, own: Collection[str], train: Trainer,
-                        identity: bytes | None = None) -> Message:
-    """Stage 1: train the banks in `own` that were sent, keep the encoded vectors in the node state, reply
-    with public keys (signed with `identity`, which a run with secagg-identities requires)."""
+def opening(msg: Message, cfg: FedConfig, kind: str, refusal: str
+            ) -> tuple[int, dict[str, Any], int, dict[str, np.ndarray]]:
+    """Stage 1 of a secure round (train or evaluate): (round, config, cohort size, received banks); a message that
+    does not open a secure round, a bad cohort size or missing arrays are refused with the reason."""
     stage = stage_of(msg)
     if stage is None or stage[0] != protocol.ADVERTISE:
-        raise ProtocolError(f"this run uses secure-aggregation={cfg.secure_aggregation}: a train message must start "
-                            "a secure round; no plain delta is sent")
-    rnd = stage[1]
+        raise ProtocolError(f"this run uses secure-aggregation={cfg.secure_aggregation}: a {kind} message must start "
+                            f"a secure round; {refusal}")
     config = dict(msg.content.config_records[CONFIG])
     cohort = config.get(COHORT_SIZE)
     if isinstance(cohort, bool) or not isinstance(cohort, int) or not 2 <= cohort <= MAX_COHORT:
         raise ProtocolError(f"{COHORT_SIZE}={cohort!r} is not an integer in [2, {MAX_COHORT}]")
     if ARRAYS not in msg.content.array_records:
-        raise ProtocolError("the secure train message has no arrays")
-    received = from_record(msg.content.array_records[ARRAYS])
+        raise ProtocolError(f"the secure {kind} message has no arrays")
+    return stage[1], config, cohort, from_record(msg.content.array_records[ARRAYS])
+
+
+def train_and_advertise(msg: Message, context: Context, cfg: FedConfig, own: Collection[str], train: Trainer,
+                        identity: bytes | None = None) -> Message:
+    """Stage 1: train the banks in `own` that were sent, keep the encoded vectors in the node state, reply
+    with public keys (signed with `identity`, which a run with secagg-identities requires)."""
+    rnd, config, cohort, received = opening(msg, cfg, "train", "no plain delta is sent")
     mine = own_banks(own, received) if cfg.secure_aggregation == SEGMENT_HIDDEN else received
     raw_delta, counts = train(mine, RoundHParams.from_config(config, cfg))
     encoded = encoded_input(cfg, received, raw_delta, counts, config, cohort, rnd)

@@ -19,14 +19,12 @@ from collections.abc import Callable, Collection, Mapping
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 
-from client.secure import INPUT_RECORD, MAX_COHORT, PURPOSE_RECORD, STATE_RECORD, own_banks, reply_content, stage_of
-from common.federation.records import from_record
-from common.protocol import ARRAYS, CONFIG, FedConfig
+from client.secure import INPUT_RECORD, PURPOSE_RECORD, STATE_RECORD, opening, own_banks, reply_content
+from common.protocol import FedConfig
 from common.secagg import client as protocol
 from common.secagg.errors import ProtocolError
 from common.secagg.evaluation import PURPOSE, eval_fixed_point, eval_min_members, eval_vectors
 from common.secagg.layout import SEGMENT_HIDDEN
-from common.secagg.wire import COHORT_SIZE
 
 # What evaluates: the received banks the client uses -> its per-segment sums (client/app.py: task.local_evaluate).
 Evaluator = Callable[[dict[str, np.ndarray]], Mapping[str, float]]
@@ -43,18 +41,7 @@ def evaluate_and_advertise(msg: Message, context: Context, cfg: FedConfig, own: 
     """Stage 1 of a secure evaluation: evaluate, keep the encoded rows in the node state, reply with keys.
     `own`: the client's adapter names (hidden mode evaluates only those); `segments`: its segment banks (the rows
     it uploads in segment mode); `identity`: its identity key, which a run with secagg-identities requires."""
-    stage = stage_of(msg)
-    if stage is None or stage[0] != protocol.ADVERTISE:
-        raise ProtocolError(f"this run uses secure-aggregation={cfg.secure_aggregation}: an evaluate message must "
-                            "start a secure round; no evaluation sums are sent in the clear")
-    rnd = stage[1]
-    config = dict(msg.content.config_records[CONFIG])
-    cohort = config.get(COHORT_SIZE)
-    if isinstance(cohort, bool) or not isinstance(cohort, int) or not 2 <= cohort <= MAX_COHORT:
-        raise ProtocolError(f"{COHORT_SIZE}={cohort!r} is not an integer in [2, {MAX_COHORT}]")
-    if ARRAYS not in msg.content.array_records:
-        raise ProtocolError("the secure evaluate message has no arrays")
-    received = from_record(msg.content.array_records[ARRAYS])
+    rnd, config, cohort, received = opening(msg, cfg, "evaluate", "no evaluation sums are sent in the clear")
     banks = own_banks(own, received) if cfg.secure_aggregation == SEGMENT_HIDDEN else received
     vectors = eval_vectors(cfg.secure_aggregation, evaluate(banks), segments)
     fixed = eval_fixed_point(cfg, cohort)
