@@ -65,20 +65,22 @@ def client_secret(state_dir: Path, partition_id: int) -> bytes:
     path = secret_path(state_dir, partition_id)
     if not path.exists():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _create_exclusive(path)
+        create_random_file(path, SECRET_BYTES)
     return _read(path)
 
 
-def _create_exclusive(path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{SECRET_FILE}.")  # mkstemp creates it 0600
+def create_random_file(path: Path, nbytes: int) -> None:
+    """Write `nbytes` random bytes as hex to `path` unless it exists: a 0600 temp file hard-linked into place,
+    so when two processes race both end up reading the one file that won (the folder must exist)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mkstemp creates it 0600
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_bytes(SECRET_BYTES).hex() + "\n")
+            f.write(secrets.token_bytes(nbytes).hex() + "\n")
             f.flush()
             os.fsync(f.fileno())
         try:
             os.link(tmp, path)
-            log.info("drew a new client secret at %s", path)
+            log.info("drew a new random key at %s", path)
         except FileExistsError:
             pass  # another process created it first: use theirs
     finally:

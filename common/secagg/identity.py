@@ -22,15 +22,12 @@ the server process could read; in a deployment each key stays on its node.
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from common.federation.client_secret import secret_path
+from common.federation.client_secret import create_random_file, secret_path
 
 IDENTITY_FILE = "secagg-identity.key"
 REGISTRY_FILE = "secagg-identities.json"
@@ -52,18 +49,7 @@ def enrol(state_dir: Path, partition_id: int) -> bytes:
     path = identity_path(state_dir, partition_id)
     if not path.exists():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{IDENTITY_FILE}.")  # 0600
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_bytes(KEY_BYTES).hex() + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                pass
-        finally:
-            os.unlink(tmp)
+        create_random_file(path, KEY_BYTES)
     return public_half(load_identity(state_dir, partition_id))
 
 
