@@ -276,9 +276,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _outward_address() -> str | None:
+    """This machine's address on its default route (a UDP connect sends nothing), or None without one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))
+        except OSError:
+            return None
+        address = str(s.getsockname()[0])
+    return None if address.startswith("127.") else address
+
+
 @pytest.mark.slow
 def test_fedadapt_serve_answers_on_a_free_port(served: dict[str, Any], tmp_path: Path) -> None:
-    """The real command: uvicorn on 127.0.0.1, /health and a bad request over TCP, stopped by its PID."""
+    """The real command: uvicorn on 127.0.0.1, /health and a bad request over TCP, stopped by its PID; with the
+    default host a stranger reaching this machine's outward address on the same port is refused."""
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed in finally, after the process
@@ -301,6 +313,10 @@ def test_fedadapt_serve_answers_on_a_free_port(served: dict[str, Any], tmp_path:
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(bad, timeout=5)
         assert err.value.code == 422 and "k" in json.loads(err.value.read())["detail"]
+        outward = _outward_address()
+        if outward is not None:  # the attacker: the same port from outside loopback
+            with pytest.raises(ConnectionRefusedError), socket.create_connection((outward, port), timeout=5):
+                pass
     finally:
         proc.terminate()
         try:
