@@ -1,7 +1,8 @@
 """`fedadapt bench <benchmark>`: measurements that are reported, not asserted (timings vary by machine).
 
     fedadapt bench adapters [--backbone PATH|tiny] [--json] [--repeats N]
-    fedadapt bench quality --data T [--modes M,M|''] [--history session|event] --out R
+    fedadapt bench quality --data T [--modes M,M|''] [--history session|event] [--protocol project|literature]
+        [--cold-items FRACTION] --out R
     fedadapt bench client [--backbone minilm|tiny|PATH] [--pairs 256] [--repeats N] [--data DIR] [--neighbour N]
     fedadapt bench secagg [--clients 10,50,100] [--modes off,segment,segment-hidden] [--arch text|seq]
     fedadapt bench throughput [--device auto|cpu|cuda] [--batch-sizes 256,1024] [--precision fp32,bf16] [--json]
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.data.protocols import DEFAULT_PROTOCOL, PROTOCOLS, Protocol
 from common.defaults import ADAPTER_KIND, arch_defaults
 from common.device import DEVICES
 from common.names import ARCHS, DEFAULT_HISTORY, DEFAULT_SEGMENT_KEYS, HISTORIES
@@ -152,6 +154,17 @@ def _parse_quality_modes(text: str) -> list[str]:
     return parse_modes(text) if text.strip() else []
 
 
+def _cold_fraction(text: str) -> float:
+    """--cold-items: a number with 0 <= FRACTION < 1 (argparse turns the ValueError into a usage error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"cold-items must be a number, got {text!r}") from None
+    if not 0.0 <= value < 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"cold-items must be a fraction with 0 <= FRACTION < 1, got {text}")
+    return value
+
+
 def _configure_quality(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, help="marketplace folder (fedadapt data generate/load)")
     parser.add_argument("--out", required=True, type=Path,
@@ -182,6 +195,12 @@ def _configure_quality(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-users", type=_positive_int, default=None,
                         help="score a seeded sample of this many users (every row the same users)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--protocol", choices=PROTOCOLS, default=DEFAULT_PROTOCOL,
+                        help="project: positives as `fedadapt train` cuts them; literature: every event an "
+                             "interaction, leave-one-out by time, full-catalog ranking as the headline")
+    parser.add_argument("--cold-items", type=_cold_fraction, default=0.0, metavar="FRACTION",
+                        help="hold this seeded fraction of the catalog out of training entirely (0 <= FRACTION < 1); "
+                             "users whose test item is held out are scored as the item=cold row")
     parser.add_argument("--json", action="store_true", help="print quality.json instead of the table")
 
 
@@ -193,7 +212,7 @@ def _run_quality(args: argparse.Namespace) -> int:
         segment_keys=tuple(k.strip() for k in args.segments.split(",") if k.strip()),
         min_segment_users=args.min_segment_users, epochs=int(args.epochs or arch_defaults(args.arch).central_epochs),
         pairs_per_user=args.pairs_per_user, max_users=args.max_users, eval_users=args.eval_users, seed=args.seed,
-        federated=args.federated,
+        federated=args.federated, protocol=Protocol(args.protocol, args.cold_items),
     )
     result = run_quality(options)
     table = write_quality(result, args.out)

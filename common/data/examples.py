@@ -54,6 +54,8 @@ class ExampleConfig:
     include_reviews: bool = True
     max_train_pairs: int | None = None  # keep only the most recent N training pairs per user
     history: str = DEFAULT_HISTORY  # what a context may hold: "event" or "session" (see the module docstring)
+    # items held out of training entirely (the item-cold split, common/data/protocols.py): only ever a test item
+    cold_items: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.history not in HISTORIES:
@@ -129,12 +131,14 @@ def _render_events(m: Marketplace, cfg: ExampleConfig) -> pd.DataFrame:
     prod = m.products.set_index("product_id")
     label = prod["product_name"] + " (" + prod["category"] + ")"
     lines = best["event_type"].map(VERBS) + " " + best["product_id"].map(label)
-    parts = [pd.DataFrame({"user_id": best["user_id"], "t": best["t"], "text": lines})]
+    parts = [pd.DataFrame({"user_id": best["user_id"], "t": best["t"], "product_id": best["product_id"],
+                           "text": lines})]
     if cfg.include_reviews and len(m.reviews):
         r = m.reviews
         short = r["review_text"].str.split().str[: cfg.review_words].str.join(" ")
         text = ("reviewed " + r["product_id"].map(label) + " " + r["star_rating"].astype(str) + " stars: " + short)
-        parts.append(pd.DataFrame({"user_id": r["user_id"], "t": r["timestamp"], "text": text}))
+        parts.append(pd.DataFrame({"user_id": r["user_id"], "t": r["timestamp"], "product_id": r["product_id"],
+                                   "text": text}))
     events = pd.concat(parts, ignore_index=True).sort_values(["user_id", "t"], kind="stable")
     return events.reset_index(drop=True)
 
@@ -222,6 +226,8 @@ def build_examples(m: Marketplace, cfg: ExampleConfig | None = None) -> list[Use
     cfg = cfg or ExampleConfig()
     clicks = m.clicks.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
     pos = clicks[clicks["event_type"].isin(cfg.positive_events)].drop_duplicates(["user_id", "product_id"])
+    if cfg.cold_items:  # a cold item stays only as a user's last positive (their test item); see protocols.py
+        pos = pos[~pos["product_id"].isin(cfg.cold_items) | ~pos.duplicated("user_id", keep="last")]
     starts = m.clicks.groupby("session_id")["timestamp"].min()
     pos = pos.assign(start=pos["session_id"].map(starts), season=season_of(pos["timestamp"].to_numpy()),
                      seq=pos.index.to_numpy())
@@ -233,6 +239,8 @@ def build_examples(m: Marketplace, cfg: ExampleConfig | None = None) -> list[Use
     user_segments = m.users.set_index("user_id")[seg_cols].astype(str).to_dict("index")
     by_event = cfg.history == "event"
     events = _render_event_lines(clicks, m, cfg) if by_event else _render_events(m, cfg)
+    if cfg.cold_items:  # no context mentions a cold item (its keys keep their place: seq numbers stay valid)
+        events = events[~events["product_id"].isin(cfg.cold_items)].reset_index(drop=True)
     ev_user, ev_text = events["user_id"].tolist(), events["text"].tolist()
     ev_key: list[Any] = (list(zip(events["t"].tolist(), events["seq"].tolist(), strict=True)) if by_event
                             else events["t"].tolist())
@@ -246,6 +254,7 @@ def build_examples(m: Marketplace, cfg: ExampleConfig | None = None) -> list[Use
     seen_user, seen_item = seen_all["user_id"].tolist(), seen_all["product_id"].map(index_of).to_numpy()
     seen_span = _spans(seen_user)
     catalog = m.products["product_id"].tolist()
+    cold_index = np.asarray([i for i, p in enumerate(catalog) if p in cfg.cold_items], dtype=np.int64)
     p_user, p_item = pos["user_id"].tolist(), pos["product_id"].tolist()
     p_start, p_season = pos["start"].tolist(), pos["season"].tolist()
     p_key = list(zip(pos["timestamp"].tolist(), pos["seq"].tolist(), strict=True))
@@ -273,7 +282,8 @@ def build_examples(m: Marketplace, cfg: ExampleConfig | None = None) -> list[Use
         records.append(UserRecord(
             user_id=user, segments={**base, "season": seasons[-1]}, context_text=ctx[-1],
             train_pairs=[(c, i) for c, i, _ in train], valid_item=items[-2], test_item=items[-1],
-            valid_negatives=[catalog[j] for j in _negatives(rng, len(catalog), seen, cfg.num_negatives)],
+            valid_negatives=[catalog[j] for j in _negatives(rng, len(catalog), np.union1d(seen, cold_index),
+                                                            cfg.num_negatives)],
             test_negatives=[catalog[j] for j in _negatives(rng, len(catalog), seen, cfg.num_negatives)],
             valid_context_text=ctx[-2], train_segments=[{**base, "season": s} for _, _, s in train],
             valid_segments={**base, "season": seasons[-2]}, seen_items=[catalog[j] for j in seen.tolist()],

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from common.data.protocols import Protocol
 from common.names import DEFAULT_HISTORY, DEFAULT_SEGMENT_KEYS, GLOBAL, OVERALL, SUMMARY_FILE, split_key
 from common.rec.seq_model import SeqConfig
 from common.rec.seq_train import SeqTrainConfig
@@ -57,6 +58,7 @@ class ExperimentConfig:
     seq: SeqConfig = SeqConfig()
     seq_train: SeqTrainConfig = SeqTrainConfig()
     segment_epochs: int = 3  # seq segment-adapters: epochs of the segment banks on top of the fixed global bank
+    protocol: Protocol = Protocol()  # which events are positives, and the item-cold split (common/data/protocols.py)
 
     def __post_init__(self) -> None:
         from common.names import ARCHS
@@ -101,14 +103,15 @@ def eval_sample(records: Sequence[UserRecord], n: int | None, seed: int) -> list
     return [records[i] for i in _sample(records, n, seed + 1)]
 
 
-def load_examples(folder: Path, seed: int, history: str = DEFAULT_HISTORY) -> tuple[list[UserRecord], dict[str, str]]:
-    """User records (leave-one-out, 99 seeded negatives, contexts cut by `history`: common/data/examples.py)
-    and item texts from a marketplace folder."""
-    from common.data.examples import ExampleConfig, build_examples, build_item_texts
-    from common.data.schema import read_marketplace
+def load_examples(folder: Path, seed: int, history: str = DEFAULT_HISTORY,
+                  protocol: Protocol | None = None) -> tuple[list[UserRecord], dict[str, str]]:
+    """User records (leave-one-out, 99 seeded negatives, contexts cut by `history`: common/data/examples.py;
+    positives and held-out items by `protocol`: common/data/protocols.py) and item texts from a marketplace
+    folder."""
+    from common.data.protocols import load_split
 
-    market = read_marketplace(folder)
-    return build_examples(market, ExampleConfig(seed=seed, history=history)), build_item_texts(market.products)
+    split = load_split(folder, protocol or Protocol(), seed, history)
+    return split.records, split.item_texts
 
 
 def global_adapter_from(folder: Path, adapter_cfg: AdapterConfig) -> dict[str, torch.Tensor]:
@@ -140,7 +143,7 @@ def run_experiment(cfg: ExperimentConfig) -> Iterator[ModeResult]:
 
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    records, item_texts = load_examples(cfg.data, seed=cfg.seed, history=cfg.history)
+    records, item_texts = load_examples(cfg.data, seed=cfg.seed, history=cfg.history, protocol=cfg.protocol)
     if not records:
         raise ValueError(f"{cfg.data}: no user has enough positives for a train/valid/test split")
     train_records = [records[i] for i in _sample(records, cfg.max_users, cfg.seed)]
@@ -185,6 +188,7 @@ def run_experiment(cfg: ExperimentConfig) -> Iterator[ModeResult]:
             "arch": "seq" if seq else "text",
             "data": str(cfg.data),
             "history": cfg.history,
+            "protocol": cfg.protocol.to_dict(),
             "adapter": cfg.adapter.to_dict() if mode not in UNADAPTED_MODES and not seq else None,
             "seq": cfg.seq.to_dict() if seq else None,
             "backbone": backbone.source,

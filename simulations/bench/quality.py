@@ -17,6 +17,11 @@ with no history at all, so only the item prior and the segment banks rank (the c
 Per-segment rows add two labels to the users' own segments: user=cold|warm (at most COLD_USER_MAX training
 positives) and item=cold|warm (the test item is no user's training or validation positive: what the baselines'
 final fit saw).
+
+`--protocol literature` and `--cold-items FRACTION` (common/data/protocols.py) change the records every row is
+built from: every event an interaction, and/or a seeded fraction of the catalog held out of training entirely,
+whose test users form the item=cold row. Both are recorded in quality.json and quality.md; a trained mode or a
+federated run cut with another protocol is refused.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from common.data.protocols import LITERATURE, Protocol
 from common.names import DEFAULT_HISTORY, DEFAULT_SEGMENT_KEYS, OVERALL
 
 if TYPE_CHECKING:
@@ -73,20 +79,27 @@ class QualityOptions:
     eval_users: int | None = None
     seed: int = 0
     federated: Path | None = None  # a `fedadapt simulate` run on the same data: its last checkpoint is a row
+    protocol: Protocol = Protocol()  # which events are interactions, and the item-cold split
 
     def __post_init__(self) -> None:
         if not self.modes and not self.baselines and self.federated is None:
             raise ValueError("nothing to compare: no modes and the library baselines skipped")
+        if self.federated is not None and not self.protocol.is_default:
+            raise ValueError(f"--federated: a `fedadapt simulate` run splits with the project protocol and no "
+                             f"cold items; this command uses {self.protocol.to_dict()}, so its users and "
+                             "candidates would differ")
         bad = [m for m in self.modes if m in UNSCORABLE_MODES]
         if bad:
             raise ValueError(f"mode(s) {bad} keep no weights on disk to score on the full catalog; "
                              "run them with `fedadapt train` (sampled protocol only)")
 
 
-def cold_labels(records: Sequence[UserRecord], scored: Sequence[UserRecord]) -> list[dict[str, str]]:
+def cold_labels(records: Sequence[UserRecord], scored: Sequence[UserRecord],
+                held_out: frozenset[str] = frozenset()) -> list[dict[str, str]]:
     """user=cold|warm and item=cold|warm for each of `scored`; an item is warm when some record has it as a
-    training or validation positive (the interactions the baselines' final fit and the modes may learn from)."""
-    known = {item for r in records for item in (*r.train_items, r.valid_item)}
+    training or validation positive (the interactions the baselines' final fit and the modes may learn from)
+    and it is not one of the cold split's `held_out` items."""
+    known = {item for r in records for item in (*r.train_items, r.valid_item)} - held_out
     return [{"user": "cold" if len(r.train_items) <= COLD_USER_MAX else "warm",
              "item": "warm" if r.test_item in known else "cold"} for r in scored]
 
@@ -140,6 +153,7 @@ def _experiment_config(opts: QualityOptions) -> ExperimentConfig:
         seed=opts.seed), train=train, segment_keys=opts.segment_keys, min_segment_users=opts.min_segment_users,
         backbone=opts.backbone,
         max_users=opts.max_users, eval_users=opts.eval_users, seed=opts.seed, history=opts.history,
+        protocol=opts.protocol,
     )
 
 
@@ -170,6 +184,9 @@ def mode_rows(opts: QualityOptions, scored: Sequence[UserRecord], item_texts: Ma
             raise ValueError(f"mode {result.mode} was scored on other users or candidates than the baselines "
                              f"(popularity {theirs[OVERALL]} there, {ours[OVERALL]} here)")
         summary = json.loads(result.summary_path.read_text())
+        if Protocol.from_dict(summary.get("protocol")) != opts.protocol:
+            raise ValueError(f"mode {result.mode} was cut with protocol {summary.get('protocol')}, this command "
+                             f"with {opts.protocol.to_dict()}")
         start = time.perf_counter()
         model = trained_model(summary, result.summary_path.parent, backbone, cache, item_texts)
         sampled = _score(model, scored, item_texts, full=False)
@@ -215,19 +232,39 @@ def federated_row(opts: QualityOptions, scored: Sequence[UserRecord],
                     "summary": str(opts.federated)}}
 
 
+def cold_split_summary(protocol: Protocol, cold: frozenset[str], records: Sequence[UserRecord],
+                       eval_records: Sequence[UserRecord]) -> dict[str, Any] | None:
+    """What quality.json says about the cold split (None without one); refuses a split whose evaluation users
+    have no cold test item, since its cold row would be empty."""
+    from common.data.protocols import ColdSplitError, cold_test_users
+
+    if not protocol.cold_items:
+        return None
+    scored = cold_test_users(eval_records, cold)
+    if scored == 0:
+        raise ColdSplitError(f"cold-items {protocol.cold_items}: none of the {len(eval_records)} evaluation users "
+                             f"has one of the {len(cold)} held-out items as test item; use a bigger fraction or "
+                             "more evaluation users")
+    return {"fraction": protocol.cold_items, "items": len(cold), "test_users": cold_test_users(records, cold),
+            "eval_test_users": scored}
+
+
 def run_quality(opts: QualityOptions) -> dict[str, Any]:
     """Every row of the comparison, as written to R/quality.json."""
+    from common.data.protocols import load_split
     from common.rec.evaluate import evaluate_popularity
-    from common.rec.experiment import eval_sample, load_examples
+    from common.rec.experiment import eval_sample
     from common.rec.library_baselines import run_library_baselines
 
     started = time.perf_counter()
-    records, item_texts = load_examples(opts.data, seed=opts.seed, history=opts.history)
+    split = load_split(opts.data, opts.protocol, seed=opts.seed, history=opts.history)
+    records, item_texts = split.records, split.item_texts
     if not records:
         raise ValueError(f"{opts.data}: no user has enough positives for a train/valid/test split")
     eval_records = eval_sample(records, opts.eval_users, opts.seed)
+    cold_split = cold_split_summary(opts.protocol, split.cold_items, records, eval_records)
     position = {id(r): i for i, r in enumerate(records)}
-    scored = labelled(eval_records, cold_labels(records, eval_records))
+    scored = labelled(eval_records, cold_labels(records, eval_records, split.cold_items))
     # what `fedadapt train` reports as popularity: fitted on training pairs (positives with a context) only
     train_pairs_popularity = evaluate_popularity(scored, item_texts, fit_records=records)
     rows: dict[str, dict[str, Any]] = {}
@@ -240,7 +277,8 @@ def run_quality(opts: QualityOptions) -> dict[str, Any]:
     if opts.federated is not None:
         rows.update(federated_row(opts, scored, item_texts))
     return {
-        "data": str(opts.data), "history": opts.history, "seed": opts.seed,
+        "data": str(opts.data), "history": opts.history, "seed": opts.seed, "protocol": opts.protocol.to_dict(),
+        "cold_split": cold_split,
         "users": {"total": len(records), "eval": len(eval_records)}, "items": len(item_texts),
         "cold_user_max": COLD_USER_MAX, "rows": rows, "train_pairs_popularity": train_pairs_popularity,
         "seconds": time.perf_counter() - started,
@@ -264,15 +302,31 @@ def quality_table(result: Mapping[str, Any]) -> str:
                      f"{row['seconds']['total']:.1f} | {shown} |")
     first = next(iter(rows.values()))
     users = {label: int(block["users"]) for label, block in first["sampled"]["segments"].items()}
+    cold = result.get("cold_split")
+    if cold:
+        lines += ["", f"Item-cold split: {cold['items']} of {result['items']} items ({cold['fraction']:g} of the "
+                  f"catalog) held out of training; {cold['eval_test_users']} evaluation users have one as test "
+                  "item (the cold row also holds test items nobody trained on by chance).",
+                  "", f"| method | warm items ({users.get('item=warm', 0)} users), sampled / full-catalog "
+                  f"HR@10 / NDCG@10 | cold items ({users.get('item=cold', 0)} users), sampled / full-catalog "
+                  "HR@10 / NDCG@10 |", "|---|---|---|"]
+        lines += [f"| {name} | {_pair(row, 'sampled', 'item=warm')}, {_pair(row, 'full', 'item=warm')} | "
+                  f"{_pair(row, 'sampled', 'item=cold')}, {_pair(row, 'full', 'item=cold')} |"
+                  for name, row in rows.items()]
     lines += ["", "NDCG@10 per segment, sampled / full catalog:", "",
               "| segment (users) | " + " | ".join(rows) + " |", "|---|" + "---|" * len(rows)]
     for label, n in users.items():
         cells = [f"{_cell(row, 'sampled', label)} / {_cell(row, 'full', label)}" for row in rows.values()]
         lines.append(f"| {label} ({n}) | " + " | ".join(cells) + " |")
+    protocol = result.get("protocol") or Protocol().to_dict()
     lines += ["", f"{result['users']['eval']} evaluation users of {result['users']['total']}, "
-              f"{result['items']} items, history={result['history']}, seed {result['seed']}; "
+              f"{result['items']} items, protocol {protocol['name']}, cold-items {protocol['cold_items']:g}, "
+              f"history={result['history']}, seed {result['seed']}; "
               f"user=cold: at most {result['cold_user_max']} training positives; item=cold: the test item is "
               "nobody's training or validation positive.",
+              *(["Literature protocol: every event is an interaction, leave-one-out by time; the full-catalog "
+                 "column (seen items excluded) is the one to set beside published figures."]
+                if protocol["name"] == LITERATURE else []),
               f"`fedadapt train`'s popularity (fitted on training pairs only, without the validation item): sampled "
               f"{_pair(result, 'train_pairs_popularity', OVERALL)}.",
               "Seconds: library rows tune, refit and score both protocols; mode rows train and score the sampled "
