@@ -8,8 +8,8 @@ what the log gives:
 - **item vectors** e_i = text_proj(t_i) + row_i: t_i is the frozen backbone's mean-pooled vector of the item's
   text, computed once per (backbone, catalog) and cached (`frozen_item_vectors`); `text_proj` is a trainable
   projection of it; `row_i` is a trainable collaborative row, zero at init. With `id_dropout` a training step
-  scores its targets against a table where each row is dropped with that probability, so the text
-  projection alone has to rank the next item and an item without a row is ranked like the others;
+  scores its targets against a table where each row (and free bias, `id_dropout_bias`) is dropped with that
+  probability, so text alone has to rank the next item and an item without a row is ranked like the others;
 - **item prior** p_i = w . t_i + b_i: what the item's text predicts plus a free per-item bias (popularity the
   model can use and unlearn), both zero at init;
 - an item nobody trained on keeps row_i = 0 and b_i = 0 when training masks it out of the softmax
@@ -70,6 +70,7 @@ class SeqConfig:
     # probability that a training step scores an item by its text alone (its collaborative row zeroed), so the
     # text projection carries what predicts the next item and an item with no row is not a stranger
     id_dropout: float = 0.5
+    id_dropout_bias: bool = True  # a dropped item loses its free bias too: its text prior alone places it
 
     def __post_init__(self) -> None:
         for name in ("dim", "layers", "heads", "max_len", "segment_rank"):
@@ -301,23 +302,30 @@ class SeqRecModel(nn.Module):
         return out
 
     # -- computation ----------------------------------------------------------------------------------
-    def item_table(self, id_dropout: bool = False) -> torch.Tensor:
-        """(N+1, d) item vectors; row 0 (padding) is zero. With `id_dropout` in training mode each item's
-        collaborative row is dropped with probability `cfg.id_dropout` (the table a training step scores its
-        targets against: the item is then ranked through its text only; the user tower's input keeps rows)."""
+    def id_keep(self) -> torch.Tensor | None:
+        """(N+1,) 0/1 mask of the items a training step keeps the collaborative row (and, with
+        `id_dropout_bias`, the free bias) of, each dropped with probability `id_dropout`; None when not training.
+        The table a step scores its targets against uses it (a dropped item is ranked through its text only);
+        the user tower's input keeps every row."""
+        if not self.training or self.cfg.id_dropout == 0:
+            return None
+        n = self.text_vectors.shape[0]
+        return (torch.rand(n, device=self.text_vectors.device) >= self.cfg.id_dropout).to(self.text_vectors.dtype)
+
+    def item_table(self, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """(N+1, d) item vectors; row 0 (padding) is zero; `keep` (from `id_keep`) zeroes dropped rows."""
         g = self.global_bank
-        rows: torch.Tensor = g.item_rows
-        if id_dropout and self.training and self.cfg.id_dropout > 0:
-            keep = torch.rand(rows.shape[0], 1, device=rows.device) >= self.cfg.id_dropout
-            rows = rows * keep.to(rows.dtype)
+        rows: torch.Tensor = g.item_rows if keep is None else g.item_rows * keep.unsqueeze(1)
         table = g.text_proj(self.text_vectors) + rows
         return table * (torch.arange(table.shape[0], device=table.device) > 0).unsqueeze(1).to(table.dtype)
 
-    def item_prior(self) -> torch.Tensor:
+    def item_prior(self, keep: torch.Tensor | None = None) -> torch.Tensor:
         """(N+1,) prior of each item: what its text predicts plus its free bias (zero for an item never trained
-        on when training masks unseen items, so a new item gets the prior of its text)."""
+        on when training masks unseen items, so a new item gets the prior of its text); `keep` drops the free
+        bias of the items it drops when `id_dropout_bias`."""
         g = self.global_bank
-        return g.text_prior(self.text_vectors).squeeze(1) + g.item_bias
+        free = g.item_bias if keep is None or not self.cfg.id_dropout_bias else g.item_bias * keep
+        return g.text_prior(self.text_vectors).squeeze(1) + free
 
     def type_indices(self, tokens: Sequence[str]) -> list[int]:
         try:
@@ -376,9 +384,10 @@ class SeqRecModel(nn.Module):
         bias = gate @ torch.stack([b.item_bias for b in banks])
         return out, bias
 
-    def logits(self, users: torch.Tensor, table: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def logits(self, users: torch.Tensor, table: torch.Tensor, bias: torch.Tensor,
+               prior: torch.Tensor | None = None) -> torch.Tensor:
         """(U, N+1) scores; the padding column is -inf."""
-        scores = users @ table.T + self.item_prior() + bias
+        scores = users @ table.T + (self.item_prior() if prior is None else prior) + bias
         scores[:, PAD] = float("-inf")
         return scores
 

@@ -12,8 +12,9 @@ banks of its own interaction (a training pair's segments, e.g. the season it hap
 Items never trained on are not buried: with `mask_unseen` (the default) the softmax runs over the items that
 are a target somewhere in the training data only, so an item with no training positive never gets a
 gradient as a negative: its row and free bias stay zero and it is scored by its text (text projection and
-text prior), which ID dropout (`SeqConfig.id_dropout`) trains to predict on their own. Without the mask the
-softmax pushes every unseen item's row and bias down and a new item never reaches a warm user's top 10.
+text prior), which ID dropout (`SeqConfig.id_dropout`: rows and free biases dropped from the scored table)
+trains to predict on their own. Without the mask the softmax pushes every unseen item's row and bias down and
+a new item never reaches a warm user's top 10.
 
 Evaluation reads the user's typed history before the split's item (test: also the validation item; validation:
 the training events) and scores the catalog once per user, then takes the sampled candidates (held-out item vs
@@ -174,7 +175,9 @@ def train_seq(model: SeqRecModel, records: Sequence[RecordLike], cfg: SeqTrainCo
             real = targets != PAD
             chosen = states[real]  # (P, d), row-major: the same order as `routes`
             user_vecs, bias = model.personalise(chosen, routes)
-            logits = model.logits(user_vecs, model.item_table(id_dropout=True) if trains_global else table, bias)
+            keep = model.id_keep() if trains_global else None
+            scored = table if keep is None else model.item_table(keep)
+            logits = model.logits(user_vecs, scored, bias, model.item_prior(keep))
             if unseen is not None:
                 logits = logits.masked_fill(unseen, float("-inf"))
             loss = F.cross_entropy(logits, targets[real])
