@@ -102,7 +102,7 @@ class Recommender:
         seqs = left_pad([window(indices, model.cfg.max_len)])
         user = model.encode_sequences(seqs, bank_set.table)[:, -1]
         user = user + sum((self.store.segment(bank_set, n)(user) for n in routes), torch.zeros_like(user))
-        scores = (user @ bank_set.table.T)[0] + model.global_bank.item_bias + self._item_bias(bank_set, routes)
+        scores = (user @ bank_set.table.T)[0] + model.item_prior() + self._item_bias(bank_set, routes)
         items = self._top(bank_set, scores, k, sorted(set(indices)) if exclude_history else ())
         return Recommendation(round=bank_set.round, items=items, banks=[GLOBAL, *routes], fallbacks=fallbacks,
                               user_vector=user[0].tolist() if include_vector else None)
@@ -117,6 +117,6 @@ class Recommender:
             raise RequestError(f"vector has {len(vector)} values; this run's user vectors have {dim}")
         routes, fallbacks = self.route(bank_set, segments)
         user = torch.tensor(list(vector), dtype=bank_set.table.dtype)
-        scores = bank_set.table @ user + bank_set.model.global_bank.item_bias + self._item_bias(bank_set, routes)
+        scores = bank_set.table @ user + bank_set.model.item_prior() + self._item_bias(bank_set, routes)
         return Recommendation(round=bank_set.round, items=self._top(bank_set, scores, k), banks=[GLOBAL, *routes],
                               fallbacks=fallbacks)

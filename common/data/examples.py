@@ -32,6 +32,7 @@ import pandas as pd
 
 from common.data.schema import EVENT_TYPES, Marketplace
 from common.data.seasons import season_of
+from common.data.typed_events import event_table, record_events
 from common.names import DEFAULT_HISTORY, HISTORIES
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,9 @@ class UserRecord:
     # every positive before the validation item, in time order, with or without a context: what collaborative
     # baselines (popularity, item-kNN, matrix factorization) fit on; train_pairs keep only those with a context
     train_items: list[str] = field(default_factory=list)
+    # every interaction (item, type token) before the validation item, then the validation item's positive event
+    # (common/data/typed_events.py): what the sequential model's user tower reads
+    typed_events: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def train_positives(self) -> list[str]:
@@ -253,6 +257,7 @@ def build_examples(m: Marketplace, cfg: ExampleConfig | None = None) -> list[Use
     index_of = {p: i for i, p in enumerate(m.products["product_id"].tolist())}
     seen_user, seen_item = seen_all["user_id"].tolist(), seen_all["product_id"].map(index_of).to_numpy()
     seen_span = _spans(seen_user)
+    typed = event_table(clicks, m.reviews)
     catalog = m.products["product_id"].tolist()
     cold_index = np.asarray([i for i, p in enumerate(catalog) if p in cfg.cold_items], dtype=np.int64)
     p_user, p_item = pos["user_id"].tolist(), pos["product_id"].tolist()
@@ -287,7 +292,8 @@ def build_examples(m: Marketplace, cfg: ExampleConfig | None = None) -> list[Use
             test_negatives=[catalog[j] for j in _negatives(rng, len(catalog), seen, cfg.num_negatives)],
             valid_context_text=ctx[-2], train_segments=[{**base, "season": s} for _, _, s in train],
             valid_segments={**base, "season": seasons[-2]}, seen_items=[catalog[j] for j in seen.tolist()],
-            train_items=list(items[:-2])))
+            train_items=list(items[:-2]),
+            typed_events=record_events(typed.get(user), p_key[a:b][-2], items[-2], items[-1])))
     log.info("built %d user records (%d users had fewer than %d positives)",
              len(records), m.users.shape[0] - len(records), cfg.min_positives)
     return records

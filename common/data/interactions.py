@@ -3,7 +3,9 @@
 The per-format loaders (`sources.py`) read their files (`read_frame` for CSV, TSV, Parquet, JSON lines) and end
 in `interactions_to_marketplace`, so one set of rules holds everywhere:
 - an explicit rating becomes an event: rating >= 4 is a purchase (a positive), 3 a click, lower a view
-  (seen but not liked); without ratings or event types every interaction is a purchase (implicit feedback);
+  (seen but not liked); the value itself stays in an extra numeric `rating` column of the clicks table (the
+  sequential model reads it as a "rating<r>" event type, common/data/typed_events.py); without ratings or
+  event types every interaction is a purchase (implicit feedback);
 - a session is a user's day when the source has no sessions;
 - products referenced but missing from the item file get a placeholder text, users missing from the user
   file get region "unknown", so no interaction is silently dropped.
@@ -84,7 +86,11 @@ def interactions_to_marketplace(inter: pd.DataFrame, where: str, products: pd.Da
         inter["event_type"] = "purchase"
     if "session_id" not in inter.columns:
         inter["session_id"] = inter["user_id"] + "@" + (inter["timestamp"] // 86_400).astype(str)
-    clicks = inter[["user_id", "session_id", "timestamp", "event_type", "product_id"]]
+    kept = []
+    if "rating" in inter.columns:  # the value itself, for typed histories
+        inter["rating"] = pd.to_numeric(inter["rating"], errors="coerce")
+        kept = ["rating"]
+    clicks = inter[["user_id", "session_id", "timestamp", "event_type", "product_id", *kept]]
     clicks = clicks.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
     reviews = reviews if reviews is not None else pd.DataFrame(
         columns=["review_id", "product_id", "user_id", "review_text", "star_rating", "timestamp"])

@@ -9,8 +9,14 @@ wire format, the server's validation and its per-bank aggregation are unchanged:
   encodes the item texts once per process with its own frozen backbone (`frozen_item_vectors`), the server
   only needs the bank shapes and uses zero text vectors of the backbone's hidden size;
 - every bank is seeded from (run seed, bank name), so every party builds identical starting banks;
-- a client trains on its users with two or more training positives (`UserRecord.train_items`, time order)
-  and weights each bank by its training targets (`seq_train.bank_counts`), the number the server bounds.
+- a client trains on its users' typed histories (`UserRecord.typed_events`: every interaction with its type,
+  targets the training positives; the same records and `seq_train.training_sequence` as central training),
+  on the users with at least one training target, and weights each bank by its training targets
+  (`seq_train.bank_counts`), the number the server bounds;
+- a client's softmax runs over the whole catalog (`mask_unseen=False`), unlike central training: masking the
+  items without a local target would leave exactly the rows of the client's own items changed in its update,
+  which tells the server which items its users interacted with. Cold items keep their text through ID dropout
+  and the text prior.
 
 Nothing here imports task.py or arch.py (they import this module).
 """
@@ -37,8 +43,8 @@ from common.rec.seq_train import (
     evaluate_seq,
     history_of,
     score_catalog,
-    train_items_of,
     train_seq,
+    training_sequence,
 )
 from common.rec.user_record import RecordLike
 
@@ -120,10 +126,10 @@ def load_received(model: SeqRecModel, names: Sequence[str], received: Mapping[st
     model.serving = frozenset(names)
 
 
-def train_records(data: ClientData, limit: int = 0) -> list[RecordLike]:
-    """The users a client trains on: those with two or more training positives (an order to learn from),
-    the first `limit` of them when max-train-users is set."""
-    usable = [r for r in data.records if len(train_items_of(r)) >= 2]
+def train_records(data: ClientData, limit: int = 0, max_len: int = 200) -> list[RecordLike]:
+    """The users a client trains on: those with a training target (a training positive after an earlier
+    event of theirs), the first `limit` of them when max-train-users is set."""
+    usable = [r for r in data.records if training_sequence(r, max_len)[2]]
     return usable[:limit] if limit else usable
 
 
@@ -136,7 +142,7 @@ def train(model: SeqRecModel, records: Sequence[RecordLike], names: Sequence[str
           reference: Mapping[str, torch.Tensor] | None, device: str = "cpu") -> dict[str, float]:
     """Train the banks `names` for the round: batch-size users per step, Adam at lr, FedProx when mu > 0."""
     tcfg = SeqTrainConfig(epochs=hp.epochs, batch_size=hp.batch_size, lr=hp.lr, prox_mu=hp.proximal_mu, seed=seed,
-                          device=device)
+                          device=device, mask_unseen=False)  # the full softmax: see the module docstring
     return train_seq(model, records, tcfg, names, reference_state=reference)
 
 
@@ -170,7 +176,7 @@ class SeqArch:
         load_received(model, names, received)
 
     def train_records(self, cfg: FedConfig, data: ClientData) -> list[RecordLike]:
-        return train_records(data, cfg.max_train_users)
+        return train_records(data, cfg.max_train_users, cfg.seq_max_len)
 
     def train_counts(self, cfg: FedConfig, records: Sequence[RecordLike]) -> dict[str, int]:
         return counts(cfg, records)

@@ -7,13 +7,20 @@ what the log gives:
 
 - **item vectors** e_i = text_proj(t_i) + row_i: t_i is the frozen backbone's mean-pooled vector of the item's
   text, computed once per (backbone, catalog) and cached (`frozen_item_vectors`); `text_proj` is a trainable
-  projection of it; `row_i` is a trainable collaborative row, zero at init. An item nobody interacted with is
-  still placed by its text: its row only ever moves as a negative of the full softmax (down, uniformly for
-  everyone), so among such items the text decides the order (tests/test_rec_seq.py);
-- **item prior** b_i: a learned per-item bias (popularity the model can use and unlearn), zero at init;
-- **user tower**: a causal Transformer (pre-norm, SASRec-like) over the vectors of the user's most recent
-  `max_len` positive items in time order, with learned positions counted back from the most recent item;
-  the user vector is the output at the last position. Older items than `max_len` are dropped;
+  projection of it; `row_i` is a trainable collaborative row, zero at init. With `id_dropout` a training step
+  scores its targets against a table where each row (and free bias, `id_dropout_bias`) is dropped with that
+  probability, so text alone has to rank the next item and an item without a row is ranked like the others;
+- **item prior** p_i = w . t_i + b_i: what the item's text predicts plus a free per-item bias (popularity the
+  model can use and unlearn), both zero at init;
+- an item nobody trained on keeps row_i = 0 and b_i = 0 when training masks it out of the softmax
+  (`SeqTrainConfig.mask_unseen`, central training's default), and is then scored by its text alone against
+  warm items (tests/test_rec_seq_typed.py); under a full softmax its row and bias only ever move down as a
+  negative, which buries it (among such items the text still decides the order, tests/test_rec_seq.py);
+- **user tower**: a causal Transformer (pre-norm, SASRec-like) over the user's most recent `max_len`
+  interactions of any type in time order (`UserRecord.typed_events`: view, click, cart, purchase, rating
+  1..5); an event's input is its item's vector plus a learned embedding of its type, with learned positions
+  counted back from the most recent event; the user vector is the output at the last position. Older events
+  than `max_len` are dropped. Targets stay positives (`common.rec.seq_train`);
 - **segment banks** ("region=EU", ...): a residual bottleneck on the user vector (zero-initialised
   up-projection: identity at init) and a per-item bias delta (what that segment likes more or less than
   everyone). A request routes through the global bank and the banks of its own segments; the residuals add.
@@ -40,11 +47,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.backbone import Backbone
+from common.data.typed_events import EVENT_TOKENS
 from common.names import GLOBAL, make_key, segment_name, split_key
 
 log = logging.getLogger(__name__)
 
 PAD = 0  # item index 0 is padding; catalog item j (sorted ids) is index j + 1
+TYPE_INDEX = {token: k + 1 for k, token in enumerate(EVENT_TOKENS)}  # event type token -> index (0: padding)
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,10 @@ class SeqConfig:
     dropout: float = 0.2
     segment_rank: int = 16  # bottleneck width of a segment bank
     seed: int = 0
+    # probability that a training step scores an item by its text alone (its collaborative row zeroed), so the
+    # text projection carries what predicts the next item and an item with no row is not a stranger
+    id_dropout: float = 0.5
+    id_dropout_bias: bool = True  # a dropped item loses its free bias too: its text prior alone places it
 
     def __post_init__(self) -> None:
         for name in ("dim", "layers", "heads", "max_len", "segment_rank"):
@@ -67,6 +80,8 @@ class SeqConfig:
             raise ValueError(f"seq dim {self.dim} must be a multiple of heads {self.heads}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"seq dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.id_dropout < 1.0:
+            raise ValueError(f"seq id_dropout must be in [0, 1), got {self.id_dropout}")
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -103,6 +118,10 @@ class GlobalBank(nn.Module):
         self.text_proj = nn.Linear(text_dim, cfg.dim)
         self.item_rows = nn.Parameter(torch.zeros(n_items + 1, cfg.dim))
         self.item_bias = nn.Parameter(torch.zeros(n_items + 1))
+        self.text_prior = nn.Linear(text_dim, 1)  # the prior an item's text predicts; zero at init
+        nn.init.zeros_(self.text_prior.weight)
+        nn.init.zeros_(self.text_prior.bias)
+        self.event_types = nn.Parameter(torch.randn(len(EVENT_TOKENS) + 1, cfg.dim) * 0.02)  # row 0: padding
         self.positions = nn.Parameter(torch.randn(cfg.max_len, cfg.dim) * 0.02)
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.dropout) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.dim)
@@ -283,11 +302,36 @@ class SeqRecModel(nn.Module):
         return out
 
     # -- computation ----------------------------------------------------------------------------------
-    def item_table(self) -> torch.Tensor:
-        """(N+1, d) item vectors; row 0 (padding) is zero."""
+    def id_keep(self) -> torch.Tensor | None:
+        """(N+1,) 0/1 mask of the items a training step keeps the collaborative row (and, with
+        `id_dropout_bias`, the free bias) of, each dropped with probability `id_dropout`; None when not training.
+        The table a step scores its targets against uses it (a dropped item is ranked through its text only);
+        the user tower's input keeps every row."""
+        if not self.training or self.cfg.id_dropout == 0:
+            return None
+        n = self.text_vectors.shape[0]
+        return (torch.rand(n, device=self.text_vectors.device) >= self.cfg.id_dropout).to(self.text_vectors.dtype)
+
+    def item_table(self, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """(N+1, d) item vectors; row 0 (padding) is zero; `keep` (from `id_keep`) zeroes dropped rows."""
         g = self.global_bank
-        table = g.text_proj(self.text_vectors) + g.item_rows
+        rows: torch.Tensor = g.item_rows if keep is None else g.item_rows * keep.unsqueeze(1)
+        table = g.text_proj(self.text_vectors) + rows
         return table * (torch.arange(table.shape[0], device=table.device) > 0).unsqueeze(1).to(table.dtype)
+
+    def item_prior(self, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """(N+1,) prior of each item: what its text predicts plus its free bias (zero for an item never trained
+        on when training masks unseen items, so a new item gets the prior of its text); `keep` drops the free
+        bias of the items it drops when `id_dropout_bias`."""
+        g = self.global_bank
+        free = g.item_bias if keep is None or not self.cfg.id_dropout_bias else g.item_bias * keep
+        return g.text_prior(self.text_vectors).squeeze(1) + free
+
+    def type_indices(self, tokens: Sequence[str]) -> list[int]:
+        try:
+            return [TYPE_INDEX[t] for t in tokens]
+        except KeyError as err:
+            raise ValueError(f"event type {err.args[0]!r} is unknown; known: {', '.join(EVENT_TOKENS)}") from None
 
     def indices(self, items: Sequence[str]) -> list[int]:
         try:
@@ -295,14 +339,21 @@ class SeqRecModel(nn.Module):
         except KeyError as err:
             raise ValueError(f"item {err.args[0]!r} is not in the model's catalog of {len(self.catalog)}") from None
 
-    def encode_sequences(self, seqs: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        """(B, T) item indices, left-padded with PAD -> (B, T, d) user states (causal: position t sees <= t)."""
+    def encode_sequences(self, seqs: torch.Tensor, table: torch.Tensor,
+                         types: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) item indices, left-padded with PAD, and their (B, T) event type indices (None: every event a
+        purchase) -> (B, T, d) user states (causal: position t sees <= t). An event's input is its item's
+        vector plus its type's embedding."""
         g = self.global_bank
         b, t = seqs.shape
         if t > self.cfg.max_len:
             raise ValueError(f"sequences of {t} items exceed max_len {self.cfg.max_len}")
         real = seqs != PAD
-        x = table[seqs] * math.sqrt(self.cfg.dim) + g.positions[:t].flip(0)  # position 0 = the most recent item
+        if types is None:
+            types = torch.where(real, TYPE_INDEX["purchase"], 0)
+        if types.shape != seqs.shape:
+            raise ValueError(f"event types {tuple(types.shape)} do not match sequences {tuple(seqs.shape)}")
+        x = (table[seqs] + g.event_types[types]) * math.sqrt(self.cfg.dim) + g.positions[:t].flip(0)
         x = F.dropout(x, self.cfg.dropout, self.training)
         causal = torch.ones(t, t, dtype=torch.bool, device=seqs.device).tril()
         eye = torch.eye(t, dtype=torch.bool, device=seqs.device)
@@ -333,9 +384,10 @@ class SeqRecModel(nn.Module):
         bias = gate @ torch.stack([b.item_bias for b in banks])
         return out, bias
 
-    def logits(self, users: torch.Tensor, table: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def logits(self, users: torch.Tensor, table: torch.Tensor, bias: torch.Tensor,
+               prior: torch.Tensor | None = None) -> torch.Tensor:
         """(U, N+1) scores; the padding column is -inf."""
-        scores = users @ table.T + self.global_bank.item_bias + bias
+        scores = users @ table.T + (self.item_prior() if prior is None else prior) + bias
         scores[:, PAD] = float("-inf")
         return scores
 

@@ -1,16 +1,25 @@
 """Training and evaluation of the sequential model (`common.rec.seq_model`).
 
-Training is next-item prediction at every position of a user's training sequence (the positives before the
-validation item, in time order, the most recent `max_len + 1`): the state after items 1..t scores item t+1
-against the **whole catalog** with a softmax. A full softmax needs no negative sampler, so popular items are
-neither over-sampled as negatives (in-batch sampling) nor easy to beat (uniform sampling); the item prior b_i
-learns popularity instead. Each target is routed through the segment banks of its own interaction (a
-training pair's segments, e.g. the season it happened in).
+The user tower reads every interaction with its type (`UserRecord.typed_events`: views, clicks, carts,
+purchases, rating values; common/data/typed_events.py), while targets stay positives: training is next-positive
+prediction at every event of a user's training sequence (the typed events before the validation item, in time
+order, cut after the last training positive, the most recent `max_len`): the state after events 1..t scores
+the first training positive strictly after event t against the catalog with a softmax. A full softmax needs
+no negative sampler, so popular items are neither over-sampled as negatives (in-batch sampling) nor easy to
+beat (uniform sampling); the item prior learns popularity instead. Each target is routed through the segment
+banks of its own interaction (a training pair's segments, e.g. the season it happened in).
 
-Evaluation reads the user's history before the split's item (test: training positives + validation item;
-validation: training positives) and scores the catalog once per user, then takes the sampled candidates
-(held-out item vs its 99 negatives) or the full catalog (minus everything the user touched), with the same
-metrics code as the two-tower model.
+Items never trained on are not buried: with `mask_unseen` (the default) the softmax runs over the items that
+are a target somewhere in the training data only, so an item with no training positive never gets a
+gradient as a negative: its row and free bias stay zero and it is scored by its text (text projection and
+text prior), which ID dropout (`SeqConfig.id_dropout`: rows and free biases dropped from the scored table)
+trains to predict on their own. Without the mask the softmax pushes every unseen item's row and bias down and
+a new item never reaches a warm user's top 10.
+
+Evaluation reads the user's typed history before the split's item (test: also the validation item; validation:
+the training events) and scores the catalog once per user, then takes the sampled candidates (held-out item vs
+its 99 negatives) or the full catalog (minus everything the user touched), with the same metrics code as the
+two-tower model.
 """
 
 from __future__ import annotations
@@ -26,12 +35,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.data.typed_events import history_events, next_positive_targets, training_events
 from common.defaults import ARCH_DEFAULTS
 from common.device import check_device_name, resolve_device
 from common.names import GLOBAL, SEQ, make_key
 from common.protocol import segment_adapter_names
 from common.rec.metrics import aggregate, full_ranking_metrics, sampled_metrics, served_by_segment_adapter
-from common.rec.seq_model import SeqRecModel, left_pad, window
+from common.rec.seq_model import PAD, SeqRecModel, left_pad, window
 from common.rec.train import log_progress, prox_term, take_step
 from common.rec.user_record import RecordLike
 
@@ -51,6 +61,7 @@ class SeqTrainConfig:
     prox_mu: float = 0.0
     seed: int = 0
     device: str = "cpu"  # auto | cpu | cuda: where training runs (the model is moved there)
+    mask_unseen: bool = True  # softmax over the items that are a training target somewhere (see the docstring)
 
     def __post_init__(self) -> None:
         check_device_name(self.device)
@@ -73,18 +84,34 @@ def train_items_of(record: RecordLike) -> list[str]:
 
 
 def target_segments(record: RecordLike) -> list[dict[str, str]]:
-    """Segments of each training target after the first (items[1:]): its own pair's, else the user's."""
-    items = train_items_of(record)
-    own = dict(zip(record.train_positives, record.train_segments, strict=False)) \
+    """Segments of each training positive after the first (items[1:]): its own pair's, else the user's."""
+    own = _own_segments(record)
+    return [own.get(item, record.segments) for item in train_items_of(record)[1:]]
+
+
+def _own_segments(record: RecordLike) -> dict[str, dict[str, str]]:
+    return dict(zip(record.train_positives, record.train_segments, strict=False)) \
         if len(record.train_segments) == len(record.train_pairs) else {}
-    return [own.get(item, record.segments) for item in items[1:]]
+
+
+def training_sequence(record: RecordLike, max_len: int
+                      ) -> tuple[list[tuple[str, str]], list[str | None], list[dict[str, str]]]:
+    """(input events, target per event or None, segments per target) of one user: the typed events before
+    the validation item cut after the event before the last training positive, the most recent `max_len`."""
+    events = training_events(record)
+    targets = next_positive_targets(events, train_items_of(record))
+    last = max((j for j, t in enumerate(targets) if t is not None), default=-1)
+    start = max(0, last + 1 - max_len)
+    events, targets = events[start:last + 1], targets[start:last + 1]
+    own = _own_segments(record)
+    return events, targets, [own.get(t, record.segments) for t in targets if t is not None]
 
 
 def bank_counts(records: Sequence[RecordLike], keys: Sequence[str], max_len: int) -> dict[str, int]:
     """Training targets per bank (the federated weights): every target counts for global and its segments."""
     counts: Counter[str] = Counter()
     for record in records:
-        for segs in target_segments(record)[-max_len:]:
+        for segs in training_sequence(record, max_len)[2]:
             counts[GLOBAL] += 1
             counts.update(segment_adapter_names(segs, tuple(keys)))
     return dict(counts)
@@ -113,14 +140,16 @@ def train_seq(model: SeqRecModel, records: Sequence[RecordLike], cfg: SeqTrainCo
     max_len = model.cfg.max_len
     users = []
     for record in records:
-        items = model.indices(train_items_of(record))
-        if len(items) < 2:
+        events, next_items, segs = training_sequence(record, max_len)
+        if not segs:
             continue
-        segs = target_segments(record)
-        seq = window(items, max_len + 1)
-        users.append((seq[:-1], seq[1:], [model.routes(s) for s in segs[-(len(seq) - 1):]]))
+        users.append((model.indices([i for i, _ in events]), model.type_indices([t for _, t in events]),
+                      [PAD if t is None else model.index[t] for t in next_items], [model.routes(s) for s in segs]))
     if not users:
-        raise ValueError(f"no user of {len(records)} has two training positives to learn an order from")
+        raise ValueError(f"no user of {len(records)} has a training positive after an earlier event to learn from")
+    trained = torch.zeros(len(model.catalog) + 1, dtype=torch.bool)
+    trained[[t for u in users for t in u[2] if t != PAD]] = True
+    unseen = (~trained).to(model.device) if cfg.mask_unseen else None
     trains_global = GLOBAL in trainable_names
     named = _named(model, trainable_names) if reference_state is not None else {}
     torch.manual_seed(cfg.seed)
@@ -129,7 +158,7 @@ def train_seq(model: SeqRecModel, records: Sequence[RecordLike], cfg: SeqTrainCo
     started = time.perf_counter()
     epoch_losses: list[float] = []
     steps = 0
-    n_targets = sum(len(t) for _, t, _ in users)
+    n_targets = sum(len(u[3]) for u in users)
     for epoch in range(cfg.epochs):
         model.train(trains_global)
         order = rng.permutation(len(users))
@@ -137,15 +166,20 @@ def train_seq(model: SeqRecModel, records: Sequence[RecordLike], cfg: SeqTrainCo
         for start in range(0, len(users), cfg.batch_size):
             batch = [users[int(i)] for i in order[start:start + cfg.batch_size]]
             inputs = left_pad([b[0] for b in batch]).to(model.device)
-            targets = left_pad([b[1] for b in batch]).to(model.device)
-            routes = [r for b in batch for r in b[2]]
+            types = left_pad([b[1] for b in batch]).to(model.device)
+            targets = left_pad([b[2] for b in batch]).to(model.device)
+            routes = [r for b in batch for r in b[3]]
             table = model.item_table()
             with torch.set_grad_enabled(trains_global):
-                states = model.encode_sequences(inputs, table)  # (B, T, d)
-            real = targets != 0
+                states = model.encode_sequences(inputs, table, types)  # (B, T, d)
+            real = targets != PAD
             chosen = states[real]  # (P, d), row-major: the same order as `routes`
             user_vecs, bias = model.personalise(chosen, routes)
-            logits = model.logits(user_vecs, table, bias)
+            keep = model.id_keep() if trains_global else None
+            scored = table if keep is None else model.item_table(keep)
+            logits = model.logits(user_vecs, scored, bias, model.item_prior(keep))
+            if unseen is not None:
+                logits = logits.masked_fill(unseen, float("-inf"))
             loss = F.cross_entropy(logits, targets[real])
             if reference_state is not None and cfg.prox_mu > 0:
                 loss = loss + cfg.prox_mu / 2 * prox_term(named, reference_state)
@@ -159,26 +193,32 @@ def train_seq(model: SeqRecModel, records: Sequence[RecordLike], cfg: SeqTrainCo
             "num_examples": float(n_targets), "seconds": time.perf_counter() - started}
 
 
-def history_of(record: RecordLike, split: str) -> tuple[list[str], dict[str, str]]:
-    """The items a split is predicted from and the request's segments."""
-    items = train_items_of(record)
-    if split == "test":
-        return [*items, record.valid_item], record.segments
-    if split == "valid":
-        return items, record.valid_segments or record.segments
-    raise ValueError(f"split must be 'test' or 'valid', got {split!r}")
+def history_of(record: RecordLike, split: str) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """The typed events (item, type) a split is predicted from and the request's segments."""
+    events = history_events(record, split)
+    return events, record.segments if split == "test" else record.valid_segments or record.segments
+
+
+def _typed(history: Sequence[str | tuple[str, str]]) -> tuple[list[str], list[str]]:
+    """(items, types) of a history given as typed events or as plain items (each then a purchase)."""
+    pairs = [(h, "purchase") if isinstance(h, str) else h for h in history]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 @torch.no_grad()
-def score_catalog(model: SeqRecModel, histories: Sequence[Sequence[str]], segments: Sequence[Mapping[str, str]],
-                  batch_size: int = 256) -> np.ndarray:
-    """(U, N) scores of every catalog item (in `model.catalog` order) for each request."""
+def score_catalog(model: SeqRecModel, histories: Sequence[Sequence[str | tuple[str, str]]],
+                  segments: Sequence[Mapping[str, str]], batch_size: int = 256) -> np.ndarray:
+    """(U, N) scores of every catalog item (in `model.catalog` order) for each request; a history is a list of
+    typed events (item, type token) or of items (purchases), oldest first."""
     model.eval()
     table = model.item_table()
     out = np.zeros((len(histories), len(model.catalog)), dtype=np.float32)
     for start in range(0, len(histories), batch_size):
-        rows = [window(model.indices(h), model.cfg.max_len) for h in histories[start:start + batch_size]]
-        states = model.encode_sequences(left_pad(rows).to(model.device), table)[:, -1]
+        typed = [_typed(h) for h in histories[start:start + batch_size]]
+        rows = [window(model.indices(items), model.cfg.max_len) for items, _ in typed]
+        kinds = [window(model.type_indices(types), model.cfg.max_len) for _, types in typed]
+        states = model.encode_sequences(left_pad(rows).to(model.device), table,
+                                        left_pad(kinds).to(model.device))[:, -1]
         users, bias = model.personalise(states, [model.routes(s) for s in segments[start:start + batch_size]])
         out[start:start + len(rows)] = model.logits(users, table, bias)[:, 1:].cpu().numpy()
     return out
