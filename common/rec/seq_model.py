@@ -41,6 +41,7 @@ from torch import nn
 
 from common.backbone import Backbone
 from common.names import GLOBAL, make_key, segment_name, split_key
+from common.rec.text_tower import TextTower, TextTowerConfig
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +59,17 @@ class SeqConfig:
     dropout: float = 0.2
     segment_rank: int = 16  # bottleneck width of a segment bank
     seed: int = 0
+    # item text vectors from the backbone with trainable adapters of this kind in its top `text_adapters` layers
+    # (common/rec/text_tower.py); 0 = the frozen backbone's vectors
+    text_adapters: int = 0
+    text_adapter_kind: str = "lora"
 
     def __post_init__(self) -> None:
         for name in ("dim", "layers", "heads", "max_len", "segment_rank"):
             if getattr(self, name) < 1:
                 raise ValueError(f"seq {name} must be >= 1, got {getattr(self, name)}")
+        if self.text_adapters < 0:
+            raise ValueError(f"seq text_adapters must be >= 0 (0 = frozen text vectors), got {self.text_adapters}")
         if self.dim % self.heads:
             raise ValueError(f"seq dim {self.dim} must be a multiple of heads {self.heads}")
         if not 0.0 <= self.dropout < 1.0:
@@ -154,13 +161,32 @@ def frozen_item_vectors(backbone: Backbone, catalog: Sequence[str], item_texts: 
     return _TEXT_VECTORS[key]
 
 
+def item_text_inputs(backbone: Backbone, cfg: SeqConfig, catalog: Sequence[str], item_texts: Mapping[str, str],
+                     max_len: int = 64) -> tuple[torch.Tensor, TextTower | None]:
+    """What a `SeqRecModel` reads item texts through: the frozen vectors (`cfg.text_adapters` 0), or zeros of the
+    same shape and a text tower with adapters in the backbone's top `cfg.text_adapters` layers (lower-layer
+    states are computed only when the tower first runs, so a party that needs only the bank shapes pays
+    nothing for them)."""
+    if not cfg.text_adapters:
+        return frozen_item_vectors(backbone, catalog, item_texts, max_len=max_len), None
+    tower = TextTower(backbone, TextTowerConfig(layers=cfg.text_adapters, kind=cfg.text_adapter_kind,
+                                                max_len=max_len, seed=cfg.seed), [item_texts[i] for i in catalog])
+    return torch.zeros(len(catalog), backbone.hidden_size), tower
+
+
 class SeqRecModel(nn.Module):
     """Named banks over a fixed catalog; `text_vectors` (N, H) from `frozen_item_vectors` (or zeros on a
-    party that only needs the bank shapes, e.g. the server building the initial state)."""
+    party that only needs the bank shapes, e.g. the server building the initial state). With `text_tower`
+    (common/rec/text_tower.py, for `cfg.text_adapters` > 0) the item text vectors come from the backbone's
+    adapted top layers instead, and the tower's adapters are part of the global bank."""
 
     def __init__(self, cfg: SeqConfig, catalog: Sequence[str], text_vectors: torch.Tensor,
-                 names: Sequence[str] = (GLOBAL,), user_levels: Sequence[str] = (GLOBAL,)) -> None:
+                 names: Sequence[str] = (GLOBAL,), user_levels: Sequence[str] = (GLOBAL,),
+                 text_tower: TextTower | None = None) -> None:
         super().__init__()
+        if (text_tower is not None) != (cfg.text_adapters > 0):
+            raise ValueError(f"seq text_adapters={cfg.text_adapters} needs a text tower exactly when it is > 0")
+        self.text_tower = text_tower
         if text_vectors.ndim != 2 or text_vectors.shape[0] != len(catalog):
             raise ValueError(f"text vectors {tuple(text_vectors.shape)} do not match a catalog of {len(catalog)}")
         if len(set(catalog)) != len(catalog):
@@ -203,6 +229,8 @@ class SeqRecModel(nn.Module):
         n, h = len(self.catalog), self.text_vectors.shape[1]
         bank: nn.Module = GlobalBank(self.cfg, n, h) if name == GLOBAL else SegmentBank(self.cfg, n)
         torch.random.set_rng_state(generator_state)
+        if name == GLOBAL and self.text_tower is not None:
+            bank.text_adapters = self.text_tower.adapters  # seeded by the tower's own config
         bank.to(self.text_vectors.device)  # a bank added after the model moved lives where the model is
         bank.train(self.training)
         self.banks.append(bank)
@@ -283,10 +311,19 @@ class SeqRecModel(nn.Module):
         return out
 
     # -- computation ----------------------------------------------------------------------------------
-    def item_table(self) -> torch.Tensor:
-        """(N+1, d) item vectors; row 0 (padding) is zero."""
+    def item_text_vectors(self, focus: torch.Tensor | None = None) -> torch.Tensor:
+        """(N+1, H) item text vectors, row 0 (padding) zero: the frozen ones, or the text tower's. `focus`: the
+        item indices of a training batch (the only ones the tower passes gradients through)."""
+        if self.text_tower is None:
+            return self.text_vectors
+        rows = None if focus is None else focus[focus != PAD] - 1
+        vectors = self.text_tower.vectors(rows)
+        return torch.cat([vectors.new_zeros(1, vectors.shape[1]), vectors])
+
+    def item_table(self, focus: torch.Tensor | None = None) -> torch.Tensor:
+        """(N+1, d) item vectors; row 0 (padding) is zero. `focus`: see `item_text_vectors`."""
         g = self.global_bank
-        table = g.text_proj(self.text_vectors) + g.item_rows
+        table = g.text_proj(self.item_text_vectors(focus)) + g.item_rows
         return table * (torch.arange(table.shape[0], device=table.device) > 0).unsqueeze(1).to(table.dtype)
 
     def indices(self, items: Sequence[str]) -> list[int]:

@@ -139,7 +139,7 @@ def train_seq(model: SeqRecModel, records: Sequence[RecordLike], cfg: SeqTrainCo
             inputs = left_pad([b[0] for b in batch]).to(model.device)
             targets = left_pad([b[1] for b in batch]).to(model.device)
             routes = [r for b in batch for r in b[2]]
-            table = model.item_table()
+            table = model.item_table(focus=torch.cat([inputs.flatten(), targets.flatten()]))
             with torch.set_grad_enabled(trains_global):
                 states = model.encode_sequences(inputs, table)  # (B, T, d)
             real = targets != 0
