@@ -166,7 +166,8 @@ def _configure_quality(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", default=None, help="local model folder, or 'tiny' (default: offline MiniLM)")
     parser.add_argument("--arch", choices=ARCHS, default="text",
                         help="the modes' model: text two-tower, or seq (sequential hybrid; fedadapt train --arch)")
-    parser.add_argument("--adapter", default=ADAPTER_KIND, help="adapter kind of the adapter modes (arch text) and of --seq-text-adapters")
+    parser.add_argument("--adapter", default=ADAPTER_KIND,
+                        help="adapter kind of the adapter modes (arch text) and of --seq-text-adapters")
     parser.add_argument("--segments", default=",".join(DEFAULT_SEGMENT_KEYS),
                         help="segment keys that get adapters, comma-separated")
     parser.add_argument("--min-segment-users", type=_positive_int, default=20,

@@ -66,7 +66,8 @@ def test_fresh_tower_gives_the_frozen_vectors_and_training_moves_them() -> None:
     model = _model(texts)
     catalog = sorted(texts)
     frozen = frozen_item_vectors(tiny_backbone(), catalog, texts)
-    before = model.item_text_vectors()[1:].clone()
+    with torch.no_grad():
+        before = model.item_text_vectors()[1:].clone()
     # Execute
     train_seq(model, _records(catalog), SeqTrainConfig(epochs=3, batch_size=8, lr=1e-2), [GLOBAL])
     with torch.no_grad():
@@ -232,3 +233,30 @@ def test_scoring_reads_tower_vectors_of_the_current_weights() -> None:
     # Assert
     assert not np.allclose(first, second)
     np.testing.assert_allclose(first, third, rtol=1e-5, atol=1e-5)
+
+
+def test_the_whole_catalog_is_reencoded_once_per_epoch_and_batches_cap_their_gradient_items() -> None:
+    """Training re-encodes the whole catalog without gradient once per epoch (not per step), and each step runs
+    at most `grad_items` items with gradient: what keeps the tower's cost near the frozen model's."""
+    # Prepare
+    texts = _texts()
+    model = _model(texts)
+    assert model.text_tower is not None
+    tower = model.text_tower
+    from dataclasses import replace
+    tower.cfg = replace(tower.cfg, grad_items=3)
+    sizes: list[tuple[int, bool]] = []
+    encode = tower.encode
+
+    def counted(rows: torch.Tensor) -> torch.Tensor:
+        sizes.append((len(rows), torch.is_grad_enabled()))
+        return encode(rows)
+
+    tower.encode = counted  # type: ignore[method-assign]
+    # Execute
+    report = train_seq(model, _records(sorted(texts)), SeqTrainConfig(epochs=2, batch_size=8, lr=1e-2), [GLOBAL])
+    # Assert
+    full = [s for s in sizes if s == (len(texts), False)]
+    with_grad = [n for n, grad in sizes if grad]
+    assert len(full) == 2 and report["steps"] == 10
+    assert len(with_grad) == 10 and max(with_grad) == 3

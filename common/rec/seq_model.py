@@ -10,6 +10,8 @@ what the log gives:
   projection of it; `row_i` is a trainable collaborative row, zero at init. An item nobody interacted with is
   still placed by its text: its row only ever moves as a negative of the full softmax (down, uniformly for
   everyone), so among such items the text decides the order (tests/test_rec_seq.py);
+  with `SeqConfig.text_adapters` = K > 0, t_i comes from the backbone with trainable adapters in its top K
+  layers instead (common/rec/text_tower.py), and those adapters are part of the global bank;
 - **item prior** b_i: a learned per-item bias (popularity the model can use and unlearn), zero at init;
 - **user tower**: a causal Transformer (pre-norm, SASRec-like) over the vectors of the user's most recent
   `max_len` positive items in time order, with learned positions counted back from the most recent item;
