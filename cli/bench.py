@@ -179,7 +179,8 @@ def _configure_quality(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", default=None, help="local model folder, or 'tiny' (default: offline MiniLM)")
     parser.add_argument("--arch", choices=ARCHS, default="text",
                         help="the modes' model: text two-tower, or seq (sequential hybrid; fedadapt train --arch)")
-    parser.add_argument("--adapter", default=ADAPTER_KIND, help="adapter kind of the adapter modes (arch text)")
+    parser.add_argument("--adapter", default=ADAPTER_KIND,
+                        help="adapter kind of the adapter modes (arch text) and of --seq-text-adapters")
     parser.add_argument("--segments", default=",".join(DEFAULT_SEGMENT_KEYS),
                         help="segment keys that get adapters, comma-separated")
     parser.add_argument("--min-segment-users", type=_positive_int, default=20,
@@ -187,6 +188,9 @@ def _configure_quality(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=_positive_int, default=None,
                         help="passes over the training data (per stage); default 2 (text), 20 (seq)")
     parser.add_argument("--seq-dim", type=_positive_int, default=64, help="seq: item and user vector width")
+    parser.add_argument("--seq-text-adapters", type=int, default=0,
+                        help="seq: item text vectors from the backbone with --adapter adapters in its top N layers "
+                             "(0: frozen text vectors)")
     parser.add_argument("--seq-max-len", type=_positive_int, default=200,
                         help="seq: most recent positives the user tower reads")
     parser.add_argument("--pairs-per-user", type=_positive_int, default=None, help="cap on pairs per user per epoch")
@@ -208,7 +212,7 @@ def _run_quality(args: argparse.Namespace) -> int:
     options = QualityOptions(  # argparse runs --modes' default through _parse_quality_modes too: a list
         data=args.data, out=args.out, modes=tuple(args.modes), baselines=not args.skip_baselines, history=args.history,
         backbone=args.backbone, adapter=args.adapter, arch=args.arch, seq_dim=args.seq_dim,
-        seq_max_len=args.seq_max_len,
+        seq_max_len=args.seq_max_len, seq_text_adapters=args.seq_text_adapters,
         segment_keys=tuple(k.strip() for k in args.segments.split(",") if k.strip()),
         min_segment_users=args.min_segment_users, epochs=int(args.epochs or arch_defaults(args.arch).central_epochs),
         pairs_per_user=args.pairs_per_user, max_users=args.max_users, eval_users=args.eval_users, seed=args.seed,

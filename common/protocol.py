@@ -239,6 +239,7 @@ class FedConfig:
     max_len: int = 64
     seq_dim: int = 64  # arch=seq: item / user vector width (a multiple of SEQ_HEADS)
     seq_max_len: int = 200  # arch=seq: most recent positives the user tower reads
+    seq_text_adapters: int = 0  # arch=seq: top backbone layers with adapter-kind adapters on item texts; 0 = frozen
     max_train_users: int = 0
     max_eval_users: int = 0
     # Bound on one client's whole-delta L2 norm (server/validate.py). It fits both archs: honest arch=seq deltas
@@ -299,6 +300,9 @@ class FedConfig:
             raise ValueError(f"adapter-kind {self.adapter_kind!r} is not one of {', '.join(ADAPTER_KINDS)}")
         if self.adapter_layers < 0:
             raise ValueError(f"adapter-layers must be >= 0 (0 = every layer), got {self.adapter_layers}")
+        if self.seq_text_adapters < 0:
+            raise ValueError(f"seq-text-adapters must be >= 0 (0 = frozen item text vectors), got "
+                             f"{self.seq_text_adapters}")
         if self.lower_cache_mb < 0:
             raise ValueError(f"lower-cache-mb must be >= 0 (0 = no cache), got {self.lower_cache_mb}")
         for name, zero in (("client_threads", "follow the free CPUs"), ("client_cpus", "every CPU")):
@@ -427,7 +431,7 @@ class FedConfig:
     def backbone_adapter_layers(self) -> int:
         """How many top layers of the backbone carry adapters (0 = every layer, or none for seq, which only
         reads frozen text vectors): what the preflight checks the backbone's depth against."""
-        return self.adapter_layers if self.arch == TEXT else 0
+        return self.adapter_layers if self.arch == TEXT else self.seq_text_adapters
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> FedConfig:

@@ -257,7 +257,7 @@ def build_examples(m: Marketplace, cfg: ExampleConfig | None = None) -> list[Use
     index_of = {p: i for i, p in enumerate(m.products["product_id"].tolist())}
     seen_user, seen_item = seen_all["user_id"].tolist(), seen_all["product_id"].map(index_of).to_numpy()
     seen_span = _spans(seen_user)
-    typed = event_table(clicks, m.reviews)
+    typed = event_table(clicks, m.reviews, cfg.cold_items)
     catalog = m.products["product_id"].tolist()
     cold_index = np.asarray([i for i, p in enumerate(catalog) if p in cfg.cold_items], dtype=np.int64)
     p_user, p_item = pos["user_id"].tolist(), pos["product_id"].tolist()

@@ -45,9 +45,11 @@ class UserEvents:
     tokens: list[str]
 
 
-def event_table(clicks: pd.DataFrame, reviews: pd.DataFrame) -> dict[str, UserEvents]:
-    """Per user, every click and review as a typed event. `clicks` must be sorted by user and time (its row
-    index is the tie-break), as `build_examples` sorts it."""
+def event_table(clicks: pd.DataFrame, reviews: pd.DataFrame,
+                exclude: frozenset[str] = frozenset()) -> dict[str, UserEvents]:
+    """Per user, every click and review as a typed event, except events on the items `exclude` (the cold split's
+    held-out items: no model input may mention them). `clicks` must be sorted by user and time (its row index is
+    the tie-break), as `build_examples` sorts it."""
     tokens = clicks["event_type"].astype(str).to_numpy(dtype=object)
     if "rating" in clicks.columns:
         rated = pd.to_numeric(clicks["rating"], errors="coerce").to_numpy(dtype=float)
@@ -62,6 +64,8 @@ def event_table(clicks: pd.DataFrame, reviews: pd.DataFrame) -> dict[str, UserEv
                                    "item": reviews["product_id"].to_numpy(),
                                    "token": [rating_token(s) for s in reviews["star_rating"].tolist()]}))
     events = pd.concat(parts, ignore_index=True).sort_values(["user_id", "t", "seq"], kind="stable")
+    if exclude:  # after the row numbers are taken, so the validation item's (time, row) key still matches
+        events = events[~events["item"].isin(exclude)]
     out: dict[str, UserEvents] = {}
     users = events["user_id"].to_numpy()
     if not len(users):

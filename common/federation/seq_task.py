@@ -36,7 +36,7 @@ from common.federation.client_data import ClientData
 from common.names import GLOBAL, SEQ, SEQ_HEADS
 from common.protocol import FedConfig, RoundHParams
 from common.rec.evaluate import candidates_of
-from common.rec.seq_model import SeqConfig, SeqRecModel, catalog_fingerprint, frozen_item_vectors
+from common.rec.seq_model import SeqConfig, SeqRecModel, catalog_fingerprint, frozen_item_vectors, item_text_inputs
 from common.rec.seq_train import (
     SeqTrainConfig,
     bank_counts,
@@ -54,8 +54,10 @@ SEQ_MODELS: ProcessCache[SeqRecModel] = ProcessCache("seq-model", maxsize=2)
 
 
 def seq_config(cfg: FedConfig) -> SeqConfig:
-    """The seq model's shape for a run: seq-dim, seq-max-len and the run seed; the rest SeqConfig's defaults."""
-    return SeqConfig(dim=cfg.seq_dim, heads=SEQ_HEADS, max_len=cfg.seq_max_len, seed=cfg.seed)
+    """The seq model's shape for a run: seq-dim, seq-max-len, the run seed and the item text tower
+    (seq-text-adapters top layers with adapters of adapter-kind); the rest SeqConfig's defaults."""
+    return SeqConfig(dim=cfg.seq_dim, heads=SEQ_HEADS, max_len=cfg.seq_max_len, seed=cfg.seed,
+                     text_adapters=cfg.seq_text_adapters, text_adapter_kind=cfg.adapter_kind)
 
 
 def user_levels(cfg: FedConfig) -> tuple[str, ...]:
@@ -74,10 +76,25 @@ def text_vectors(cfg: FedConfig, backbone: Backbone, item_texts: Mapping[str, st
 
 
 def new_model(cfg: FedConfig, item_texts: Mapping[str, str], vectors: torch.Tensor,
-              names: Sequence[str] = (GLOBAL,)) -> SeqRecModel:
-    """A fresh seq model with seeded banks `names` on `vectors` (real ones, or zeros for the bank shapes)."""
+              names: Sequence[str] = (GLOBAL,), backbone: Backbone | None = None) -> SeqRecModel:
+    """A fresh seq model with seeded banks `names` on `vectors` (real ones, or zeros for the bank shapes).
+    With seq-text-adapters > 0 the item text vectors come from a text tower on `backbone` instead (required
+    then), and `vectors` only gives their shape."""
     ordered = [GLOBAL, *[n for n in names if n != GLOBAL]]
-    return SeqRecModel(seq_config(cfg), catalog_of(item_texts), vectors, names=ordered, user_levels=user_levels(cfg))
+    scfg, catalog = seq_config(cfg), catalog_of(item_texts)
+    tower = None
+    if scfg.text_adapters:
+        if backbone is None:
+            raise ValueError("seq-text-adapters > 0 needs the backbone to build the item text tower")
+        _, tower = item_text_inputs(backbone, scfg, catalog, item_texts, max_len=cfg.max_len)
+    return SeqRecModel(scfg, catalog, vectors, names=ordered, user_levels=user_levels(cfg), text_tower=tower)
+
+
+def item_vectors(cfg: FedConfig, backbone: Backbone, item_texts: Mapping[str, str]) -> torch.Tensor:
+    """`text_vectors`, or zeros of their shape when a text tower makes the item text vectors (nothing to encode)."""
+    if cfg.seq_text_adapters:
+        return torch.zeros(len(item_texts), backbone.hidden_size)
+    return text_vectors(cfg, backbone, item_texts)
 
 
 def model_for(cfg: FedConfig, backbone: Backbone, item_texts: Mapping[str, str]) -> SeqRecModel:
@@ -85,7 +102,8 @@ def model_for(cfg: FedConfig, backbone: Backbone, item_texts: Mapping[str, str])
     added on demand, and every message loads its own bank weights before use."""
     key = (backbone.source, seq_config(cfg), user_levels(cfg), cfg.max_len,
            catalog_fingerprint(catalog_of(item_texts), item_texts))
-    return SEQ_MODELS.get(key, lambda: new_model(cfg, item_texts, text_vectors(cfg, backbone, item_texts)))
+    return SEQ_MODELS.get(key, lambda: new_model(cfg, item_texts, item_vectors(cfg, backbone, item_texts),
+                                                 backbone=backbone))
 
 
 def catalog_texts(data_dir: str) -> dict[str, str]:
@@ -98,11 +116,12 @@ def catalog_texts(data_dir: str) -> dict[str, str]:
     return build_item_texts(read_marketplace(data_dir).products)
 
 
-def initial_state(cfg: FedConfig, names: Sequence[str], hidden_size: int) -> Arrays:
+def initial_state(cfg: FedConfig, names: Sequence[str], backbone: Backbone) -> Arrays:
     """The starting banks `names` for the data folder's catalog. Text vectors are zeros: the banks' shapes and
-    seeded values depend only on the catalog size, `hidden_size` and the seq config, never on the vectors."""
+    seeded values depend only on the catalog size, the backbone's hidden size (and, with seq-text-adapters,
+    its layout: the text tower's adapters are seeded, and never run here) and the seq config."""
     texts = catalog_texts(cfg.data_dir)
-    model = new_model(cfg, texts, torch.zeros(len(texts), hidden_size), names)
+    model = new_model(cfg, texts, torch.zeros(len(texts), backbone.hidden_size), names, backbone=backbone)
     return arrays(model, names)
 
 
@@ -161,13 +180,14 @@ class SeqArch:
 
     def build(self, cfg: FedConfig, names: Sequence[str], item_texts: Mapping[str, str] | None = None) -> SeqRecModel:
         texts = item_texts if item_texts is not None else catalog_texts(cfg.data_dir)
-        return new_model(cfg, texts, text_vectors(cfg, backbone_for(cfg.backbone), texts), names)
+        backbone = backbone_for(cfg.backbone)
+        return new_model(cfg, texts, item_vectors(cfg, backbone, texts), names, backbone=backbone)
 
     def client_model(self, cfg: FedConfig, item_texts: Mapping[str, str]) -> SeqRecModel:
         return model_for(cfg, backbone_for(cfg.backbone), item_texts).to(resolve_device(cfg.device))
 
     def initial_state(self, cfg: FedConfig, names: Sequence[str]) -> Arrays:
-        return initial_state(cfg, names, backbone_for(cfg.backbone).hidden_size)
+        return initial_state(cfg, names, backbone_for(cfg.backbone))
 
     def state(self, model: SeqRecModel, names: Sequence[str]) -> Arrays:
         return arrays(model, names)

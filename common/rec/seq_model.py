@@ -7,7 +7,9 @@ what the log gives:
 
 - **item vectors** e_i = text_proj(t_i) + row_i: t_i is the frozen backbone's mean-pooled vector of the item's
   text, computed once per (backbone, catalog) and cached (`frozen_item_vectors`); `text_proj` is a trainable
-  projection of it; `row_i` is a trainable collaborative row, zero at init. With `id_dropout` a training step
+  projection of it (with `SeqConfig.text_adapters` = K > 0, t_i comes from the backbone with trainable adapters
+  in its top K layers instead, common/rec/text_tower.py, and those adapters are part of the global bank);
+  `row_i` is a trainable collaborative row, zero at init. With `id_dropout` a training step
   scores its targets against a table where each row (and free bias, `id_dropout_bias`) is dropped with that
   probability, so text alone has to rank the next item and an item without a row is ranked like the others;
 - **item prior** p_i = w . t_i + b_i: what the item's text predicts plus a free per-item bias (popularity the
@@ -49,6 +51,7 @@ from torch import nn
 from common.backbone import Backbone
 from common.data.typed_events import EVENT_TOKENS
 from common.names import GLOBAL, make_key, segment_name, split_key
+from common.rec.text_tower import TextTower, TextTowerConfig
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +74,17 @@ class SeqConfig:
     # text projection carries what predicts the next item and an item with no row is not a stranger
     id_dropout: float = 0.5
     id_dropout_bias: bool = True  # a dropped item loses its free bias too: its text prior alone places it
+    # item text vectors from the backbone with trainable adapters of this kind in its top `text_adapters` layers
+    # (common/rec/text_tower.py); 0 = the frozen backbone's vectors
+    text_adapters: int = 0
+    text_adapter_kind: str = "lora"
 
     def __post_init__(self) -> None:
         for name in ("dim", "layers", "heads", "max_len", "segment_rank"):
             if getattr(self, name) < 1:
                 raise ValueError(f"seq {name} must be >= 1, got {getattr(self, name)}")
+        if self.text_adapters < 0:
+            raise ValueError(f"seq text_adapters must be >= 0 (0 = frozen text vectors), got {self.text_adapters}")
         if self.dim % self.heads:
             raise ValueError(f"seq dim {self.dim} must be a multiple of heads {self.heads}")
         if not 0.0 <= self.dropout < 1.0:
@@ -173,13 +182,32 @@ def frozen_item_vectors(backbone: Backbone, catalog: Sequence[str], item_texts: 
     return _TEXT_VECTORS[key]
 
 
+def item_text_inputs(backbone: Backbone, cfg: SeqConfig, catalog: Sequence[str], item_texts: Mapping[str, str],
+                     max_len: int = 64) -> tuple[torch.Tensor, TextTower | None]:
+    """What a `SeqRecModel` reads item texts through: the frozen vectors (`cfg.text_adapters` 0), or zeros of the
+    same shape and a text tower with adapters in the backbone's top `cfg.text_adapters` layers (lower-layer
+    states are computed only when the tower first runs, so a party that needs only the bank shapes pays
+    nothing for them)."""
+    if not cfg.text_adapters:
+        return frozen_item_vectors(backbone, catalog, item_texts, max_len=max_len), None
+    tower = TextTower(backbone, TextTowerConfig(layers=cfg.text_adapters, kind=cfg.text_adapter_kind,
+                                                max_len=max_len, seed=cfg.seed), [item_texts[i] for i in catalog])
+    return torch.zeros(len(catalog), backbone.hidden_size), tower
+
+
 class SeqRecModel(nn.Module):
     """Named banks over a fixed catalog; `text_vectors` (N, H) from `frozen_item_vectors` (or zeros on a
-    party that only needs the bank shapes, e.g. the server building the initial state)."""
+    party that only needs the bank shapes, e.g. the server building the initial state). With `text_tower`
+    (common/rec/text_tower.py, for `cfg.text_adapters` > 0) the item text vectors come from the backbone's
+    adapted top layers instead, and the tower's adapters are part of the global bank."""
 
     def __init__(self, cfg: SeqConfig, catalog: Sequence[str], text_vectors: torch.Tensor,
-                 names: Sequence[str] = (GLOBAL,), user_levels: Sequence[str] = (GLOBAL,)) -> None:
+                 names: Sequence[str] = (GLOBAL,), user_levels: Sequence[str] = (GLOBAL,),
+                 text_tower: TextTower | None = None) -> None:
         super().__init__()
+        if (text_tower is not None) != (cfg.text_adapters > 0):
+            raise ValueError(f"seq text_adapters={cfg.text_adapters} needs a text tower exactly when it is > 0")
+        self.text_tower = text_tower
         if text_vectors.ndim != 2 or text_vectors.shape[0] != len(catalog):
             raise ValueError(f"text vectors {tuple(text_vectors.shape)} do not match a catalog of {len(catalog)}")
         if len(set(catalog)) != len(catalog):
@@ -222,6 +250,8 @@ class SeqRecModel(nn.Module):
         n, h = len(self.catalog), self.text_vectors.shape[1]
         bank: nn.Module = GlobalBank(self.cfg, n, h) if name == GLOBAL else SegmentBank(self.cfg, n)
         torch.random.set_rng_state(generator_state)
+        if name == GLOBAL and self.text_tower is not None:
+            bank.text_adapters = self.text_tower.adapters  # seeded by the tower's own config
         bank.to(self.text_vectors.device)  # a bank added after the model moved lives where the model is
         bank.train(self.training)
         self.banks.append(bank)
@@ -302,6 +332,15 @@ class SeqRecModel(nn.Module):
         return out
 
     # -- computation ----------------------------------------------------------------------------------
+    def item_text_vectors(self, focus: torch.Tensor | None = None) -> torch.Tensor:
+        """(N+1, H) item text vectors, row 0 (padding) zero: the frozen ones, or the text tower's. `focus`: the
+        item indices of a training batch (the only ones the tower passes gradients through)."""
+        if self.text_tower is None:
+            return self.text_vectors
+        rows = None if focus is None else focus[focus != PAD] - 1
+        vectors = self.text_tower.vectors(rows)
+        return torch.cat([vectors.new_zeros(1, vectors.shape[1]), vectors])
+
     def id_keep(self) -> torch.Tensor | None:
         """(N+1,) 0/1 mask of the items a training step keeps the collaborative row (and, with
         `id_dropout_bias`, the free bias) of, each dropped with probability `id_dropout`; None when not training.
@@ -312,20 +351,21 @@ class SeqRecModel(nn.Module):
         n = self.text_vectors.shape[0]
         return (torch.rand(n, device=self.text_vectors.device) >= self.cfg.id_dropout).to(self.text_vectors.dtype)
 
-    def item_table(self, keep: torch.Tensor | None = None) -> torch.Tensor:
-        """(N+1, d) item vectors; row 0 (padding) is zero; `keep` (from `id_keep`) zeroes dropped rows."""
+    def item_table(self, keep: torch.Tensor | None = None, text: torch.Tensor | None = None) -> torch.Tensor:
+        """(N+1, d) item vectors; row 0 (padding) is zero; `keep` (from `id_keep`) zeroes dropped rows. `text`:
+        this step's `item_text_vectors` (computed once per step: the text tower's are costly and stateful)."""
         g = self.global_bank
         rows: torch.Tensor = g.item_rows if keep is None else g.item_rows * keep.unsqueeze(1)
-        table = g.text_proj(self.text_vectors) + rows
+        table = g.text_proj(self.item_text_vectors() if text is None else text) + rows
         return table * (torch.arange(table.shape[0], device=table.device) > 0).unsqueeze(1).to(table.dtype)
 
-    def item_prior(self, keep: torch.Tensor | None = None) -> torch.Tensor:
+    def item_prior(self, keep: torch.Tensor | None = None, text: torch.Tensor | None = None) -> torch.Tensor:
         """(N+1,) prior of each item: what its text predicts plus its free bias (zero for an item never trained
         on when training masks unseen items, so a new item gets the prior of its text); `keep` drops the free
         bias of the items it drops when `id_dropout_bias`."""
         g = self.global_bank
         free = g.item_bias if keep is None or not self.cfg.id_dropout_bias else g.item_bias * keep
-        return g.text_prior(self.text_vectors).squeeze(1) + free
+        return g.text_prior(self.item_text_vectors() if text is None else text).squeeze(1) + free
 
     def type_indices(self, tokens: Sequence[str]) -> list[int]:
         try:

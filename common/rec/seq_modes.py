@@ -21,7 +21,7 @@ import torch
 
 from common.backbone import Backbone
 from common.names import GLOBAL
-from common.rec.seq_model import SeqConfig, SeqRecModel, catalog_fingerprint, frozen_item_vectors
+from common.rec.seq_model import SeqConfig, SeqRecModel, catalog_fingerprint, item_text_inputs
 from common.rec.seq_train import SeqTrainConfig, train_seq
 from common.rec.user_record import RecordLike
 
@@ -45,10 +45,10 @@ def build_and_train_seq(
     if mode == "segment-adapters" and not segment_keys:
         raise ValueError(f"mode {mode} needs at least one segment key")
     catalog = sorted(item_texts)
-    vectors = frozen_item_vectors(backbone, catalog, item_texts)
+    vectors, tower = item_text_inputs(backbone, cfg, catalog, item_texts)
     report: dict[str, object] = {}
     levels = (GLOBAL, *segment_keys) if mode == "segment-adapters" else (GLOBAL,)
-    model = SeqRecModel(cfg, catalog, vectors, user_levels=levels)
+    model = SeqRecModel(cfg, catalog, vectors, user_levels=levels, text_tower=tower)
     if global_state is not None and mode == "segment-adapters":
         model.load_adapter_state(global_state, strict=True)
         report[GLOBAL] = {"loaded": 1.0}
@@ -86,7 +86,8 @@ def load_banks(folder: Path, backbone: Backbone, item_texts: Mapping[str, str]) 
         raise ValueError(f"{folder} was trained on another catalog ({meta['items']} items) than this one "
                          f"({len(catalog)} items)")
     cfg = SeqConfig(**meta["seq"])
-    model = SeqRecModel(cfg, catalog, frozen_item_vectors(backbone, catalog, item_texts), names=meta["banks"],
-                        user_levels=meta["user_levels"])
+    vectors, tower = item_text_inputs(backbone, cfg, catalog, item_texts)
+    model = SeqRecModel(cfg, catalog, vectors, names=meta["banks"], user_levels=meta["user_levels"],
+                        text_tower=tower)
     model.load_adapter_state(load_file(str(folder / BANKS_FILE)), strict=True)
     return model

@@ -169,15 +169,16 @@ def train_seq(model: SeqRecModel, records: Sequence[RecordLike], cfg: SeqTrainCo
             types = left_pad([b[1] for b in batch]).to(model.device)
             targets = left_pad([b[2] for b in batch]).to(model.device)
             routes = [r for b in batch for r in b[3]]
-            table = model.item_table()
+            text = model.item_text_vectors(focus=torch.cat([inputs.flatten(), targets.flatten()]))
+            table = model.item_table(text=text)
             with torch.set_grad_enabled(trains_global):
                 states = model.encode_sequences(inputs, table, types)  # (B, T, d)
             real = targets != PAD
             chosen = states[real]  # (P, d), row-major: the same order as `routes`
             user_vecs, bias = model.personalise(chosen, routes)
             keep = model.id_keep() if trains_global else None
-            scored = table if keep is None else model.item_table(keep)
-            logits = model.logits(user_vecs, scored, bias, model.item_prior(keep))
+            scored = table if keep is None else model.item_table(keep, text)
+            logits = model.logits(user_vecs, scored, bias, model.item_prior(keep, text))
             if unseen is not None:
                 logits = logits.masked_fill(unseen, float("-inf"))
             loss = F.cross_entropy(logits, targets[real])

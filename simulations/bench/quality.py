@@ -70,6 +70,7 @@ class QualityOptions:
     arch: str = "text"  # the modes' model (common.names.ARCHS)
     seq_dim: int = 64
     seq_max_len: int = 200
+    seq_text_adapters: int = 0
     segment_keys: tuple[str, ...] = DEFAULT_SEGMENT_KEYS
     min_segment_users: int = 20
     epochs: int = 2
@@ -147,7 +148,8 @@ def _experiment_config(opts: QualityOptions) -> ExperimentConfig:
 
     train = TrainConfig(epochs=opts.epochs, pairs_per_user=opts.pairs_per_user, seed=opts.seed)
     return ExperimentConfig(
-        arch=opts.arch, seq=SeqConfig(dim=opts.seq_dim, max_len=opts.seq_max_len, seed=opts.seed),
+        arch=opts.arch, seq=SeqConfig(dim=opts.seq_dim, max_len=opts.seq_max_len, seed=opts.seed,
+                                      text_adapters=opts.seq_text_adapters, text_adapter_kind=opts.adapter),
         seq_train=SeqTrainConfig(epochs=opts.epochs, seed=opts.seed),
         data=opts.data, out=opts.out / MODES_DIR, modes=opts.modes, adapter=AdapterConfig(kind=opts.adapter,
         seed=opts.seed), train=train, segment_keys=opts.segment_keys, min_segment_users=opts.min_segment_users,
