@@ -13,11 +13,13 @@ SEGMENT_SEP = "="  # a segment adapter is "<segment key>=<value>", e.g. "region=
 OVERALL = "overall"  # the all-users row of per-segment metrics
 DEFAULT_SEGMENT_KEYS = ("region", "season")  # the segment keys that get adapters unless a run names others
 
-FEDAVG, FEDPROX, FEDADAM = "fedavg", "fedprox", "fedadam"
-STRATEGIES = (FEDAVG, FEDPROX, FEDADAM)
-# Server learning rate when the run config leaves it at 0: plain averaging for FedAvg/FedProx; Flower's eta for
-# FedAdam, whose first step is about lr * sign(delta) (1.0 would move every weight by ~1 on the first round).
-DEFAULT_SERVER_LR = {FEDAVG: 1.0, FEDPROX: 1.0, FEDADAM: 0.1}
+FEDAVG, FEDPROX, FEDADAM, FEDAVGM = "fedavg", "fedprox", "fedadam", "fedavgm"
+STRATEGIES = (FEDAVG, FEDPROX, FEDADAM, FEDAVGM)
+# Server learning rate when the run config leaves it at 0: plain averaging for FedAvg/FedProx/FedAvgM; Flower's
+# eta for FedAdam, whose first step is about lr * sign(delta) (1.0 would move every weight by ~1 on the first round).
+DEFAULT_SERVER_LR = {FEDAVG: 1.0, FEDPROX: 1.0, FEDADAM: 0.1, FEDAVGM: 1.0}
+# FedAvgM's server momentum when the run config leaves server-momentum at 0 (Hsu et al., 2019; Reddi et al., 2021).
+DEFAULT_SERVER_MOMENTUM = 0.9
 # A light index of the built-in adapter kinds, for the torch-free run config (common/protocol.py, checked by
 # the preflight before any torch import). The facts themselves are declared by each kind's own module on its
 # registration (common/adapters/<kind>.py); importing common.adapters refuses to start when this index and the

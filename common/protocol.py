@@ -37,7 +37,9 @@ from common.names import (
     DEFAULT_HISTORY,
     DEFAULT_SEGMENT_KEYS,
     DEFAULT_SERVER_LR,
+    DEFAULT_SERVER_MOMENTUM,
     FEDAVG,
+    FEDAVGM,
     FEDPROX,
     GLOBAL_ONLY_KINDS,
     HISTORIES,
@@ -228,6 +230,8 @@ class FedConfig:
     history: str = DEFAULT_HISTORY  # what a context may hold (common/data/examples.py): "event" or "session"
     strategy: str = FEDAVG
     server_lr: float = 0.0  # 0: the strategy's default (common.names.DEFAULT_SERVER_LR)
+    # fedavgm: the server's heavy-ball momentum on the mean client delta, in [0, 1); 0: DEFAULT_SERVER_MOMENTUM
+    server_momentum: float = 0.0
     proximal_mu: float = 0.0
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
@@ -320,6 +324,12 @@ class FedConfig:
             raise ValueError(f"proximal-mu={self.proximal_mu} is used only by strategy fedprox, not {self.strategy}")
         if not (self.server_lr >= 0 and math.isfinite(self.server_lr)):
             raise ValueError(f"server-lr must be >= 0 (0: the strategy's default), got {self.server_lr}")
+        if not 0 <= self.server_momentum < 1:  # also refuses NaN
+            raise ValueError(f"server-momentum must be in [0, 1) (0: fedavgm's default {DEFAULT_SERVER_MOMENTUM}), "
+                             f"got {self.server_momentum}")
+        if self.server_momentum and self.strategy != FEDAVGM:
+            raise ValueError(f"server-momentum={self.server_momentum} is used only by strategy fedavgm, "
+                             f"not {self.strategy}")
         for name in ("lr", "max_delta_norm", "round_timeout"):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
@@ -409,6 +419,13 @@ class FedConfig:
     def effective_server_lr(self) -> float:
         """server-lr, or the strategy's default when it is 0."""
         return self.server_lr or DEFAULT_SERVER_LR[self.strategy]
+
+    @property
+    def effective_server_momentum(self) -> float:
+        """fedavgm: server-momentum, or DEFAULT_SERVER_MOMENTUM when it is 0; every other strategy: 0."""
+        if self.strategy != FEDAVGM:
+            return 0.0
+        return self.server_momentum or DEFAULT_SERVER_MOMENTUM
 
     @property
     def segment_key_tuple(self) -> tuple[str, ...]:

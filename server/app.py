@@ -95,7 +95,8 @@ class FederatedRun:
         self.out = Path(cfg.out_dir)
         self.ckpt_dir = self.out / CHECKPOINTS_DIR
         self.history: list[dict[str, Any]] = []
-        self.optimizer = ServerOptimizer(OptimizerConfig(cfg.strategy, server_lr=cfg.effective_server_lr))
+        self.optimizer = ServerOptimizer(OptimizerConfig(cfg.strategy, server_lr=cfg.effective_server_lr,
+                                                         momentum=cfg.effective_server_momentum))
         self.validation = ValidationConfig(cfg.max_delta_norm, cfg.adapter_segment_keys, cfg.segment_key_tuple,
                                            cfg.max_client_examples)
         self.served: list[str] = []  # segments served after the last complete round (server/strategy.py)

@@ -5,7 +5,7 @@ Banks: one "global" adapter plus one adapter per segment value of the configured
 bank and the banks of its own segments (full weights), trains them, and replies with the delta and its
 training pairs per bank. Every reply is validated (server/validate.py); the valid ones are averaged per bank,
 each weighted by the client's examples in that bank (server/aggregate.py), and applied by the server
-optimizer (FedAvg / FedProx / FedAdam).
+optimizer (FedAvg / FedProx / FedAdam / FedAvgM).
 
 Serving and held-back segments. A segment bank is *served* (sent for evaluation, routed through for its
 users, counted in coverage) once a round released it, i.e. updated it from at least `min_segment_clients`
