@@ -225,6 +225,6 @@ def node_cache(client_state_dir: str, data_dir: str, max_mb: int) -> NodeCache:
     try:
         root = resolve_state_dir(client_state_dir, data_dir) / CACHE_DIRNAME
     except ValueError as exc:
-        log.warning("node cache off: %s", exc)
+        log.info("node cache off: %s", exc)
         return NodeCache(Path(os.devnull), 0)
     return NodeCache(root, max(0, max_mb) << 20)
