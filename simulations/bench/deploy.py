@@ -19,8 +19,11 @@ Both runtimes run the same run config, `eval-in-train` on (one message per node 
 evaluation has its own messages), so the per-round ratio deployed / simulated compares like with like. Messages
 per round are counted from the metrics lines: train messages, evaluate messages of rounds not folded, and the
 registration queries; "s/message" is the round's wall time over them (both runtimes), and for the deployment
-also the SuperLink's ClientApp compute seconds per message. The nodes keep their caches in RUN/deploy/nodes/*/
-state/client/cache across bench runs; the result says how many cache files were there when the deployment started.
+also the SuperLink's ClientApp compute seconds per message. A "steady round" has no registration queries and is not
+the last (whose evaluation has messages of its own): what each round of a longer run costs; run 3 or more rounds to
+have one (the first round also pays each runtime's warm-up). The nodes keep their caches in
+RUN/deploy/nodes/*/state/client/cache across bench runs (RUN = out/deploy); the result says how many cache files were
+there when the deployment started.
 """
 
 from __future__ import annotations
@@ -66,7 +69,11 @@ def _row(runtime: str, run: Path, summary: dict[str, Any]) -> dict[str, Any]:
     rounds = [r for r in lines if r["round"] >= 1]
     n = len(rounds)
     messages = sum(messages_of(r) for r in lines)
+    # steady rounds: no registration queries, and not the last round (whose evaluation has its own messages):
+    # what every round of a longer run costs; the first round also pays the runtime's warm-up
+    steady = [r for r in rounds[:-1] if not r.get("registration_queries")] or rounds
     row = {"runtime": runtime, "round_wall_s": sum(r["wall_s"] for r in rounds) / n,
+           "steady_round_s": sum(r["wall_s"] for r in steady) / len(steady), "steady_rounds": len(steady),
            "train_s": sum(r["train_s"] for r in rounds) / n,
            "messages_per_round": sum(messages_of(r) for r in rounds) / n,
            "s_per_message": sum(r["wall_s"] for r in rounds) / max(1, sum(messages_of(r) for r in rounds)),
@@ -88,7 +95,8 @@ def machine() -> dict[str, Any]:
 
 
 def cache_files(folder: Path) -> int:
-    return sum(1 for _ in folder.glob("nodes/*/state/client/cache/*.safetensors"))
+    """Cache files the nodes of the deployment run in `folder` (RUN/deploy/nodes/node-i/state) hold."""
+    return sum(1 for _ in folder.glob("deploy/nodes/*/state/client/cache/*.safetensors"))
 
 
 def bench_deploy(out: Path, nodes: int = 4, rounds: int = 2, backbone: str = "tiny", arch: str = "text",
@@ -113,6 +121,7 @@ def bench_deploy(out: Path, nodes: int = 4, rounds: int = 2, backbone: str = "ti
               "client_start_s": client_import_seconds(), "backbone": backbone or "minilm", "nodes": nodes,
               "arch": arch, "node_cache_files_at_start": warm_files,
               "round_ratio": rows[1]["round_wall_s"] / rows[0]["round_wall_s"],
+              "steady_round_ratio": rows[1]["steady_round_s"] / rows[0]["steady_round_s"],
               "message_ratio": rows[1]["s_per_message"] / rows[0]["s_per_message"], "machine_before": before}
     if cold_start:
         from simulations.bench.cold_start import bench_cold_start
@@ -126,11 +135,12 @@ def bench_deploy(out: Path, nodes: int = 4, rounds: int = 2, backbone: str = "ti
 
 def format_deploy(result: dict[str, Any]) -> str:
     """`bench_deploy`'s figures as Markdown tables and a few lines."""
-    lines = ["| runtime | round s | messages/round | s/message | train phase s | app bytes up/round | "
-             "app bytes down/round | runtime in/round | runtime out/round | ClientApp s/message |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| runtime | round s | steady round s | messages/round | s/message | train phase s | "
+             "app bytes up/round | app bytes down/round | runtime in/round | runtime out/round | ClientApp s/message |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
-        lines.append(f"| {r['runtime']} | {r['round_wall_s']:.1f} | {r['messages_per_round']:.1f} | "
+        lines.append(f"| {r['runtime']} | {r['round_wall_s']:.1f} | {r['steady_round_s']:.1f} | "
+                     f"{r['messages_per_round']:.1f} | "
                      f"{r['s_per_message']:.2f} | {r['train_s']:.1f} | "
                      f"{r['app_bytes_up_per_round']:.0f} | {r['app_bytes_down_per_round']:.0f} | "
                      f"{r.get('runtime_in_per_round', float('nan')):.0f} | "
@@ -140,7 +150,8 @@ def format_deploy(result: dict[str, Any]) -> str:
                  f"peak RSS {result['node_peak_rss_mb']:.0f} MB; SuperNode start to online "
                  f"{result['nodes_online_s']:.1f} s; ClientApp import in a fresh "
                  f"process {result['client_start_s']:.1f} s")
-    lines.append(f"deployed / simulated: round {result['round_ratio']:.2f}x, "
+    lines.append(f"deployed / simulated: round {result['round_ratio']:.2f}x, steady round "
+                 f"{result['steady_round_ratio']:.2f}x ({result['rows'][1]['steady_rounds']} of them), "
                  f"per message {result['message_ratio']:.2f}x "
                  f"(arch {result['arch']}, eval-in-train; node cache files at the deployment's start: "
                  f"{result['node_cache_files_at_start']})")
