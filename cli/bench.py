@@ -264,14 +264,20 @@ def _configure_deploy(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nodes", type=_positive_int, default=4, help="SuperNodes / virtual clients")
     parser.add_argument("--rounds", type=_positive_int, default=2)
     parser.add_argument("--backbone", default="tiny", help="tiny, minilm or a backbone folder")
+    parser.add_argument("--arch", choices=("text", "seq"), default="text", help="the federation's model")
+    parser.add_argument("--no-cold-start", action="store_true", help="skip the ClientApp cold-start rows")
     parser.add_argument("--out", default="results/bench-deploy")
 
 
 def _run_deploy(args: argparse.Namespace) -> int:
+    import json
+
     from simulations.bench.deploy import bench_deploy, format_deploy
 
     backbone = "" if args.backbone == "minilm" else args.backbone
-    print(format_deploy(bench_deploy(Path(args.out), args.nodes, args.rounds, backbone)))
+    result = bench_deploy(Path(args.out), args.nodes, args.rounds, backbone, args.arch, not args.no_cold_start)
+    (Path(args.out) / "bench-deploy.json").write_text(json.dumps(result, indent=1, default=str))
+    print(format_deploy(result))
     return 0
 
 

@@ -91,7 +91,7 @@ def _node_spec(args: argparse.Namespace) -> Any:
 
     return NodeSpec(superlink=args.superlink, root_cert=Path(args.root_cert), data=Path(args.data),
                     state=Path(args.state), partition_id=args.partition_id, num_partitions=args.num_partitions,
-                    runtime_port=args.runtime_port, health_port=args.health_port)
+                    runtime_port=args.runtime_port, health_port=args.health_port, cache_mb=args.cache_mb)
 
 
 def run_node(args: argparse.Namespace) -> int:
@@ -199,6 +199,8 @@ def add_parser(subparsers: Any) -> None:
     node.add_argument("--num-partitions", type=int, required=True, help="number of nodes in the federation")
     node.add_argument("--runtime-port", type=int, default=9094, help="the SuperNode's Runtime API on 127.0.0.1")
     node.add_argument("--health-port", type=int, default=0, help="gRPC health server on 127.0.0.1 (0: none)")
+    node.add_argument("--cache-mb", type=int, default=1024,
+                      help="disk for the node's caches of frozen-weight results, STATE/client/cache (0: none)")
     node.add_argument("--restart-delay", type=float, default=10.0,
                       help="seconds before a SuperNode that exited (e.g. not registered yet) is started again")
     node.add_argument("--init-only", action="store_true", help="make the key pair, print it, start nothing")

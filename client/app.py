@@ -12,7 +12,9 @@ being sent (secure-aggregation replies are checked field by field in common/seca
   training pairs per bank.
 - evaluate: loads the received adapters, ranks each user's held-out item, replies with per-segment sums (with
   secure aggregation on, the sums leave the node only masked, in a secure round of their own:
-  client/secure_eval.py).
+  client/secure_eval.py). With run config `eval-in-train` the server folds this into the next round's train
+  message instead: the train config says `eval-in-train`, and the train reply carries the same sums, computed on
+  the received state before training, in its `eval-metrics` record (one message per node per round).
 
 With `secure-aggregation` on (client/secure.py), train starts a secure round and the query handler also
 answers its later stages; the update leaves the node only masked. In segment-hidden mode the node registers
@@ -43,6 +45,9 @@ from common.privacy.dp import DISTRIBUTED, privatize_update
 from common.protocol import (
     ARRAYS,
     CONFIG,
+    EVAL_IN_TRAIN,
+    EVAL_RECORD,
+    EVAL_SKIP,
     METRICS,
     NUM_EXAMPLES,
     NUM_PARTITIONS,
@@ -75,7 +80,7 @@ def node_partition(context: Context) -> tuple[int, int]:
 
 # node-config keys that override the run config (secagg-identities: so that the server cannot switch the
 # identity checks off or name another registry)
-NODE_OWN_KEYS = ("data-dir", "client-state-dir", "secagg-identities")
+NODE_OWN_KEYS = ("data-dir", "client-state-dir", "secagg-identities", "node-cache-mb")
 
 
 def node_settings(context: Context) -> tuple[FedConfig, task.ClientData]:
@@ -131,11 +136,28 @@ def train(msg: Message, context: Context) -> Message:
     sent = received_arrays(msg)
     config = msg.content.config_records[CONFIG] if CONFIG in msg.content.config_records else {}
     hparams = RoundHParams.from_config(dict(config), cfg)
+    folded = _evaluate_received(cfg, data, sent, dict(config))  # before training: the state as received
     result = task.local_train(cfg, data, sent, hparams)
     delta = _dp_share(cfg, result.delta, dict(config), node_partition(context)[1])
     counts = {bank_examples_key(bank): n for bank, n in result.bank_examples.items()}
     metrics = MetricRecord({NUM_EXAMPLES: result.num_examples, **counts, **dict(result.metrics)})
-    return _reply(msg, RecordDict({ARRAYS: to_record(delta), METRICS: metrics}), sent)
+    content = RecordDict({ARRAYS: to_record(delta), METRICS: metrics})
+    if folded is not None:
+        content[EVAL_RECORD] = MetricRecord(dict[str, MetricRecordValues](folded))
+    return _reply(msg, content, sent)
+
+
+def _evaluate_received(cfg: FedConfig, data: task.ClientData, sent: dict[str, np.ndarray], config: dict[str, Any]
+                       ) -> dict[str, float] | None:
+    """eval-in-train (server/app.py): when the train config asks, the evaluation an evaluate message would have
+    asked for, on the received state, routed only through the banks the server serves (`eval-skip` names the
+    held-back ones among those sent). None when not asked."""
+    if config.get(EVAL_IN_TRAIN) is not True:
+        return None
+    skip = config.get(EVAL_SKIP, [])
+    if not isinstance(skip, list) or not all(isinstance(name, str) for name in skip):
+        raise ValueError(f"train config {EVAL_SKIP}={skip!r} is not a list of bank names")
+    return task.local_evaluate(cfg, data, {k: v for k, v in sent.items() if bank_of(k) not in set(skip)})
 
 
 def _dp_share(cfg: FedConfig, delta: dict[str, np.ndarray], config: dict[str, Any], nodes: int

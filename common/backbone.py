@@ -9,19 +9,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoTokenizer,
-    BertConfig,
-    BertModel,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
 
 from common.defaults import TINY_LAYERS
+
+if TYPE_CHECKING:  # transformers costs 2 s to import: only a process that builds a backbone pays it
+    from transformers import BertConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +62,8 @@ def freeze(model: PreTrainedModel) -> PreTrainedModel:
 
 def tiny_bert_config(vocab_size: int = 1000) -> BertConfig:
     """A BERT small enough that a test's forward/backward takes milliseconds."""
+    from transformers import BertConfig
+
     return BertConfig(
         vocab_size=vocab_size,
         hidden_size=32,
@@ -119,6 +116,8 @@ def _tiny_tokenizer(vocab_size: int) -> PreTrainedTokenizerBase:
 
 def tiny_backbone(seed: int = 0, vocab_size: int = 1000) -> Backbone:
     """A randomly initialised tiny BERT, identical for a given seed (every client builds the same one)."""
+    from transformers import BertModel
+
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
@@ -134,6 +133,8 @@ def load_backbone(path: str | Path | None = None) -> Backbone:
         path = default_backbone_path()
     if str(path) == TINY:
         return tiny_backbone()
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
     folder = Path(path)
     if not folder.exists():
         raise BackboneError(f"backbone path {folder} does not exist; expected a local Hugging Face model folder")

@@ -61,7 +61,9 @@ SECAGG_CLIP_RANGE_DEFAULT = 1.0
 ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"
-REPLY_RECORDS = frozenset({ARRAYS, CONFIG, METRICS})
+# a train reply's evaluation of the state it received, when the train config asks for it (eval-in-train)
+EVAL_RECORD = "eval-metrics"
+REPLY_RECORDS = frozenset({ARRAYS, CONFIG, METRICS, EVAL_RECORD})
 
 # Keys.
 NUM_EXAMPLES = "num-examples"
@@ -75,6 +77,8 @@ LR = "lr"
 PROXIMAL_MU = "proximal-mu"
 TRAIN_LOSS = "train-loss"
 EVAL_USERS = "eval-users"
+EVAL_IN_TRAIN = "eval-in-train"  # train config: evaluate the received state before training, reply in EVAL_RECORD
+EVAL_SKIP = "eval-skip"  # train config: the held-back banks among those sent, not routed through in that evaluation
 BANK_EXAMPLES_PREFIX = "examples/"  # "examples/<bank>": training pairs routed through that bank
 DP_SHARES_PREFIX = "dp-shares/"  # train config, distributed DP: "dp-shares/<bank>" = t (common/privacy/dp.py)
 EVAL_METRICS = ("ndcg@10", "hr@10", "coverage")  # what a client's evaluation reply sums per segment
@@ -225,6 +229,9 @@ class FedConfig:
     adapter_kind: str = ADAPTER_KIND
     adapter_layers: int = ADAPTER_LAYERS  # arch=text: adapters in the last N layers only (common/defaults.py)
     lower_cache_mb: int = 1024  # arch=text: memory a client process may keep lower-layer states in; 0 = no cache
+    # disk a client may fill with frozen-weight results across messages and runs (common/federation/node_cache.py,
+    # under client-state-dir/cache); a node's own node config may set it; 0 = no disk cache
+    node_cache_mb: int = 1024
     segment_keys: str = ",".join(DEFAULT_SEGMENT_KEYS)
     partition_mode: str = PER_SEGMENT
     history: str = DEFAULT_HISTORY  # what a context may hold (common/data/examples.py): "event" or "session"
@@ -235,6 +242,9 @@ class FedConfig:
     proximal_mu: float = 0.0
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
+    # evaluate the incoming state in the train message of the next round (one message per node per round;
+    # server/app.py); with secure aggregation evaluation keeps its own secure round
+    eval_in_train: bool = False
     min_segment_clients: int = 2
     # 0 = the arch's default (common/defaults.py ARCH_DEFAULTS), resolved when the config is built
     local_epochs: int = 0
@@ -309,6 +319,8 @@ class FedConfig:
                              f"{self.seq_text_adapters}")
         if self.lower_cache_mb < 0:
             raise ValueError(f"lower-cache-mb must be >= 0 (0 = no cache), got {self.lower_cache_mb}")
+        if self.node_cache_mb < 0:
+            raise ValueError(f"node-cache-mb must be >= 0 (0 = no disk cache), got {self.node_cache_mb}")
         for name, zero in (("client_threads", "follow the free CPUs"), ("client_cpus", "every CPU")):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 0 (0 = {zero}), got {getattr(self, name)}")

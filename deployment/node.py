@@ -5,7 +5,9 @@ Run on the node. Everything the node owns stays in its state folder (STATE) and 
     STATE/keys/node, node.pub   its identity: made here on first start (the private key never leaves; refused to be
                                 overwritten), node.pub is what the operator registers on the server
     STATE/secret/superexec      the SuperExec shared secret of this node (never sent anywhere)
-    STATE/client/               client-state-dir: the anonymization secret and the node's caches
+    STATE/client/               client-state-dir: the anonymization secret; client/cache/ the node's disk cache of
+                                frozen-weight results (item text vectors, lower-layer states), at most --cache-mb
+                                (common/federation/node_cache.py), kept across messages and runs
     STATE/flwr/                 Flower's home on the node (the app bundles it is sent)
     STATE/logs/                 supernode.log, superexec.log
 
@@ -46,6 +48,7 @@ class NodeSpec:
     num_partitions: int
     runtime_port: int = DEFAULT_RUNTIME_PORT  # the SuperNode's Runtime API, 127.0.0.1 only
     health_port: int = 0  # 0: no health server; else a gRPC health server on 127.0.0.1:<port>
+    cache_mb: int = 1024  # node-cache-mb: the disk cache under STATE/client/cache; 0 = none
 
     def __post_init__(self) -> None:
         host, sep, port = self.superlink.rpartition(":")
@@ -54,6 +57,8 @@ class NodeSpec:
         if not 0 <= self.partition_id < self.num_partitions:
             raise ValueError(f"--partition-id {self.partition_id} is outside [0, --num-partitions "
                              f"{self.num_partitions})")
+        if self.cache_mb < 0:
+            raise ValueError(f"--cache-mb must be >= 0 (0 = no disk cache), got {self.cache_mb}")
         for name, port_ in (("--runtime-port", self.runtime_port), ("--health-port", self.health_port)):
             if not 0 <= port_ < 65536 or (name == "--runtime-port" and port_ == 0):
                 raise ValueError(f"{name} must be a TCP port, got {port_}")
@@ -88,7 +93,8 @@ def check_inputs(spec: NodeSpec) -> None:
 
 def node_config(spec: NodeSpec) -> str:
     return (f'partition-id={spec.partition_id} num-partitions={spec.num_partitions} '
-            f'data-dir="{spec.data.resolve()}" client-state-dir="{spec.client_state.resolve()}"')
+            f'data-dir="{spec.data.resolve()}" client-state-dir="{spec.client_state.resolve()}" '
+            f'node-cache-mb={spec.cache_mb}')
 
 
 def supernode_command(spec: NodeSpec) -> list[str]:

@@ -103,6 +103,11 @@ class FederatedRun:
         self.budget = PrivacyBudget(cfg.dp) if cfg.dp.enabled else None  # epsilon so far (common/privacy/)
         self.registry = Registry(self.validation, cfg.round_timeout)
         self.cohorts: dict[str, list[int]] = {}  # round -> its training cohort's partition ids (checkpointed)
+        # eval-in-train: a round's result is evaluated inside the next round's train messages (one message per
+        # node per round); `pending` is the round whose evaluation is still to come. Secure evaluation needs its
+        # own secure round (server/secure_eval.py), so a secure run never folds.
+        self.fold = cfg.eval_in_train and cfg.secure_aggregation == OFF and cfg.fraction_evaluate > 0
+        self.pending: int | None = None
 
     def _restore(self) -> tuple[dict[str, Arrays], int]:
         """The banks to start from (segment banks are added as their segments are met) and the first round."""
@@ -164,17 +169,22 @@ class FederatedRun:
                                        dp=cfg.dp)
         if first == 1 and not self.history:
             line: dict[str, Any] = {"round": 0}
-            if cfg.fraction_evaluate > 0:
+            if self.fold:
+                line["wall_s"] = 0.0  # round 0 is evaluated in round 1's train messages
+            elif cfg.fraction_evaluate > 0:
                 line.update(self._initial_evaluation(strategy))
             line.update(self._registration(0, 0.0))
             self.history.append(line)
             # round 0 = the starting adapters: what `bench fed-vs-central --round 0` scores, and a resume point
             save_checkpoint(self.ckpt_dir, Checkpoint(0, strategy.banks, self._state(strategy), self._opt_arrays()))
         self._write_history()
+        if self.fold and self.history and "eval_clients" not in self.history[-1]:
+            self.pending = int(self.history[-1]["round"])
         for rnd in range(first, cfg.num_server_rounds + 1):
             event = self._dp_event(rnd) if self.budget is not None else (0, 0)
             reason = self.budget.stop_reason(*event) if self.budget is not None else None
             if reason:
+                self._evaluate_pending(strategy)
                 self._marker(COMPLETE_FILE, rnd - 1, t_start, self.registry.usable, stop_reason=reason)
                 log(INFO, "[fedadapt] stopping before round %d: %s", rnd, reason)
                 return
@@ -202,6 +212,50 @@ class FederatedRun:
         replies = self.grid.send_and_receive(strategy.evaluate_messages(cohort, rnd), timeout=self.cfg.round_timeout)
         return strategy.pool_evaluation(replies, {c.node_id: c for c in cohort})
 
+    def _evaluate_pending(self, strategy: AdapterBankStrategy) -> None:
+        """Evaluate the round still waiting for its folded evaluation, with evaluate messages (the run ends)."""
+        if self.pending is None:
+            return
+        rnd, self.pending = self.pending, None
+        self._record_evaluation(rnd, self._evaluate(strategy, rnd))
+        self._write_history()
+
+    def _record_evaluation(self, rnd: int, evaluation: dict[str, Any]) -> None:
+        """Put the evaluation of round `rnd`'s result into that round's metrics line."""
+        for line in self.history:
+            if line["round"] == rnd:
+                line.update(evaluation)
+                log(INFO, "[fedadapt] round %d evaluated: ndcg@10=%s hr@10=%s", rnd, _fmt(line.get("ndcg@10")),
+                    _fmt(line.get("hr@10")))
+
+    def _last_round(self, rnd: int) -> bool:
+        cfg = self.cfg
+        return rnd >= cfg.num_server_rounds or bool(cfg.stop_after_round and rnd >= cfg.stop_after_round)
+
+    def _train_and_fold(self, strategy: AdapterBankStrategy, cohort: list[ClientInfo], hp: dict[str, Any],
+                        rnd: int, stats: RoundStats) -> None:
+        """One exchange: train messages (to the evaluation cohort's members: with the flag that folds the pending
+        evaluation in) and evaluate messages only to evaluation-cohort nodes outside the training cohort."""
+        cfg = self.cfg
+        evaluating: list[ClientInfo] = []
+        if self.pending is not None:
+            evaluating = self._cohort(strategy, cfg.fraction_evaluate, 0, salt=1)
+        asked = {c.node_id for c in evaluating}
+        messages, sent = strategy.train_messages(cohort, hp, rnd, evaluate=asked)
+        eval_only = [c for c in evaluating if c.node_id not in sent]
+        stats.bytes_down = [message_bytes(m) for m in messages]
+        others = strategy.evaluate_messages(eval_only, self.pending) if self.pending is not None else []
+        replies = list(self.grid.send_and_receive(messages + others, timeout=cfg.round_timeout))
+        apart = {c.node_id for c in eval_only}
+        train_replies = [r for r in replies if r.metadata.src_node_id not in apart]
+        folded = strategy.take_folded(train_replies, asked)
+        strategy.aggregate_train(train_replies, sent, {c.node_id: c for c in cohort}, stats)
+        if self.pending is not None:
+            evaluation = strategy.pool_evaluation([r for r in replies if r.metadata.src_node_id in apart],
+                                                  {c.node_id: c for c in evaluating}, folded)
+            self._record_evaluation(self.pending, {**evaluation, "eval_folded": True})
+            self.pending = None
+
     def _initial_evaluation(self, strategy: AdapterBankStrategy) -> dict[str, Any]:
         """Round 0: the untrained adapters (identity at init), i.e. the frozen backbone alone, on the same
         evaluation cohort: the no-adapter baseline of this very run."""
@@ -221,7 +275,9 @@ class FederatedRun:
         stats.sampled = len(cohort)
         hp = RoundHParams.from_run(cfg, rnd).to_config()
         secure: dict[str, Any] = {}
-        if cfg.secure_aggregation == OFF:
+        if self.fold:
+            self._train_and_fold(strategy, cohort, hp, rnd, stats)
+        elif cfg.secure_aggregation == OFF:
             messages, sent = strategy.train_messages(cohort, hp, rnd)
             stats.bytes_down = [message_bytes(m) for m in messages]
             replies = list(self.grid.send_and_receive(messages, timeout=cfg.round_timeout))
@@ -231,7 +287,9 @@ class FederatedRun:
                                  strategy.noise_rng).run(strategy, cohort, hp, rnd, self.grid.run.run_id, stats)
         t_train = time.monotonic() - t0
         evaluation: dict[str, Any] = {}
-        if cfg.fraction_evaluate > 0:
+        if self.fold and not self._last_round(rnd):
+            self.pending = rnd  # evaluated in the next round's train messages
+        elif cfg.fraction_evaluate > 0:
             evaluation = self._evaluate(strategy, rnd)
         line = {"round": rnd, **evaluation, **stats.as_dict(), **secure, **self._registration(queries, seconds),
                 "train_s": t_train, "wall_s": time.monotonic() - t0}

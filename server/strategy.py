@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -48,11 +48,19 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from common.federation.records import message_bytes, to_record
 from common.names import GLOBAL, OVERALL, bank_of
 from common.privacy.dp import DISTRIBUTED, DPConfig, noise_shares, share_norm_bound, update_norm
-from common.protocol import ARRAYS, CONFIG, SERVER_ROUND, dp_shares_key
+from common.protocol import ARRAYS, CONFIG, EVAL_IN_TRAIN, EVAL_RECORD, EVAL_SKIP, SERVER_ROUND, dp_shares_key
 from server.aggregate import Arrays, BankAggregate, aggregate_banks, dp_aggregate_banks, lora_factor_pairs
 from server.clients import ClientInfo
 from server.optimizer import ServerOptimizer
-from server.validate import Rejected, TrainUpdate, ValidationConfig, parse_eval_reply, parse_train_reply, screen_senders
+from server.validate import (
+    Rejected,
+    TrainUpdate,
+    ValidationConfig,
+    parse_eval_metrics,
+    parse_eval_reply,
+    parse_train_reply,
+    screen_senders,
+)
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +127,13 @@ class AdapterBankStrategy:
                 out.update(self.banks[name])
         return out
 
-    def train_messages(self, clients: Iterable[ClientInfo], config: Mapping[str, Any], server_round: int
-                       ) -> tuple[list[Message], dict[int, Arrays]]:
+    def train_messages(self, clients: Iterable[ClientInfo], config: Mapping[str, Any], server_round: int,
+                       evaluate: Collection[int] = ()) -> tuple[list[Message], dict[int, Arrays]]:
         """One train message per client with its own adapters; also returns what was sent, per node. With
         distributed DP each message also names t for each of its banks (its sampled holders less the tolerated
-        drop-outs), which the client divides its noise by."""
+        drop-outs), which the client divides its noise by. The nodes in `evaluate` are asked to evaluate the
+        state they receive before training (eval-in-train), routing only through the served banks, exactly as
+        an evaluate message would (`evaluate_messages`)."""
         payloads = {c.node_id: self.payload(c) for c in clients}
         self.shares = {}
         if self.dp is not None and self.dp.mode == DISTRIBUTED:
@@ -134,7 +144,12 @@ class AdapterBankStrategy:
             arrays = payloads[c.node_id]
             sent[c.node_id] = arrays
             banks = sorted({bank_of(k) for k in arrays})
-            extra = {dp_shares_key(b): self.shares[b] for b in banks} if self.shares else {}
+            extra: dict[str, Any] = {dp_shares_key(b): self.shares[b] for b in banks} if self.shares else {}
+            if c.node_id in evaluate:
+                extra[EVAL_IN_TRAIN] = True
+                held_back = [b for b in banks if b != GLOBAL and b not in self.served]
+                if held_back:
+                    extra[EVAL_SKIP] = held_back
             content = RecordDict({ARRAYS: to_record(arrays), CONFIG: ConfigRecord({**config, **extra})})
             messages.append(Message(content, c.node_id, MessageType.TRAIN, group_id=str(server_round)))
         return messages, sent
@@ -210,10 +225,34 @@ class AdapterBankStrategy:
             sizes[bank_of(key)] += int(np.size(value))
         return replace(self.validation, max_norm=share_norm_bound(sizes, self.dp, self.shares))
 
-    def pool_evaluation(self, replies: Iterable[Message], clients: Mapping[int, ClientInfo]) -> dict[str, Any]:
-        """Validate evaluation replies and pool the accepted per-segment sums into means."""
+    @staticmethod
+    def take_folded(replies: Iterable[Message], asked: Collection[int]) -> dict[int, object]:
+        """Remove the folded evaluation record from the train replies of the nodes asked for one; what is left is
+        an ordinary train reply (a train reply carrying one unasked stays as it is, and is refused as malformed)."""
+        folded: dict[int, object] = {}
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            if node in asked and not msg.has_error() and EVAL_RECORD in msg.content.keys():
+                if node in folded:  # a duplicate sender: both its train replies are refused anyway
+                    folded[node] = None
+                    continue
+                folded[node] = msg.content.pop(EVAL_RECORD)
+        return folded
+
+    def pool_evaluation(self, replies: Iterable[Message], clients: Mapping[int, ClientInfo],
+                        folded: Mapping[int, object] | None = None) -> dict[str, Any]:
+        """Validate evaluation replies (and evaluations folded into train replies, `take_folded`) and pool the
+        accepted per-segment sums into means."""
         single, reasons, _ = screen_senders(replies, clients)
         pooled: list[dict[str, dict[str, float]]] = []
+        for node, record in sorted((folded or {}).items()):
+            try:
+                if node not in clients or node in single:
+                    raise Rejected("unknown-sender", f"node {node} was not asked to evaluate in train")
+                pooled.append(parse_eval_metrics(record, clients[node], self.validation))
+            except Rejected as exc:
+                reasons[exc.reason] += 1
+                log.warning("node %d: folded evaluation rejected (%s)", node, exc)
         for node, msg in sorted(single.items()):
             if msg.has_error():
                 log.warning("evaluation error from node %d: %s", node, msg.error.reason)

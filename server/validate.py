@@ -267,6 +267,13 @@ def parse_eval_reply(msg: Message, client: ClientInfo, cfg: ValidationConfig) ->
     """Per-segment sums {segment: {"users": n, "ndcg@10": sum, ...}} of an accepted evaluation reply."""
     metrics = _record(msg, METRICS, MetricRecord, (METRICS,))
     assert isinstance(metrics, MetricRecord)
+    return parse_eval_metrics(metrics, client, cfg)
+
+
+def parse_eval_metrics(metrics: object, client: ClientInfo, cfg: ValidationConfig) -> dict[str, dict[str, float]]:
+    """The checks of `parse_eval_reply` on the metrics themselves (also a train reply's folded evaluation)."""
+    if not isinstance(metrics, MetricRecord):
+        raise Rejected("malformed", f"evaluation metrics are a {type(metrics).__name__}, not a MetricRecord")
     users = _number(metrics.get(EVAL_USERS), EVAL_USERS)
     if not (users.is_integer() and 0 <= users <= client.eval_users):
         raise Rejected("eval-metrics", f"{EVAL_USERS}={users:g} is not a count <= the {client.eval_users} registered")

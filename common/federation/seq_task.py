@@ -33,10 +33,11 @@ from common.device import resolve_device
 from common.federation.backbones import backbone_for
 from common.federation.cache import ProcessCache
 from common.federation.client_data import ClientData
+from common.federation.seq_vectors import item_vectors
 from common.names import GLOBAL, SEQ, SEQ_HEADS
 from common.protocol import FedConfig, RoundHParams
 from common.rec.evaluate import candidates_of
-from common.rec.seq_model import SeqConfig, SeqRecModel, catalog_fingerprint, frozen_item_vectors, item_text_inputs
+from common.rec.seq_model import SeqConfig, SeqRecModel, catalog_fingerprint, item_text_inputs
 from common.rec.seq_train import (
     SeqTrainConfig,
     bank_counts,
@@ -70,9 +71,11 @@ def catalog_of(item_texts: Mapping[str, str]) -> list[str]:
     return sorted(item_texts)
 
 
-def text_vectors(cfg: FedConfig, backbone: Backbone, item_texts: Mapping[str, str]) -> torch.Tensor:
-    """The frozen backbone's item-text vectors (cut at `max-len` tokens), computed once per process."""
-    return frozen_item_vectors(backbone, catalog_of(item_texts), item_texts, max_len=cfg.max_len)
+def text_vectors(cfg: FedConfig, backbone: Backbone | None, item_texts: Mapping[str, str]) -> torch.Tensor:
+    """The frozen backbone's item-text vectors (cut at `max-len` tokens), computed once per process, and read
+    from the node's disk cache when it has them (common/federation/seq_vectors.py); with `backbone` None the
+    backbone is loaded only when the cache misses."""
+    return item_vectors(cfg, catalog_of(item_texts), item_texts, backbone)
 
 
 def new_model(cfg: FedConfig, item_texts: Mapping[str, str], vectors: torch.Tensor,
@@ -90,20 +93,25 @@ def new_model(cfg: FedConfig, item_texts: Mapping[str, str], vectors: torch.Tens
     return SeqRecModel(scfg, catalog, vectors, names=ordered, user_levels=user_levels(cfg), text_tower=tower)
 
 
-def item_vectors(cfg: FedConfig, backbone: Backbone, item_texts: Mapping[str, str]) -> torch.Tensor:
+def model_text_vectors(cfg: FedConfig, backbone: Backbone | None, item_texts: Mapping[str, str]) -> torch.Tensor:
     """`text_vectors`, or zeros of their shape when a text tower makes the item text vectors (nothing to encode)."""
     if cfg.seq_text_adapters:
-        return torch.zeros(len(item_texts), backbone.hidden_size)
+        return torch.zeros(len(item_texts), (backbone or backbone_for(cfg.backbone)).hidden_size)
     return text_vectors(cfg, backbone, item_texts)
 
 
-def model_for(cfg: FedConfig, backbone: Backbone, item_texts: Mapping[str, str]) -> SeqRecModel:
+def model_for(cfg: FedConfig, backbone: Backbone | None, item_texts: Mapping[str, str]) -> SeqRecModel:
     """One seq model per process and (backbone, shape, segment keys, text max-len, catalog); segment banks are
-    added on demand, and every message loads its own bank weights before use."""
-    key = (backbone.source, seq_config(cfg), user_levels(cfg), cfg.max_len,
+    added on demand, and every message loads its own bank weights before use. With `backbone` None it is loaded
+    only when needed: a text tower, or item vectors missing from the node's disk cache."""
+    key = (cfg.backbone, seq_config(cfg), user_levels(cfg), cfg.max_len,
            catalog_fingerprint(catalog_of(item_texts), item_texts))
-    return SEQ_MODELS.get(key, lambda: new_model(cfg, item_texts, item_vectors(cfg, backbone, item_texts),
-                                                 backbone=backbone))
+
+    def build() -> SeqRecModel:
+        tower_backbone = (backbone or backbone_for(cfg.backbone)) if cfg.seq_text_adapters else backbone
+        return new_model(cfg, item_texts, model_text_vectors(cfg, tower_backbone, item_texts), backbone=tower_backbone)
+
+    return SEQ_MODELS.get(key, build)
 
 
 def catalog_texts(data_dir: str) -> dict[str, str]:
@@ -181,10 +189,10 @@ class SeqArch:
     def build(self, cfg: FedConfig, names: Sequence[str], item_texts: Mapping[str, str] | None = None) -> SeqRecModel:
         texts = item_texts if item_texts is not None else catalog_texts(cfg.data_dir)
         backbone = backbone_for(cfg.backbone)
-        return new_model(cfg, texts, item_vectors(cfg, backbone, texts), names, backbone=backbone)
+        return new_model(cfg, texts, model_text_vectors(cfg, backbone, texts), names, backbone=backbone)
 
     def client_model(self, cfg: FedConfig, item_texts: Mapping[str, str]) -> SeqRecModel:
-        return model_for(cfg, backbone_for(cfg.backbone), item_texts).to(resolve_device(cfg.device))
+        return model_for(cfg, None, item_texts).to(resolve_device(cfg.device))  # no backbone on a warm node
 
     def initial_state(self, cfg: FedConfig, names: Sequence[str]) -> Arrays:
         return initial_state(cfg, names, backbone_for(cfg.backbone))

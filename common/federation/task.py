@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.federation import lower_states
 from common.federation.arch import arch_for, arch_of
 from common.federation.backbones import BACKBONES, backbone_for
 from common.federation.client_data import ClientData, client_data
@@ -138,6 +139,7 @@ def local_train(cfg: FedConfig, data: ClientData, received: Mapping[str, np.ndar
     reference = {k: torch.from_numpy(np.array(v)) for k, v in received.items()} if hp.proximal_mu > 0 else None
     stats = arch.train(cfg, model, records, data.item_texts, names, hp, seed, reference)
     trained = arch.state(model, names)
+    lower_states.flush(model)  # what this message computed from frozen weights, for the node's next process
     delta = {k: (trained[k] - np.asarray(received[k])).astype(np.asarray(received[k]).dtype) for k in received}
     counts = arch.train_counts(cfg, records)
     metrics = {TRAIN_LOSS: float(stats["loss"]), "train-steps": float(stats.get("steps", 0.0)),
@@ -157,6 +159,7 @@ def local_evaluate(cfg: FedConfig, data: ClientData, received: Mapping[str, np.n
     arch.load_state(model, received_banks(data, received), received)
     records = data.eval_records(cfg.max_eval_users)
     result = arch.evaluate(model, records, data.item_texts, ks=EVAL_KS)
+    lower_states.flush(model)
     sums: dict[str, float] = {EVAL_USERS: float(len(records))}
     rows = {OVERALL: dict(result[OVERALL], users=float(len(records)))}  # type: ignore[call-overload]
     keys = cfg.segment_key_tuple

@@ -17,9 +17,11 @@ import torch
 
 from common.adapters import AdapterConfig, get_adapter_kind
 from common.device import resolve_device
+from common.federation import lower_states
 from common.federation.backbones import backbone_for
 from common.federation.cache import ProcessCache
 from common.federation.client_data import ClientData
+from common.federation.node_cache import node_cache
 from common.names import GLOBAL, TEXT
 from common.protocol import FedConfig, RoundHParams, segment_adapter_names
 from common.rec.evaluate import candidates_of, evaluate, query_of
@@ -129,7 +131,10 @@ class TextArch:
         return new_model(cfg, [GLOBAL, *[n for n in names if n != GLOBAL]])
 
     def client_model(self, cfg: FedConfig, item_texts: Mapping[str, str]) -> RecModel:
-        return model_for(cfg).to_device(resolve_device(cfg.device))
+        model = model_for(cfg).to_device(resolve_device(cfg.device))
+        # lower-layer states kept on the node's disk across messages and runs (common/federation/lower_states.py)
+        lower_states.attach(model, cfg.backbone, node_cache(cfg.client_state_dir, cfg.data_dir, cfg.node_cache_mb))
+        return model
 
     def initial_state(self, cfg: FedConfig, names: Sequence[str]) -> Arrays:
         # a fresh model, never the per-process cached one: that one holds whatever a client trained last
