@@ -29,6 +29,7 @@ from common.privacy.budget import PrivacyBudget
 from common.privacy.user_level import FROZEN_KEYS, clipped_sum, default_delta, poisson_sample, user_norm
 from common.privacy.user_updates import local_train_users
 from common.protocol import FedConfig, RoundHParams
+from common.rec.seq_train import train_items_of
 from common.secagg.fixedpoint import FixedPoint
 from common.secagg.inmemory import run_in_memory
 from common.secagg.layout import bank_layouts
@@ -69,7 +70,7 @@ def _hp(cfg: FedConfig) -> RoundHParams:
 
 def _without_one_user(data: ClientData) -> ClientData:
     """The same silo less its first user with an order to learn from (two or more training positives)."""
-    first = next(i for i, r in enumerate(data.records) if len(r.train_items or r.train_positives) >= 2)
+    first = next(i for i, r in enumerate(data.records) if len(train_items_of(r)) >= 2)
     return replace(data, records=[r for i, r in enumerate(data.records) if i != first])
 
 
@@ -179,7 +180,8 @@ def test_resumed_run_continues_user_level_epsilon(data_dir: Path, tmp_path: Path
     set_task_identity()
     cfg = _cfg(data_dir, out_dir=str(tmp_path / "run"), num_server_rounds=2, stop_after_round=1, dp_user_rate=0.5,
                fraction_evaluate=0.0, min_segment_clients=2)
-    nodes = {100 + pid: {"partition-id": pid, "num-partitions": CLIENTS} for pid in range(CLIENTS)}
+    nodes: dict[int, dict[str, int | str]] = {100 + pid: {"partition-id": pid, "num-partitions": CLIENTS}
+                                              for pid in range(CLIENTS)}
     FederatedRun(cfg, InProcessGrid(client_app, nodes, cfg.to_run_config())).run()
     assert latest_complete_round(tmp_path / "run" / "checkpoints") == 1
     resumed = replace(cfg, stop_after_round=0, resume=True)
@@ -273,3 +275,35 @@ def test_a_silo_above_dp_user_max_is_refused_by_name(data_dir: Path) -> None:
     result = local_train_users(cfg, data, received, _hp(cfg), np.random.default_rng(0))
     with pytest.raises(ValueError, match="more than dp-user-max=2"):
         encoded_input(cfg, received, result.delta, result.bank_examples, {}, 2, 1)
+
+
+# -- command line ------------------------------------------------------------------------------------------------
+
+def test_user_level_flags_map_to_run_config_and_delta_defaults_to_n_to_the_minus_1_1(tmp_path: Path) -> None:
+    """--dp-unit user --dp-user-rate q become the run-config keys; the preflight sets delta = 1/N^1.1 for the data's
+    N users unless --dp-delta is given."""
+    from cli.main import build_parser
+    from cli.simulate import options_from_args
+    from simulations.runner.run import preflight
+
+    common = ["simulate", "--preset", "smoke", "--out", str(tmp_path / "run"), "--dp-noise-multiplier", "1",
+              "--dp-clip", "0.5", "--dp-unit", "user", "--dp-user-rate", "0.2", "--secure-aggregation", "segment",
+              "--set", "arch=seq"]
+    opts = options_from_args(build_parser("simulate").parse_args(common))
+    assert opts.config["dp-unit"] == "user" and opts.config["dp-user-rate"] == 0.2
+    plan = preflight(opts)
+    users = len(plan.generated.users) if plan.generated is not None else 0
+    assert plan.cfg.dp.user_level and plan.cfg.dp_delta == pytest.approx(users ** -1.1)
+    given = options_from_args(build_parser("simulate").parse_args([*common, "--dp-delta", "1e-6"]))
+    assert preflight(given).cfg.dp_delta == 1e-6
+
+
+def test_user_level_without_secure_aggregation_is_one_line_exit_2(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from cli.main import main
+
+    rc = main(["simulate", "--preset", "smoke", "--out", str(tmp_path / "run"), "--dp-noise-multiplier", "1",
+               "--dp-clip", "0.5", "--dp-unit", "user", "--dp-user-rate", "0.2", "--set", "arch=seq"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "needs secure-aggregation" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
