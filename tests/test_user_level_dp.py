@@ -307,3 +307,18 @@ def test_user_level_without_secure_aggregation_is_one_line_exit_2(tmp_path: Path
     err = capsys.readouterr().err
     assert rc == 2 and "needs secure-aggregation" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_distributed_share_is_added_after_the_clip_on_trained_keys_only() -> None:
+    """Distributed mode: the silo's share N(0, (sigma C)^2 / t) lands on every trained coordinate, unclipped
+    (its std is far above C here), and never on the frozen item rows; everything is divided by the weight."""
+    from common.privacy.dp import DPConfig
+
+    dp = DPConfig(2.0, 0.5, mode="distributed", user_rate=0.1)
+    frozen = next(iter(FROZEN_KEYS))
+    user_sum = {"global::item_bias": np.zeros(40_000), frozen: np.zeros(10)}
+    out = user_level.silo_input(user_sum, {GLOBAL: 4.0}, dp, {GLOBAL: 4}, np.random.default_rng(1))
+    assert np.std(out["global::item_bias"] * 4.0) == pytest.approx(dp.noise_std / 2, rel=0.02)
+    assert not np.any(out[frozen])
+    central = user_level.silo_input(user_sum, {GLOBAL: 4.0}, replace(dp, mode="central"), {}, np.random.default_rng(1))
+    assert not np.any(central["global::item_bias"])  # central: the server adds the noise
