@@ -30,13 +30,14 @@ from common.defaults import ADAPTER_KIND
 from common.device import DEVICES
 from common.names import CHECKPOINTS_DIR, DEFAULT_SEGMENT_KEYS, STRATEGIES
 from common.privacy.dp import DP_MODES, TARGET_ACTIONS
+from common.privacy.user_level import DP_UNITS
 from common.secagg.layout import SECURE_MODES
 from simulations.runner.run import PRESETS, STOP_SIGNALS, Interrupted, SimOptions, SimulationFailed, simulate
 
 # DP options -> run-config keys (common/privacy/dp.py); FedConfig checks the values before anything starts.
 DP_OPTIONS = {"dp_noise_multiplier": "dp-noise-multiplier", "dp_clip": "dp-clip", "dp_mode": "dp-mode",
               "dp_delta": "dp-delta", "target_epsilon": "target-epsilon",
-              "target_epsilon_action": "target-epsilon-action"}
+              "target_epsilon_action": "target-epsilon-action", "dp_unit": "dp-unit", "dp_user_rate": "dp-user-rate"}
 
 
 def options_from_args(args: argparse.Namespace) -> SimOptions:
@@ -161,6 +162,11 @@ def add_parser(subparsers: Any) -> None:
     dp.add_argument("--target-epsilon", type=float, metavar="E",
                     help="stop (or warn) before a round that would take epsilon above E")
     dp.add_argument("--target-epsilon-action", choices=TARGET_ACTIONS, help="stop (default) or warn")
+    dp.add_argument("--dp-unit", choices=DP_UNITS,
+                    help="what is protected: client (default) or user (user-level DP across silos, arch=seq, secure "
+                         "aggregation; dp-clip bounds one user's update; delta defaults to 1/N^1.1 for N users)")
+    dp.add_argument("--dp-user-rate", type=float, metavar="Q", help="with --dp-unit user: Poisson rate of a silo's "
+                    "users per round (also --set dp-user-steps=, dp-user-lr=, dp-user-max=)")
     p.add_argument("--secure-aggregation", choices=SECURE_MODES,
                    help="off (default): the server sees each delta; segment: it sees only per-bank sums (and who "
                         "holds which segment); segment-hidden: only sums, never a client's segments (README, Privacy)")

@@ -38,6 +38,7 @@ from common.federation.client_secret import resolve_state_dir
 from common.federation.records import from_record
 from common.names import GLOBAL, bank_of
 from common.privacy.dp import DISTRIBUTED, clip_update, out_of_range, privatize_update
+from common.privacy.user_level import os_entropy_rng, silo_input, silo_weights
 from common.protocol import (
     ARRAYS,
     CONFIG,
@@ -96,7 +97,10 @@ def hidden_registration(fields: Mapping[str, Any]) -> dict[str, Any]:
 def secure_weights(cfg: FedConfig, counts: Mapping[str, int]) -> dict[str, float]:
     """Each bank's weight: its examples capped at max-client-examples; with DP 1 per bank, as in the plain path
     (server/aggregate.py dp_aggregate_banks): central counts the banks it trained, distributed every bank of its
-    own it was sent (each carries its noise share, trained or not)."""
+    own it was sent (each carries its noise share, trained or not). User-level DP: the silo's user population
+    per bank (common/privacy/user_level.py silo_weights)."""
+    if cfg.dp.user_level:
+        return silo_weights(counts, cfg.dp, cfg.dp_user_max)
     if cfg.dp.enabled:
         return {b: 1.0 for b, n in counts.items() if n > 0 or cfg.dp.mode == DISTRIBUTED}
     return {b: float(min(n, cfg.max_client_examples)) for b, n in counts.items()}
@@ -125,7 +129,13 @@ def encoded_input(cfg: FedConfig, received: Mapping[str, np.ndarray], raw_delta:
 
     With DP a coordinate beyond the range (probability < 1e-32) is a ProtocolError: the client sits the round
     out rather than send clipped, non-Gaussian noise."""
-    delta = private_delta(cfg, raw_delta, config, cohort, rng)
+    if cfg.dp.user_level:  # a silo's sum of clipped user updates: its noise share (distributed) is never clipped
+        shares = (parse_dp_shares(config, {bank_of(k) for k in raw_delta}, cohort) if cfg.dp.mode == DISTRIBUTED
+                  else {})
+        delta = silo_input(raw_delta, secure_weights(cfg, counts), cfg.dp, shares,
+                           rng if rng is not None else os_entropy_rng())
+    else:
+        delta = private_delta(cfg, raw_delta, config, cohort, rng)
     bound = cfg.secagg_encoding_range
     outside = out_of_range(delta, bound)
     if outside and cfg.dp.enabled:

@@ -54,6 +54,7 @@ from common.names import (
     segment_name,
 )
 from common.privacy.dp import DPConfig, encoding_range
+from common.privacy.user_level import USER, check_user_level
 
 SECAGG_CLIP_RANGE_DEFAULT = 1.0
 
@@ -277,6 +278,15 @@ class FedConfig:
     dp_delta: float = 1e-5  # at most 1/N for federations of up to 100,000 clients (a tenth of it for 10,000)
     dp_dropout_tolerance: float = 0.0  # distributed: fraction of a bank's sampled clients that may drop out
     target_epsilon: float = 0.0  # 0: none; else stop (or warn) before a round that would exceed it
+    # User-level DP across silos (common/privacy/user_level.py; README, User-level DP): dp-unit=user protects one
+    # user: each silo Poisson-samples its users at dp-user-rate, takes dp-user-steps SGD steps at dp-user-lr per
+    # sampled user from the round's banks, clips each user's whole update to dp-clip and sums (secure aggregation
+    # required); dp-user-max caps the users one silo may weigh in a bank (the secure encoding's weight bound).
+    dp_unit: str = "client"
+    dp_user_rate: float = 0.0
+    dp_user_steps: int = 1
+    dp_user_lr: float = 1.0
+    dp_user_max: int = 100_000
     target_epsilon_action: str = "stop"  # stop | warn
     # Secure aggregation (common/secagg/, server/secure.py; README, Privacy): off | segment | segment-hidden.
     secure_aggregation: str = "off"
@@ -356,6 +366,9 @@ class FedConfig:
             raise ValueError("stop-after-round, max-train-users and max-eval-users must be >= 0")
         if self.dp_clip and not self.dp_noise_multiplier:
             raise ValueError(f"dp-clip={self.dp_clip} is used only with dp-noise-multiplier > 0 (DP is off)")
+        check_user_level(self.dp_unit, self.dp_user_rate, self.dp_user_steps, self.dp_user_lr, self.dp_user_max,
+                         noise_multiplier=self.dp_noise_multiplier, secure_aggregation=self.secure_aggregation,
+                         arch=self.arch)
         _ = self.dp  # DPConfig validates the dp-* and target-epsilon keys, naming each
         self._check_secure_aggregation()
         for key in self.segment_key_tuple:
@@ -406,7 +419,10 @@ class FedConfig:
 
     @property
     def secagg_max_weight(self) -> float:
-        """The most one client may weigh in a bank of a secure sum: 1 with DP, else max-client-examples."""
+        """The most one client may weigh in a bank of a secure sum: 1 with DP, dp-user-max with user-level DP
+        (a silo weighs its users), else max-client-examples."""
+        if self.dp.user_level:
+            return float(self.dp_user_max)
         return 1.0 if self.dp.enabled else float(self.max_client_examples)
 
     @property
@@ -425,7 +441,8 @@ class FedConfig:
     def dp(self) -> DPConfig:
         """The differential-privacy settings (`dp.enabled` is False when dp-noise-multiplier is 0)."""
         return DPConfig(self.dp_noise_multiplier, self.dp_clip, self.dp_mode, self.dp_delta, self.target_epsilon,
-                        self.target_epsilon_action, self.dp_dropout_tolerance)
+                        self.target_epsilon_action, self.dp_dropout_tolerance,
+                        self.dp_user_rate if self.dp_unit == USER else 0.0)
 
     @property
     def effective_server_lr(self) -> float:

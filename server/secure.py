@@ -30,6 +30,9 @@ a range derived from dp-clip and the noise, FedConfig.secagg_encoding_range, so 
 central mode adds N(0, (sigma*C)^2) to each unmasked bank sum; distributed mode has clients add their shares
 before masking, and a vector whose surviving members are below its t (hidden: the global bank's t) is never
 unmasked: its members withhold its self-mask shares (the server's view of it stays uniform noise).
+User-level DP (dp-unit=user, common/privacy/user_level.py): a silo's vector carries the sum of its sampled
+users' clipped updates and its user population as weight; the server noises the trained keys (central) and
+divides by dp-user-rate x the summed population.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from flwr.serverapp import Grid
 from common.federation.records import message_bytes
 from common.names import GLOBAL, bank_of
 from common.privacy.dp import DISTRIBUTED, DPConfig, central_noise, noise_shares
+from common.privacy.user_level import FROZEN_KEYS, central_user_noise, fixed_denominator
 from common.protocol import ARRAYS, CONFIG, FedConfig, dp_shares_key
 from common.secagg.client import ADVERTISE, CONSISTENCY, MASK, SHARE, UNMASK
 from common.secagg.errors import ProtocolError, SecAggAbort, StaleMessage
@@ -347,11 +351,15 @@ class SecureRound:
                 continue
             total = bank_sum.sums
             dp = self.settings.dp
-            if dp is not None and dp.mode != DISTRIBUTED:
+            divisor, keys = bank_sum.weight, list(layouts[bank].keys)
+            if dp is not None and dp.user_level:  # common/privacy/user_level.py: noise, q x population, no frozen key
+                total = central_user_noise(total, dp, self.rng) if dp.mode != DISTRIBUTED else total
+                divisor = fixed_denominator(dp.user_rate, bank_sum.weight)
+                keys = [k for k in keys if k not in FROZEN_KEYS]
+            elif dp is not None and dp.mode != DISTRIBUTED:
                 total = central_noise(total, dp, self.rng)
             bank_arrays = strategy.banks[bank]
-            agg.mean_deltas[bank] = {k: (np.asarray(total[k]) / bank_sum.weight).astype(bank_arrays[k].dtype)
-                                     for k in layouts[bank].keys}
+            agg.mean_deltas[bank] = {k: (np.asarray(total[k]) / divisor).astype(bank_arrays[k].dtype) for k in keys}
         return agg
 
 

@@ -128,7 +128,12 @@ def _seed(cfg: FedConfig, server_round: int, partition_id: int) -> int:
 
 
 def local_train(cfg: FedConfig, data: ClientData, received: Mapping[str, np.ndarray], hp: RoundHParams) -> TrainResult:
-    """Load the received adapters, train them on the client's users, return trained - received."""
+    """Load the received adapters, train them on the client's users, return trained - received. With user-level
+    DP (dp-unit=user) the silo's round is common/privacy/user_updates.py instead: a sum of clipped user updates."""
+    if cfg.dp.user_level:
+        from common.privacy.user_updates import local_train_users  # imports this module
+
+        return local_train_users(cfg, data, received, hp)
     PLAN.apply(cfg.client_threads, cfg.client_cpus)
     arch = arch_for(cfg.arch)
     model = arch.client_model(cfg, data.item_texts)

@@ -20,6 +20,12 @@ Orders: the integers 2..64 and 128..1024. dp-accounting's default list adds frac
 Poisson computation fails to converge for large sampling rates (it logs a warning and drops them); without them
 epsilon can only come out larger (conservative) where the best order would have been fractional.
 
+User-level DP (common/privacy/user_level.py, `user_rate` q > 0): the protected unit is one user; each silo
+samples its users by Poisson sampling at rate q and one user's whole update is clipped to C, so every round is
+`PoissonSampledDpEvent(q, GaussianDpEvent(sigma))` under add-or-remove-one user (`epsilon_user_level`), composed
+over the rounds; that is `epsilon`, and the round's (population, cohort) of silos are recorded but do not
+enter it (silo sampling, if any, only amplifies further and is not counted).
+
 Resume: the state is the list of (population, cohort) of the composed rounds (`rounds`), saved in the server's
 checkpoint, so a resumed run continues the same epsilon (`PrivacyAccountant(..., rounds=saved)`).
 """
@@ -60,17 +66,34 @@ def epsilon_poisson(noise_multiplier: float, delta: float, rounds: Iterable[tupl
     return float(acc.get_epsilon(delta))
 
 
+def epsilon_user_level(noise_multiplier: float, delta: float, rate: float, rounds: int) -> float:
+    """Epsilon per user after `rounds` rounds of Poisson user sampling at `rate` with Gaussian noise of
+    multiplier `noise_multiplier` (add/remove one user; 0 before any round)."""
+    if not 0 < rate <= 1:
+        raise ValueError(f"a user-level round needs a sampling rate in (0, 1], got {rate}")
+    if rounds < 0:
+        raise ValueError(f"rounds must be >= 0, got {rounds}")
+    if rounds == 0:
+        return 0.0
+    acc = RdpAccountant(list(ORDERS))
+    acc.compose(dpa.PoissonSampledDpEvent(rate, dpa.GaussianDpEvent(noise_multiplier)), rounds)
+    return float(acc.get_epsilon(delta))
+
+
 class PrivacyAccountant:
     """Composes one event per round; `epsilon` is what has been spent, `epsilon_after` what one more round
-    would bring (the target check happens BEFORE a round runs)."""
+    would bring (the target check happens BEFORE a round runs). With `user_rate` > 0 every round is the
+    user-level Poisson event (`epsilon_user_level`) whatever its (population, cohort) of silos."""
 
-    def __init__(self, noise_multiplier: float, delta: float, rounds: Sequence[Sequence[int]] = ()) -> None:
+    def __init__(self, noise_multiplier: float, delta: float, rounds: Sequence[Sequence[int]] = (),
+                 user_rate: float = 0.0) -> None:
         if not (noise_multiplier > 0 and math.isfinite(noise_multiplier)):
             raise ValueError(f"the accountant needs a noise multiplier > 0, got {noise_multiplier}")
         if not 0 < delta < 1:
             raise ValueError(f"delta must be in (0, 1), got {delta}")
         self.noise_multiplier = noise_multiplier
         self.delta = delta
+        self.user_rate = user_rate
         self.rounds: list[tuple[int, int]] = []
         for entry in rounds:
             if len(entry) != 2:
@@ -80,15 +103,21 @@ class PrivacyAccountant:
 
     def epsilon(self) -> float:
         """Epsilon spent so far (0 before any round)."""
+        if self.user_rate > 0:
+            return epsilon_user_level(self.noise_multiplier, self.delta, self.user_rate, len(self.rounds))
         return epsilon_fixed_size(self.noise_multiplier, self.delta, self.rounds) if self.rounds else 0.0
 
     def epsilon_poisson(self) -> float:
         """The Poisson-sampling figure of the same rounds (for comparison only, see the module docstring)."""
+        if self.user_rate > 0:
+            return self.epsilon()
         return epsilon_poisson(self.noise_multiplier, self.delta, self.rounds) if self.rounds else 0.0
 
     def epsilon_after(self, population: int, cohort: int) -> float:
         """Epsilon if one more round of `cohort` out of `population` were composed (nothing is recorded)."""
         _check_round(population, cohort)
+        if self.user_rate > 0:
+            return epsilon_user_level(self.noise_multiplier, self.delta, self.user_rate, len(self.rounds) + 1)
         return epsilon_fixed_size(self.noise_multiplier, self.delta, [*self.rounds, (population, cohort)])
 
     def step(self, population: int, cohort: int) -> float:

@@ -25,7 +25,7 @@ class PrivacyBudget:
         if not dp.enabled:
             raise ValueError("a privacy budget needs dp-noise-multiplier > 0")
         self.dp = dp
-        self.accountant = PrivacyAccountant(dp.noise_multiplier, dp.delta, rounds)
+        self.accountant = PrivacyAccountant(dp.noise_multiplier, dp.delta, rounds, dp.user_rate)
 
     def stop_reason(self, population: int, cohort: int) -> str | None:
         """Why the next round (cohort of population) must not run, or None. With target-epsilon-action warn
@@ -48,7 +48,8 @@ class PrivacyBudget:
         epsilon = self.accountant.step(population, cohort)
         return {"epsilon": epsilon, "epsilon_poisson": self.accountant.epsilon_poisson(), "dp_delta": self.dp.delta,
                 "dp_noise_multiplier": self.dp.noise_multiplier, "dp_clip": self.dp.clip, "dp_mode": self.dp.mode,
-                "dp_population": population, "dp_cohort": cohort}
+                "dp_population": population, "dp_cohort": cohort,
+                **({"dp_unit": "user", "dp_user_rate": self.dp.user_rate} if self.dp.user_level else {})}
 
     def state(self) -> list[list[int]]:
         return self.accountant.state()
@@ -59,7 +60,7 @@ def check_first_round(dp: DPConfig, population: int, cohort: int) -> None:
     starts: such a run could not train at all)."""
     if not (dp.enabled and dp.target_epsilon):
         return
-    first = PrivacyAccountant(dp.noise_multiplier, dp.delta).epsilon_after(population, cohort)
+    first = PrivacyAccountant(dp.noise_multiplier, dp.delta, user_rate=dp.user_rate).epsilon_after(population, cohort)
     if first > dp.target_epsilon:
         raise ValueError(f"target-epsilon {dp.target_epsilon:g} is below the epsilon of one round ({first:.3f} for "
                          f"{cohort} of {population} clients at dp-noise-multiplier {dp.noise_multiplier:g}); raise "

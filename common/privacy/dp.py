@@ -96,6 +96,8 @@ class DPConfig:
     target_action [target-epsilon-action]: "stop" or "warn".
     dropout_tolerance [dp-dropout-tolerance]: distributed mode only: the fraction of a bank's sampled clients
         that may drop out with the bank still released (each share is then larger: t shrinks).
+    user_rate [dp-user-rate, with dp-unit=user]: 0 = client-level DP (this module); q > 0 = user-level DP
+        (common/privacy/user_level.py): C bounds one USER's update, each silo samples its users at rate q.
     """
 
     noise_multiplier: float
@@ -105,6 +107,7 @@ class DPConfig:
     target_epsilon: float = 0.0
     target_action: str = STOP
     dropout_tolerance: float = 0.0
+    user_rate: float = 0.0
 
     def __post_init__(self) -> None:
         if not (self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)):
@@ -125,10 +128,19 @@ class DPConfig:
             raise ValueError(f"target-epsilon-action {self.target_action!r} is not one of {', '.join(TARGET_ACTIONS)}")
         if not 0 <= self.dropout_tolerance < 1:
             raise ValueError(f"dp-dropout-tolerance must be in [0, 1), got {self.dropout_tolerance}")
+        if not (0 <= self.user_rate <= 1 and math.isfinite(self.user_rate)):
+            raise ValueError(f"dp-user-rate must be in [0, 1] (0: client-level DP), got {self.user_rate}")
+        if self.user_rate > 0 and self.noise_multiplier == 0:
+            raise ValueError("dp-user-rate needs dp-noise-multiplier > 0")
 
     @property
     def enabled(self) -> bool:
         return self.noise_multiplier > 0
+
+    @property
+    def user_level(self) -> bool:
+        """True when the protected unit is one user of a silo (common/privacy/user_level.py)."""
+        return self.enabled and self.user_rate > 0
 
     @property
     def noise_std(self) -> float:

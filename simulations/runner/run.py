@@ -31,6 +31,7 @@ from common.data.schema import Marketplace, read_marketplace
 from common.defaults import ADAPTER_KIND, BACKBONE, ROUNDS
 from common.names import CHECKPOINTS_DIR, COMPLETE_FILE, METRICS_FILE, STOPPED_FILE, SUMMARY_FILE
 from common.privacy.budget import check_first_round
+from common.privacy.user_level import default_delta
 from common.protocol import FedConfig
 from common.secagg.identity import REGISTRY_FILE, enrol, write_registry
 from common.secagg.layout import SEGMENT_HIDDEN
@@ -146,6 +147,8 @@ def preflight(opts: SimOptions) -> Plan:
         market = facts.market if facts.market is not None else read_marketplace(data_dir)
         cfg = replace(cfg, secagg_banks=",".join(public_banks(market, cfg.adapter_segment_keys)))
     check_clients(facts, cfg, opts.clients)
+    if cfg.dp.user_level and "dp-delta" not in opts.config:  # user-level DP: delta = 1/N^1.1 for the data's N users
+        cfg = replace(cfg, dp_delta=default_delta(facts.users))
     if not opts.resume:  # a target below one round's epsilon could not train at all
         check_first_round(cfg.dp, opts.clients, len(sample_nodes(range(opts.clients), cfg.fraction_train, 0, 1)))
     resume_after = check_resume(opts.out / CHECKPOINTS_DIR, cfg) if opts.resume else None
