@@ -2,7 +2,8 @@
 
 Every request body is a pydantic model with `extra="forbid"`, strict types and length limits, so a misspelt
 field, a string where a number belongs, a huge k or a 100,000-event history is answered 422 with the field named,
-before any tensor is touched. A validation error never echoes the input back (a long history would come back
+before any tensor is touched. Before that, a body over MAX_BODY_BYTES is answered 413 without being read whole
+(serving/limits.py). A validation error never echoes the input back (a long history would come back
 whole). The recommender's own refusals (an item outside the catalog, a segment key the run has no banks for,
 a vector of the wrong width) are 422 with its message too.
 """
@@ -17,14 +18,20 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from common.names import SEQ
+from serving.limits import BodyLimit
 from serving.recommend import Recommendation, Recommender, RequestError
 
 MAX_K = 1000  # items per reply
 MAX_HISTORY = 10_000  # events per request; the user tower reads only the most recent seq-max-len of them
 MAX_SEGMENTS = 16
 MAX_VECTOR = 4096
+MAX_NAME = 256  # characters of an item id, a segment key or value
+# Bytes of a request body, enforced before the body is read (serving/limits.py): above the largest valid request
+# (10,000 history ids of 256 characters, quoted and comma-separated, is 2,580,000 bytes), far below what a server
+# should buffer per request.
+MAX_BODY_BYTES = 3 << 20
 
-Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)]
 Segments = Annotated[dict[Name, Name], Field(max_length=MAX_SEGMENTS)]
 
 
@@ -56,9 +63,11 @@ def reply(rec: Recommendation) -> dict[str, Any]:
     return out
 
 
-def create_app(recommender: Recommender) -> FastAPI:
-    """The service over `recommender` (its store picks up new rounds; see serving/banks.py)."""
+def create_app(recommender: Recommender, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The service over `recommender` (its store picks up new rounds; see serving/banks.py); request bodies over
+    `max_body_bytes` are answered 413 before they are read."""
     app = FastAPI(title="fedadapt serve", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     store = recommender.store
 
     @app.exception_handler(RequestValidationError)
@@ -88,7 +97,7 @@ def create_app(recommender: Recommender) -> FastAPI:
                 "served": sorted(bank_set.served),
                 "catalog": {"items": len(run.catalog), "fingerprint": run.fingerprint},
                 "user_vector_dim": int(bank_set.table.shape[1]), "history_window": bank_set.model.cfg.max_len,
-                "limits": {"k": MAX_K, "history": MAX_HISTORY, "segments": MAX_SEGMENTS},
+                "limits": {"k": MAX_K, "history": MAX_HISTORY, "segments": MAX_SEGMENTS, "body_bytes": max_body_bytes},
                 "cache": {"bytes": store.cache.bytes, "max_bytes": store.cache.max_bytes,
                           "banks": len(store.cache), "evictions": store.cache.evictions}}
 
