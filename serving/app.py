@@ -19,16 +19,17 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from common.names import SEQ
 from serving.limits import BodyLimit
-from serving.recommend import Recommendation, Recommender, RequestError
+from serving.recommend import Query, Recommendation, Recommender, RequestError
 
 MAX_K = 1000  # items per reply
 MAX_HISTORY = 10_000  # events per request; the user tower reads only the most recent seq-max-len of them
 MAX_SEGMENTS = 16
 MAX_VECTOR = 4096
+MAX_BATCH = 64  # requests per POST /recommend/batch
 MAX_NAME = 256  # characters of an item id, a segment key or value
-# Bytes of a request body, enforced before the body is read (serving/limits.py): above the largest valid request
-# (10,000 history ids of 256 characters, quoted and comma-separated, is 2,580,000 bytes), far below what a server
-# should buffer per request.
+# Bytes of a request body, enforced before the body is read (serving/limits.py): above the largest valid single
+# request (10,000 history ids of 256 characters, quoted and comma-separated, is 2,580,000 bytes), far below what a
+# server should buffer per request. A batch must fit in it too (its requests' field limits alone would allow more).
 MAX_BODY_BYTES = 3 << 20
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)]
@@ -44,6 +45,13 @@ class RecommendRequest(BaseModel):
     k: int = Field(10, ge=1, le=MAX_K)
     exclude_history: bool = True
     include_vector: bool = False
+
+
+class BatchRequest(BaseModel):
+    """Several users' requests, answered together (any mix of segments)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    requests: Annotated[list[RecommendRequest], Field(min_length=1, max_length=MAX_BATCH)]
 
 
 class VectorRequest(BaseModel):
@@ -97,7 +105,9 @@ def create_app(recommender: Recommender, max_body_bytes: int = MAX_BODY_BYTES) -
                 "served": sorted(bank_set.served),
                 "catalog": {"items": len(run.catalog), "fingerprint": run.fingerprint},
                 "user_vector_dim": int(bank_set.table.shape[1]), "history_window": bank_set.model.cfg.max_len,
-                "limits": {"k": MAX_K, "history": MAX_HISTORY, "segments": MAX_SEGMENTS, "body_bytes": max_body_bytes},
+                "retrieval": bank_set.retrieval.kind, "item_vector_bytes": bank_set.retrieval.items.nbytes,
+                "limits": {"k": MAX_K, "history": MAX_HISTORY, "segments": MAX_SEGMENTS, "batch": MAX_BATCH,
+                           "body_bytes": max_body_bytes},
                 "cache": {"bytes": store.cache.bytes, "max_bytes": store.cache.max_bytes,
                           "banks": len(store.cache), "evictions": store.cache.evictions}}
 
@@ -105,6 +115,11 @@ def create_app(recommender: Recommender, max_body_bytes: int = MAX_BODY_BYTES) -
     def recommend(body: RecommendRequest) -> dict[str, Any]:
         return reply(recommender.recommend(body.segments, body.history, body.k, body.exclude_history,
                                            body.include_vector))
+
+    @app.post("/recommend/batch")
+    def recommend_batch(body: BatchRequest) -> dict[str, Any]:
+        queries = [Query(r.segments, r.history, r.k, r.exclude_history, r.include_vector) for r in body.requests]
+        return {"replies": [reply(rec) for rec in recommender.recommend_batch(queries)]}
 
     @app.post("/recommend/vector")
     def recommend_vector(body: VectorRequest) -> dict[str, Any]:

@@ -96,7 +96,7 @@ def test_a_body_of_exactly_the_limit_is_served_and_one_byte_more_is_not(recommen
 
 
 def test_the_default_limit_admits_the_largest_valid_request(recommender: Recommender) -> None:
-    """MAX_BODY_BYTES is above a request at every field limit (so the cap never refuses a valid request)."""
+    """MAX_BODY_BYTES is above a single request at every field limit (the cap never refuses a valid request)."""
     from serving.app import MAX_HISTORY, MAX_NAME, MAX_SEGMENTS
 
     largest = {"segments": {f"{i:0{MAX_NAME}d}": "v" * MAX_NAME for i in range(MAX_SEGMENTS)},
