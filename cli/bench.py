@@ -5,7 +5,7 @@
     fedadapt bench client [--backbone minilm|tiny|PATH] [--pairs 256] [--repeats N] [--data DIR] [--neighbour N]
     fedadapt bench secagg [--clients 10,50,100] [--modes off,segment,segment-hidden] [--arch text|seq]
     fedadapt bench throughput [--device auto|cpu|cuda] [--batch-sizes 256,1024] [--precision fp32,bf16] [--json]
-    fedadapt bench serve --run RUN [--concurrency 1,8,32] [--requests 400] [--catalog 100000] [--json]
+    fedadapt bench serve --run RUN [--concurrency 1,8,32] [--requests 400] [--catalog 100000] [--swap] [--json]
 
 Each benchmark is one `Benchmark` record in BENCHMARKS (name, help, a function adding its options, and
 `run(args) -> int`); adding one is a new module plus one `register_benchmark` call below. Nothing here knows
@@ -333,6 +333,7 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
                         help="catalog size from which the hnsw variants use the index (default 0: always)")
     parser.add_argument("--skip-load", action="store_true", help="quality (and scale) only, no HTTP load")
     parser.add_argument("--load-only", action="store_true", help="HTTP load (and scale) only, no quality part")
+    parser.add_argument("--swap", action="store_true", help="also a bank swap under load (highest concurrency)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
 
 
@@ -345,7 +346,8 @@ def _run_serve(args: argparse.Namespace) -> int:
                                 variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
                                 concurrency=tuple(int(c) for c in args.concurrency.split(",") if c.strip()),
                                 requests=args.requests, catalog=args.catalog, dim=args.dim, queries=args.queries,
-                                ann_min_items=args.ann_min_items, skip_load=args.skip_load, load_only=args.load_only)
+                                ann_min_items=args.ann_min_items, skip_load=args.skip_load, load_only=args.load_only,
+                                swap=args.swap)
     result = bench_serve(options, log=lambda line: print(line, file=sys.stderr, flush=True))
     print(json.dumps(result) if args.json else format_serve(result))
     return 0

@@ -14,11 +14,12 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from common.names import SEQ
 from serving.limits import BodyLimit
+from serving.page import PAGE_HTML
 from serving.recommend import Query, Recommendation, Recommender, RequestError
 
 MAX_K = 1000  # items per reply
@@ -45,6 +46,7 @@ class RecommendRequest(BaseModel):
     k: int = Field(10, ge=1, le=MAX_K)
     exclude_history: bool = True
     include_vector: bool = False
+    show_history: bool = False  # the reply lists the history the tower read (the last seq-max-len events), titled
 
 
 class BatchRequest(BaseModel):
@@ -77,6 +79,13 @@ def create_app(recommender: Recommender, max_body_bytes: int = MAX_BODY_BYTES) -
     app = FastAPI(title="fedadapt serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     store = recommender.store
+
+    def shown(request: RecommendRequest, out: dict[str, Any]) -> dict[str, Any]:
+        """`out` with the history the tower read (titled) when the request asked for it."""
+        if request.show_history:
+            read = request.history[-store.current().model.cfg.max_len:]
+            out["history"] = [{"id": i, "title": recommender.titles.get(i, "")} for i in read]
+        return out
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -111,15 +120,20 @@ def create_app(recommender: Recommender, max_body_bytes: int = MAX_BODY_BYTES) -
                 "cache": {"bytes": store.cache.bytes, "max_bytes": store.cache.max_bytes,
                           "banks": len(store.cache), "evictions": store.cache.evictions}}
 
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> str:
+        return PAGE_HTML
+
     @app.post("/recommend")
     def recommend(body: RecommendRequest) -> dict[str, Any]:
-        return reply(recommender.recommend(body.segments, body.history, body.k, body.exclude_history,
-                                           body.include_vector))
+        return shown(body, reply(recommender.recommend(body.segments, body.history, body.k, body.exclude_history,
+                                                       body.include_vector)))
 
     @app.post("/recommend/batch")
     def recommend_batch(body: BatchRequest) -> dict[str, Any]:
         queries = [Query(r.segments, r.history, r.k, r.exclude_history, r.include_vector) for r in body.requests]
-        return {"replies": [reply(rec) for rec in recommender.recommend_batch(queries)]}
+        return {"replies": [shown(r, reply(rec))
+                            for r, rec in zip(body.requests, recommender.recommend_batch(queries), strict=True)]}
 
     @app.post("/recommend/vector")
     def recommend_vector(body: VectorRequest) -> dict[str, Any]:

@@ -105,11 +105,10 @@ class Recommender:
                 for v, c in zip(values, columns, strict=True)]
 
     @torch.no_grad()
-    def recommend_batch(self, queries: Sequence[Query]) -> list[Recommendation]:
-        """The replies to `queries` (any mix of segments and history lengths), scored together."""
-        if not queries:
-            return []
-        bank_set = self.store.current()
+    def user_vectors(self, bank_set: BankSet, queries: Sequence[Query]) -> tuple[
+            torch.Tensor, torch.Tensor | None, list[tuple[list[str], dict[str, str]]], list[list[int]]]:
+        """The user tower's half for `queries`: (B, d) personalised user vectors, the (B, N+1) segment-bias deltas
+        (None when no row is routed), each row's (routes, fallbacks) and its history as catalog indices."""
         tower, retrieval = bank_set.tower, bank_set.retrieval
         routed = [self.route(bank_set, q.segments) for q in queries]
         try:
@@ -119,8 +118,17 @@ class Recommender:
         seqs, table = retrieval.items.lookup(left_pad([window(ix, tower.cfg.max_len) for ix in indices]))
         users = tower.encode_sequences(seqs, table)[:, -1]
         users, bias = self._personalise(bank_set, users, [r for r, _ in routed])
+        return users, bias, routed, indices
+
+    @torch.no_grad()
+    def recommend_batch(self, queries: Sequence[Query]) -> list[Recommendation]:
+        """The replies to `queries` (any mix of segments and history lengths), scored together."""
+        if not queries:
+            return []
+        bank_set = self.store.current()
+        users, bias, routed, indices = self.user_vectors(bank_set, queries)
         exclude = [sorted(set(ix)) if q.exclude_history else [] for q, ix in zip(queries, indices, strict=True)]
-        tops = retrieval.top(users, bias, max(q.k for q in queries), exclude)
+        tops = bank_set.retrieval.top(users, bias, max(q.k for q in queries), exclude)
         return [Recommendation(round=bank_set.round, items=self._ranked(bank_set, cols[:q.k], vals[:q.k]),
                                banks=[GLOBAL, *routes], fallbacks=fallbacks,
                                user_vector=users[i].tolist() if q.include_vector else None)

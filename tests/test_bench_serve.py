@@ -20,7 +20,7 @@ def test_bench_serve_reports_quality_load_and_scale(tmp_path: Path, capsys: pyte
     has_faiss = importlib.util.find_spec("faiss") is not None
     variants = ["exact-fp32", "exact-int8", "edge-vector", *(["hnsw-fp32"] if has_faiss else [])]
     argv = ["bench", "serve", "--run", str(run), "--users", "12", "--variants", ",".join(variants),
-            "--concurrency", "1,3", "--requests", "9", "--json"]
+            "--concurrency", "1,3", "--requests", "9", "--swap", "--json"]
     if has_faiss:
         argv += ["--catalog", "3000", "--dim", "8", "--queries", "10"]
     assert main(argv) == 0
@@ -40,6 +40,10 @@ def test_bench_serve_reports_quality_load_and_scale(tmp_path: Path, capsys: pyte
     for r in rows:
         assert r["requests"] == 9 and r["failed"] == 0 and r["rps"] > 0 and r["rss_mb"] > 0
         assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
+    swap = result["swap"]  # the next round landed while 3 clients sent 27 requests; none failed
+    assert (swap["round_before"], swap["round_after"], swap["failed"], swap["requests"]) == (1, 2, 0, 27)
+    assert sum(swap["replies_by_round"].values()) == 27 and set(swap["replies_by_round"]) <= {"1", "2"}
+    assert not (run / "checkpoints" / "round-0002").exists()  # the swap happened in a copy of the run
     if has_faiss:
         assert 0 <= quality["hnsw-fp32"]["recall@10_vs_exact"] <= 1
         scale = result["scale"]

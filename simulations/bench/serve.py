@@ -10,7 +10,9 @@ Three parts, all reported, none asserted (timings depend on the machine and its 
    concurrency level, that many client threads with keep-alive connections sending the sampled users' requests
    back to back; p50/p95/p99 latency, requests/s, failed requests and the server's resident memory. The same
    process and request list serve every variant, so the variants compare; the first variant is the baseline.
-3. Scale: a synthetic catalog of random item vectors (`--catalog`, e.g. 100000 or 1000000), exact vs HNSW in
+3. Swap (`--swap`): exact fp32 under load while the next round lands in a copy of the run folder: failed
+   requests and replies per round.
+4. Scale: a synthetic catalog of random item vectors (`--catalog`, e.g. 100000 or 1000000), exact vs HNSW in
    fp32: build time, recall@10 and single-query latency, in-process (no HTTP).
 """
 
@@ -21,11 +23,14 @@ import logging
 import math
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +42,7 @@ import torch
 from serving.banks import BankStore
 from serving.recommend import Query, Recommender
 from serving.retrieval import Retrieval, RetrievalOptions
-from serving.run import ServedRun, load_run
+from serving.run import ServedRun, checkpoints_of, load_run
 
 ROOT = Path(__file__).resolve().parents[2]
 VARIANTS: dict[str, dict[str, str]] = {  # name -> `fedadapt serve` options
@@ -64,6 +69,7 @@ class ServeBenchOptions:
     ann_min_items: int = 0  # the index is forced on for the run's (small) catalog unless raised
     load_only: bool = False
     skip_load: bool = False
+    swap: bool = False  # also measure a bank swap under load (at the highest concurrency)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.variants) - set(VARIANTS))
@@ -161,11 +167,12 @@ def _rss_bytes(pid: int) -> int:
 class Server:
     """`fedadapt serve` in a child process on a free loopback port, stopped by its PID."""
 
-    def __init__(self, run: Path, data: Path | None, options: dict[str, str], ann_min_items: int) -> None:
+    def __init__(self, run: Path, data: Path | None, options: dict[str, str], ann_min_items: int,
+                 refresh_seconds: float = 3600) -> None:
         self.port = _free_port()
         cmd = [sys.executable, "-m", "cli.main", "serve", "--run", str(run), "--port", str(self.port),
                "--precision", options["precision"], "--index", options["index"],
-               "--ann-min-items", str(ann_min_items), "--refresh-seconds", "3600"]
+               "--ann-min-items", str(ann_min_items), "--refresh-seconds", str(refresh_seconds)]
         if data is not None:
             cmd += ["--data", str(data)]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -203,8 +210,10 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
-def load(base: str, path: str, bodies: Sequence[dict[str, Any]], clients: int, requests: int) -> dict[str, Any]:
-    """`requests` POSTs of `bodies` (cycled) from `clients` threads: latency percentiles (ms), requests/s."""
+def load(base: str, path: str, bodies: Sequence[dict[str, Any]], clients: int, requests: int,
+         rounds: Counter[int] | None = None) -> dict[str, Any]:
+    """`requests` POSTs of `bodies` (cycled) from `clients` threads: latency percentiles (ms), requests/s; with
+    `rounds`, also how many replies each checkpoint round gave."""
     latencies: list[float] = []
     failures = [0]
     lock = threading.Lock()
@@ -217,7 +226,11 @@ def load(base: str, path: str, bodies: Sequence[dict[str, Any]], clients: int, r
             for n in counter:  # shared iterator: each request index is taken once
                 started = time.perf_counter()
                 try:
-                    ok = client.post(path, json=bodies[n % len(bodies)]).status_code == 200
+                    reply = client.post(path, json=bodies[n % len(bodies)])
+                    ok = reply.status_code == 200
+                    if ok and rounds is not None:
+                        with lock:
+                            rounds[int(reply.json()["round"])] += 1
                 except httpx.HTTPError:
                     ok = False
                 mine.append(time.perf_counter() - started)
@@ -264,6 +277,47 @@ def load_all(options: ServeBenchOptions, run: ServedRun, users: Users,
     return rows
 
 
+def swap_under_load(options: ServeBenchOptions, users: Users, clients: int) -> dict[str, Any]:
+    """Exact fp32 under load from `clients` threads while a new round lands: a copy of the run's latest round is
+    renamed into place as the next round (the way server/checkpoint.py publishes one) once the load is running.
+    Reports failed requests, and how many replies each round gave (both rounds answering = the swap happened
+    under load)."""
+    from common.names import CHECKPOINTS_DIR
+    from server.checkpoint import STATE_FILE, latest_complete_round, round_dir
+
+    source = checkpoints_of(options.run)
+    last = latest_complete_round(source)
+    if last is None:
+        raise FileNotFoundError(f"no complete checkpoint under {source}")
+    bodies = [{"segments": dict(q.segments), "history": list(q.history), "k": 10} for q in users.queries]
+    data = options.data or Path(load_run(options.run).cfg.data_dir)
+    with tempfile.TemporaryDirectory(prefix="bench-serve-swap-") as tmp:
+        root = Path(tmp) / "run" / CHECKPOINTS_DIR
+        shutil.copytree(round_dir(source, last), round_dir(root, last))
+        server = Server(root.parent, data, VARIANTS["exact-fp32"], options.ann_min_items, refresh_seconds=0.2)
+        rounds: Counter[int] = Counter()
+        try:
+            load(server.base, "/recommend", bodies, 1, min(20, options.requests))  # warm-up
+            rounds.clear()
+            result: dict[str, Any] = {}
+            worker = threading.Thread(target=lambda: result.update(
+                load(server.base, "/recommend", bodies, clients, options.requests * 3, rounds)))
+            worker.start()
+            time.sleep(1.0)
+            staging = root / f".tmp-swap-{os.getpid()}"
+            shutil.copytree(round_dir(root, last), staging)
+            state = json.loads((staging / STATE_FILE).read_text())
+            state["round"] = last + 1
+            (staging / STATE_FILE).write_text(json.dumps(state))
+            staging.rename(round_dir(root, last + 1))
+            worker.join()
+            after = httpx.get(f"{server.base}/health", timeout=30).json()["round"]
+        finally:
+            server.stop()
+    return {**result, "round_before": last, "round_after": after,
+            "replies_by_round": {str(k): v for k, v in sorted(rounds.items())}}
+
+
 def scale(options: ServeBenchOptions) -> dict[str, Any]:
     """Exact vs HNSW (fp32) over `options.catalog` random item vectors: build, recall@10, single-query latency."""
     gen = torch.Generator().manual_seed(options.seed)
@@ -303,6 +357,9 @@ def bench_serve(options: ServeBenchOptions, log: Callable[[str], None] = lambda 
         log(json.dumps({"quality": result["quality"]}))
     if not options.skip_load:
         result["load"] = load_all(options, run, users, log)
+    if options.swap:
+        result["swap"] = swap_under_load(options, users, max(options.concurrency))
+        log(json.dumps({"swap": result["swap"]}))
     if options.catalog:
         result["scale"] = scale(options)
         log(json.dumps({"scale": result["scale"]}))
@@ -328,6 +385,11 @@ def format_serve(result: dict[str, Any]) -> str:
                   "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['variant']} | {r['clients']} | {r['rps']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | "
                   f"{r['failed']} | {r['rss_mb']} |" for r in result["load"]]
+    if "swap" in result:
+        w = result["swap"]
+        lines.append(f"bank swap under load ({w['clients']} clients, exact fp32): round {w['round_before']} -> "
+                     f"{w['round_after']}, replies by round {w['replies_by_round']}, {w['failed']} failed of "
+                     f"{w['requests']}, p99 {w['p99_ms']} ms")
     if "scale" in result:
         s = result["scale"]
         lines += [f"scale: {s['items']} random items of width {s['dim']}, {s['queries']} single queries; "
