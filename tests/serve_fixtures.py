@@ -30,9 +30,9 @@ HELD_BACK = "season=winter"  # has a bank, but the server did not serve it after
 BANKS = (GLOBAL, *SERVED, HELD_BACK)
 
 
-def make_data(folder: Path) -> Path:
-    """A synthetic marketplace of 40 users and 60 products."""
-    write_marketplace(generate_marketplace(40, 60, seed=3), folder)
+def make_data(folder: Path, products: int = 60) -> Path:
+    """A synthetic marketplace of 40 users and `products` products."""
+    write_marketplace(generate_marketplace(40, products, seed=3), folder)
     return folder
 
 

@@ -16,7 +16,8 @@ from tests.serve_fixtures import make_data, serve_cfg, write_round
 @pytest.mark.slow
 def test_bench_serve_reports_quality_load_and_scale(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
-    write_round(run, serve_cfg(make_data(tmp_path / "data")), 1, seed=1)
+    # 150 products: the test users' records need 99 sampled negatives each (common/data/examples.py)
+    write_round(run, serve_cfg(make_data(tmp_path / "data", products=150)), 1, seed=1)
     has_faiss = importlib.util.find_spec("faiss") is not None
     variants = ["exact-fp32", "exact-int8", "edge-vector", *(["hnsw-fp32"] if has_faiss else [])]
     argv = ["bench", "serve", "--run", str(run), "--users", "12", "--variants", ",".join(variants),
@@ -27,7 +28,7 @@ def test_bench_serve_reports_quality_load_and_scale(tmp_path: Path, capsys: pyte
     result = json.loads(capsys.readouterr().out)
 
     quality = result["quality"]
-    assert quality["users"] == 12 and quality["items"] == 60
+    assert quality["users"] == 12 and quality["items"] == 150
     assert quality["exact-fp32"]["top10_overlap_with_exact_fp32"] == 1.0
     assert quality["exact-int8"]["item_vector_bytes"] < quality["exact-fp32"]["item_vector_bytes"] / 3
     assert quality["int8_ndcg_delta"] == pytest.approx(quality["exact-int8"]["ndcg@10"] -
