@@ -331,6 +331,7 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queries", type=_positive_int, default=200, help="scale part: single queries timed")
     parser.add_argument("--ann-min-items", type=int, default=0,
                         help="catalog size from which the hnsw variants use the index (default 0: always)")
+    parser.add_argument("--ef-search", type=_positive_int, default=128, help="HNSW search breadth (default 128)")
     parser.add_argument("--skip-load", action="store_true", help="quality (and scale) only, no HTTP load")
     parser.add_argument("--load-only", action="store_true", help="HTTP load (and scale) only, no quality part")
     parser.add_argument("--swap", action="store_true", help="also a bank swap under load (highest concurrency)")
@@ -347,7 +348,7 @@ def _run_serve(args: argparse.Namespace) -> int:
                                 concurrency=tuple(int(c) for c in args.concurrency.split(",") if c.strip()),
                                 requests=args.requests, catalog=args.catalog, dim=args.dim, queries=args.queries,
                                 ann_min_items=args.ann_min_items, skip_load=args.skip_load, load_only=args.load_only,
-                                swap=args.swap)
+                                swap=args.swap, ef_search=args.ef_search)
     result = bench_serve(options, log=lambda line: print(line, file=sys.stderr, flush=True))
     print(json.dumps(result) if args.json else format_serve(result))
     return 0

@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.cache_mb < 0 or args.refresh_seconds < 0:
         raise ValueError("--cache-mb and --refresh-seconds must be >= 0")
-    options = RetrievalOptions(precision=args.precision, index=args.index, ann_min_items=args.ann_min_items)
+    tuning = {} if args.ef_search is None else {"ef_search": args.ef_search}
+    options = RetrievalOptions(precision=args.precision, index=args.index, ann_min_items=args.ann_min_items, **tuning)
     served = load_run(args.run, args.data)
     store = BankStore(served, cache_bytes=int(args.cache_mb * (1 << 20)), refresh_seconds=args.refresh_seconds,
                       options=options)
@@ -63,4 +64,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="exact search (default) or a faiss HNSW index (needs faiss-cpu)")
     p.add_argument("--ann-min-items", type=int, default=20_000,
                    help="with --index hnsw, catalogs below this many items are still searched exactly")
+    p.add_argument("--ef-search", type=int, default=None,
+                   help="with --index hnsw, the search breadth (default 128): more is slower and finds more of the "
+                        "exact top k")
     p.set_defaults(func=run)

@@ -158,6 +158,8 @@ def test_hnsw_recall_at_10_on_a_larger_catalog() -> None:
         found = ann.top(users, None, 10, [[] for _ in users])
         recall = np.mean([len(set(t[0]) & set(f[0])) / 10 for t, f in zip(truth, found, strict=True)])
         assert recall >= 0.95, (precision, recall)
+    tuned = Retrieval.build(table[:3001], bias[:3001], RetrievalOptions(index="hnsw", ann_min_items=0, ef_search=300))
+    assert tuned.index is not None and tuned.index.index.hnsw.efSearch == 300
     small = Retrieval.build(table[:5001], bias[:5001], RetrievalOptions(index="hnsw", ann_min_items=10_000))
     assert small.kind == "exact-fp32" and small.index is None
 
@@ -190,6 +192,8 @@ def test_hnsw_without_faiss_is_refused_with_the_package_to_install(monkeypatch: 
     assert RetrievalOptions(index="exact").index == "exact"  # exact needs nothing
     assert main(["serve", "--run", str(run), "--index", "hnsw"]) == 2
     assert "pip install faiss-cpu" in capsys.readouterr().err
+    assert main(["serve", "--run", str(run), "--ef-search", "0"]) == 2
+    assert "ef_search must be >= 1" in capsys.readouterr().err
     for bad, named in (({"precision": "int4"}, "precision"), ({"index": "ivf"}, "index"), ({"overfetch": 0},
                                                                                           "overfetch")):
         with pytest.raises(ValueError, match=named):

@@ -67,6 +67,7 @@ class ServeBenchOptions:
     queries: int = 200  # scale part: queries timed
     seed: int = 0
     ann_min_items: int = 0  # the index is forced on for the run's (small) catalog unless raised
+    ef_search: int = RetrievalOptions.ef_search
     load_only: bool = False
     skip_load: bool = False
     swap: bool = False  # also measure a bank swap under load (at the highest concurrency)
@@ -122,7 +123,8 @@ def _overlap(a: Sequence[Sequence[str]], b: Sequence[Sequence[str]]) -> float:
     return statistics.fmean(len(set(x) & set(y)) / max(len(x), 1) for x, y in zip(a, b, strict=True))
 
 
-def quality(run: ServedRun, users: Users, variants: Sequence[str], ann_min_items: int) -> dict[str, Any]:
+def quality(run: ServedRun, users: Users, variants: Sequence[str], ann_min_items: int,
+            ef_search: int = RetrievalOptions.ef_search) -> dict[str, Any]:
     """NDCG@10 / HR@10 of each variant (and of exact fp32, the reference) on the same users, their top-10 overlap
     with exact fp32, and the HNSW variants' recall@10 against exact search in the same precision."""
     names = ["exact-fp32", *(v for v in variants if v not in ("exact-fp32", "edge-vector"))]
@@ -134,10 +136,12 @@ def quality(run: ServedRun, users: Users, variants: Sequence[str], ann_min_items
     for name in names:
         precision, index = VARIANTS[name]["precision"], VARIANTS[name]["index"]
         store = BankStore(run, refresh_seconds=3600,
-                          options=RetrievalOptions(precision=precision, index=index, ann_min_items=ann_min_items))
+                          options=RetrievalOptions(precision=precision, index=index, ann_min_items=ann_min_items,
+                                                   ef_search=ef_search))
         tops[name] = _top_ids(Recommender(store), users.queries)
         sizes[name] = store.current().retrieval.items.nbytes
-    out: dict[str, Any] = {"users": len(users.queries), "items": len(run.catalog), "variants": names}
+    out: dict[str, Any] = {"users": len(users.queries), "items": len(run.catalog), "variants": names,
+                           "ef_search": ef_search}
     for name, top in tops.items():
         ndcg, hr = _ndcg_hr(top, users.targets)
         out[name] = {"ndcg@10": round(ndcg, 4), "hr@10": round(hr, 4), "item_vector_bytes": sizes[name],
@@ -168,11 +172,12 @@ class Server:
     """`fedadapt serve` in a child process on a free loopback port, stopped by its PID."""
 
     def __init__(self, run: Path, data: Path | None, options: dict[str, str], ann_min_items: int,
-                 refresh_seconds: float = 3600) -> None:
+                 refresh_seconds: float = 3600, ef_search: int = RetrievalOptions.ef_search) -> None:
         self.port = _free_port()
         cmd = [sys.executable, "-m", "cli.main", "serve", "--run", str(run), "--port", str(self.port),
                "--precision", options["precision"], "--index", options["index"],
-               "--ann-min-items", str(ann_min_items), "--refresh-seconds", str(refresh_seconds)]
+               "--ann-min-items", str(ann_min_items), "--refresh-seconds", str(refresh_seconds),
+               "--ef-search", str(ef_search)]
         if data is not None:
             cmd += ["--data", str(data)]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -257,7 +262,8 @@ def load_all(options: ServeBenchOptions, run: ServedRun, users: Users,
     vectors: list[dict[str, Any]] | None = None
     rows: list[dict[str, Any]] = []
     for name in options.variants:
-        server = Server(options.run, options.data, VARIANTS[name], options.ann_min_items)
+        server = Server(options.run, options.data, VARIANTS[name], options.ann_min_items,
+                        ef_search=options.ef_search)
         try:
             path, payload = "/recommend", bodies
             if name == "edge-vector":  # the edge's half done beforehand: its user vectors (and segments) only
@@ -325,10 +331,12 @@ def scale(options: ServeBenchOptions) -> dict[str, Any]:
     table[0] = 0
     bias = torch.randn(options.catalog + 1, generator=gen) * 0.1
     users = torch.randn(options.queries, options.dim, generator=gen)
-    out: dict[str, Any] = {"items": options.catalog, "dim": options.dim, "queries": options.queries}
+    out: dict[str, Any] = {"items": options.catalog, "dim": options.dim, "queries": options.queries,
+                           "ef_search": options.ef_search}
     tops: dict[str, list[list[int]]] = {}
     for name, retrieval_options in (("exact", RetrievalOptions()),
-                                    ("hnsw", RetrievalOptions(index="hnsw", ann_min_items=0))):
+                                    ("hnsw", RetrievalOptions(index="hnsw", ann_min_items=0,
+                                                              ef_search=options.ef_search))):
         started = time.perf_counter()
         retrieval = Retrieval.build(table, bias, retrieval_options)
         built = time.perf_counter() - started
@@ -353,7 +361,7 @@ def bench_serve(options: ServeBenchOptions, log: Callable[[str], None] = lambda 
                                                                  "loadavg": os.getloadavg()}}
     users = sample_users(run, options.users, options.seed)
     if not options.load_only:
-        result["quality"] = quality(run, users, options.variants, options.ann_min_items)
+        result["quality"] = quality(run, users, options.variants, options.ann_min_items, options.ef_search)
         log(json.dumps({"quality": result["quality"]}))
     if not options.skip_load:
         result["load"] = load_all(options, run, users, log)
@@ -372,7 +380,7 @@ def format_serve(result: dict[str, Any]) -> str:
              f"after {result['machine']['loadavg_after']}"]
     if "quality" in result:
         q = result["quality"]
-        lines += [f"quality on {q['users']} test users, {q['items']} items:",
+        lines += [f"quality on {q['users']} test users, {q['items']} items (HNSW efSearch {q['ef_search']}):",
                   "| variant | NDCG@10 | HR@10 | top-10 overlap with exact fp32 | recall@10 vs exact | item vector "
                   "bytes |", "|---|---|---|---|---|---|"]
         lines += [f"| {name} | {q[name]['ndcg@10']} | {q[name]['hr@10']} | "
