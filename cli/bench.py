@@ -6,6 +6,7 @@
     fedadapt bench client [--backbone minilm|tiny|PATH] [--pairs 256] [--repeats N] [--data DIR] [--neighbour N]
     fedadapt bench secagg [--clients 10,50,100] [--modes off,segment,segment-hidden] [--arch text|seq]
     fedadapt bench throughput [--device auto|cpu|cuda] [--batch-sizes 256,1024] [--precision fp32,bf16] [--json]
+    fedadapt bench serve --run RUN [--concurrency 1,8,32] [--requests 400] [--catalog 100000] [--swap] [--json]
 
 Each benchmark is one `Benchmark` record in BENCHMARKS (name, help, a function adding its options, and
 `run(args) -> int`); adding one is a new module plus one `register_benchmark` call below. Nothing here knows
@@ -345,6 +346,43 @@ def _run_throughput(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure_serve(parser: argparse.ArgumentParser) -> None:
+    from simulations.bench.serve import VARIANTS
+
+    parser.add_argument("--run", required=True, type=Path, help="an arch=seq run folder (as for `fedadapt serve`)")
+    parser.add_argument("--data", type=Path, default=None, help="the run's data folder (default: its run config's)")
+    parser.add_argument("--users", type=_positive_int, default=500, help="test users sampled (quality and load)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument("--concurrency", default="1,8,32", help="concurrent clients per load level")
+    parser.add_argument("--requests", type=_positive_int, default=400, help="requests per variant and level")
+    parser.add_argument("--catalog", type=int, default=0, help="synthetic item vectors for the scale part (0: skip)")
+    parser.add_argument("--dim", type=_positive_int, default=64, help="width of the synthetic item vectors")
+    parser.add_argument("--queries", type=_positive_int, default=200, help="scale part: single queries timed")
+    parser.add_argument("--ann-min-items", type=int, default=0,
+                        help="catalog size from which the hnsw variants use the index (default 0: always)")
+    parser.add_argument("--ef-search", type=_positive_int, default=128, help="HNSW search breadth (default 128)")
+    parser.add_argument("--skip-load", action="store_true", help="quality (and scale) only, no HTTP load")
+    parser.add_argument("--load-only", action="store_true", help="HTTP load (and scale) only, no quality part")
+    parser.add_argument("--swap", action="store_true", help="also a bank swap under load (highest concurrency)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import sys
+
+    from simulations.bench.serve import ServeBenchOptions, bench_serve, format_serve
+
+    options = ServeBenchOptions(run=args.run, data=args.data, users=args.users,
+                                variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
+                                concurrency=tuple(int(c) for c in args.concurrency.split(",") if c.strip()),
+                                requests=args.requests, catalog=args.catalog, dim=args.dim, queries=args.queries,
+                                ann_min_items=args.ann_min_items, skip_load=args.skip_load, load_only=args.load_only,
+                                swap=args.swap, ef_search=args.ef_search)
+    result = bench_serve(options, log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(json.dumps(result) if args.json else format_serve(result))
+    return 0
+
+
 for _benchmark in (
     Benchmark("adapters", "size, int8 size and step time of every adapter kind on a backbone",
               _configure_adapters, _run_adapters),
@@ -367,6 +405,9 @@ for _benchmark in (
               "(the protocol's own cost: synthetic deltas, in-process grid)", _configure_secagg, _run_secagg),
     Benchmark("throughput", "training pairs per second of one loop: naive PEFT LoRA vs ours (text, seq) per batch "
               "size and precision, same device and process", _configure_throughput, _run_throughput),
+    Benchmark("serve", "fedadapt serve under loopback load (exact/int8/HNSW/edge: latency, requests/s, memory), "
+              "int8 NDCG@10 and HNSW recall@10 against exact, and a large synthetic catalog",
+              _configure_serve, _run_serve),
 ):
     register_benchmark(_benchmark)
 

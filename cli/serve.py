@@ -1,10 +1,13 @@
 """`fedadapt serve`: recommendations from a trained arch=seq run over HTTP (FastAPI + uvicorn).
 
     fedadapt serve --run RUN [--data DATA] [--host 127.0.0.1] [--port 8000] [--cache-mb 256]
+                   [--precision fp32|int8] [--index exact|hnsw] [--ann-min-items 20000]
 
 Loads the run's latest complete checkpoint and the catalog of its data folder (--data when the run config's
 data-dir is not on this machine), then serves POST /recommend, POST /recommend/vector, GET /health and
-GET /metadata (serving/app.py). A newer round written into RUN/checkpoints is picked up without a restart.
+GET /metadata (serving/app.py), and POST /recommend/batch. --precision int8 serves int8 item vectors and user tower;
+--index hnsw searches catalogs of at least --ann-min-items items through a faiss HNSW index (exact search below
+that, and the default). A newer round written into RUN/checkpoints is picked up without a restart.
 Everything is checked before the port opens: a missing run, a text-arch run or a bad port is one line, exit 2.
 """
 
@@ -29,14 +32,18 @@ def run(args: argparse.Namespace) -> int:
     from serving.app import create_app
     from serving.banks import BankStore
     from serving.recommend import Recommender
+    from serving.retrieval import RetrievalOptions
     from serving.run import load_run
 
     if args.cache_mb < 0 or args.refresh_seconds < 0:
         raise ValueError("--cache-mb and --refresh-seconds must be >= 0")
+    tuning = {} if args.ef_search is None else {"ef_search": args.ef_search}
+    options = RetrievalOptions(precision=args.precision, index=args.index, ann_min_items=args.ann_min_items, **tuning)
     served = load_run(args.run, args.data)
-    store = BankStore(served, cache_bytes=int(args.cache_mb * (1 << 20)), refresh_seconds=args.refresh_seconds)
-    print(f"serving {served.folder} round {store.current().round} ({len(served.catalog)} items) "
-          f"on http://{args.host}:{args.port}", flush=True)
+    store = BankStore(served, cache_bytes=int(args.cache_mb * (1 << 20)), refresh_seconds=args.refresh_seconds,
+                      options=options)
+    print(f"serving {served.folder} round {store.current().round} ({len(served.catalog)} items, "
+          f"{store.current().retrieval.kind}) on http://{args.host}:{args.port}", flush=True)
     uvicorn.run(create_app(Recommender(store)), host=args.host, port=args.port, log_level="warning")
     return 0
 
@@ -51,4 +58,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-mb", type=float, default=256.0, help="bound of the segment-bank cache in MiB")
     p.add_argument("--refresh-seconds", type=float, default=1.0,
                    help="how often a request checks for a newer checkpoint round (default 1)")
+    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                   help="item vectors and user tower in fp32 (default) or int8 (see README Serving for the cost)")
+    p.add_argument("--index", choices=("exact", "hnsw"), default="exact",
+                   help="exact search (default) or a faiss HNSW index (needs faiss-cpu)")
+    p.add_argument("--ann-min-items", type=int, default=20_000,
+                   help="with --index hnsw, catalogs below this many items are still searched exactly")
+    p.add_argument("--ef-search", type=int, default=None,
+                   help="with --index hnsw, the search breadth (default 128): more is slower and finds more of the "
+                        "exact top k")
     p.set_defaults(func=run)

@@ -34,6 +34,7 @@ from common.federation.backbones import backbone_for
 from common.names import GLOBAL, KEY_SEP
 from common.rec.seq_model import SegmentBank, SeqRecModel
 from server.checkpoint import STATE_FILE, latest_complete_round, round_dir
+from serving.retrieval import Retrieval, RetrievalOptions, quantize_tower
 from serving.run import ServedRun
 
 V = TypeVar("V")
@@ -82,11 +83,14 @@ class ByteLRU(Generic[V]):
 
 @dataclass(frozen=True)
 class BankSet:
-    """One round's banks: the loaded global bank (and its item table), and where each segment bank's file is."""
+    """One round's banks: the loaded global bank, its item side (vectors in the served precision and the index,
+    built once here), the user tower that runs requests, and where each segment bank's file is."""
 
     round: int
     model: SeqRecModel  # holds the global bank only; segment banks come from the store's LRU
-    table: torch.Tensor  # (N+1, d) item vectors, row 0 padding
+    table: torch.Tensor  # (N+1, d) fp32 item vectors, row 0 padding
+    retrieval: Retrieval  # the item vectors as served (fp32 or int8) and the HNSW index if one applies
+    tower: SeqRecModel  # `model`, or its int8 copy (precision int8)
     files: dict[str, tuple[str, str | None]]  # bank -> (file in the round folder, its SHA-256 or None)
     served: frozenset[str]  # segment banks the server served after this round (held-back ones are not routed)
     folder: Path
@@ -112,8 +116,11 @@ def _read_bank(bank_set_folder: Path, name: str, fname: str, digest: str | None)
 class BankStore:
     """The current bank set of a run, refreshed when a newer round lands, and an LRU of segment banks."""
 
-    def __init__(self, run: ServedRun, cache_bytes: int = 256 << 20, refresh_seconds: float = 1.0) -> None:
+    def __init__(self, run: ServedRun, cache_bytes: int = 256 << 20, refresh_seconds: float = 1.0,
+                 options: RetrievalOptions | None = None) -> None:
         self.run = run
+        self.options = options or RetrievalOptions()
+        self.builds = 0  # bank sets built (one per round swapped in): the item side is never rebuilt per request
         self.cache: ByteLRU[SegmentBank] = ByteLRU(cache_bytes)
         self.refresh_seconds = refresh_seconds
         self._lock = threading.Lock()
@@ -135,15 +142,20 @@ class BankStore:
         if GLOBAL not in files:
             raise ValueError(f"{folder}: no {GLOBAL!r} bank")
         cfg, texts = self.run.cfg, self.run.item_texts
-        model = seq_task.new_model(cfg, texts, seq_task.text_vectors(cfg, backbone_for(cfg.backbone), texts))
+        backbone = backbone_for(cfg.backbone)
+        model = seq_task.new_model(cfg, texts, seq_task.model_text_vectors(cfg, backbone, texts), backbone=backbone)
         weights = _read_bank(folder, GLOBAL, *files[GLOBAL])
         model.load_adapter_state({f"{GLOBAL}{KEY_SEP}{k}": v for k, v in weights.items()})
         model.eval()
         with torch.no_grad():
             table = model.item_table()
+            retrieval = Retrieval.build(table, model.item_prior(), self.options)  # text prior + free bias
+        tower = model if self.options.precision == "fp32" else quantize_tower(model)
         served = state.get("served_segments")  # absent in old checkpoints: serve every bank
         segments = {n for n in files if n != GLOBAL}
-        return BankSet(round=server_round, model=model, table=table, files=files, folder=folder,
+        self.builds += 1
+        return BankSet(round=server_round, model=model, table=table, retrieval=retrieval, tower=tower,
+                       files=files, folder=folder,
                        served=frozenset(segments if served is None else set(served) & segments))
 
     def current(self) -> BankSet:

@@ -1,10 +1,14 @@
-"""Metadata + history -> routed banks -> ranked items, with exact retrieval over the whole catalog.
+"""Metadata + history -> routed banks -> ranked items, one request or a mixed batch at a time.
 
-The arithmetic is the seq model's own (`SeqRecModel.encode_sequences`, `SegmentBank`, `logits`), so a reply
-ranks exactly as the federation's evaluation ranks (tests/test_serving.py compares the scores with
-`score_catalog`). A request's segment values that have no served bank in the current round fall back to the
-global bank, and the reply lists each one with the reason, so a caller can tell "personalised" from "global".
-A segment key the run has no banks for is the caller's mistake and is refused (`RequestError`).
+The arithmetic is the seq model's own (`SeqRecModel.encode_sequences`, `SegmentBank`, user . item + biases), so
+an fp32 exact reply ranks exactly as the federation's evaluation ranks (tests/test_serving.py compares the scores
+with `score_catalog`); int8 and the HNSW index (serving/retrieval.py) approximate it. A batch may mix segments:
+the user tower runs once over all rows, each segment bank only on its own rows, and each row gets its own banks'
+item-bias deltas, so a batch answers exactly what its requests answer one by one (tested).
+
+A request's segment values that have no served bank in the current round fall back to the global bank, and the
+reply lists each one with the reason, so a caller can tell "personalised" from "global". A segment key the run has
+no banks for is the caller's mistake and is refused (`RequestError`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,17 @@ from serving.banks import BankSet, BankStore
 
 class RequestError(ValueError):
     """A request the service cannot answer as asked (unknown item, unknown segment key, wrong vector width)."""
+
+
+@dataclass(frozen=True)
+class Query:
+    """One request: segment values, history (item ids, oldest first), how many items, and options."""
+
+    segments: Mapping[str, str]
+    history: Sequence[str]
+    k: int = 10
+    exclude_history: bool = True
+    include_vector: bool = False
 
 
 @dataclass(frozen=True)
@@ -44,7 +59,7 @@ class Recommendation:
 
 
 class Recommender:
-    """Answers requests from a `BankStore`'s current bank set (one set per request, see serving/banks.py)."""
+    """Answers requests from a `BankStore`'s current bank set (one set per call, see serving/banks.py)."""
 
     def __init__(self, store: BankStore) -> None:
         self.store = store
@@ -70,42 +85,59 @@ class Recommender:
                 fallbacks[name] = f"no bank for this segment in round {bank_set.round}; the global bank answers"
         return routes, fallbacks
 
-    def _item_bias(self, bank_set: BankSet, routes: Sequence[str]) -> torch.Tensor:
-        bias = torch.zeros(bank_set.table.shape[0])
-        for name in routes:
-            bias = bias + self.store.segment(bank_set, name).item_bias
-        return bias
+    def _personalise(self, bank_set: BankSet, users: torch.Tensor,
+                     routes: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Each row plus its segment banks' residuals (all computed from the tower's output), and the (B, N+1)
+        item-bias deltas of each row's banks (None when no row is routed)."""
+        out, bias = users.clone(), None
+        for name in sorted({n for r in routes for n in r}):
+            rows = torch.tensor([i for i, r in enumerate(routes) if name in r])
+            bank = self.store.segment(bank_set, name)
+            out[rows] += bank(users[rows])
+            if bias is None:
+                bias = torch.zeros(users.shape[0], bank_set.table.shape[0])
+            bias[rows] += bank.item_bias
+        return out, bias
 
-    def _top(self, bank_set: BankSet, scores: torch.Tensor, k: int, exclude: Sequence[int] = ()) -> list[Ranked]:
-        """The k best items of (N+1,) scores (column 0 is padding), skipping the columns `exclude`."""
-        scores = scores.clone()
-        scores[0] = float("-inf")
-        if exclude:
-            scores[torch.tensor(list(exclude))] = float("-inf")
-        k = min(k, int(torch.isfinite(scores).sum()))
-        values, columns = torch.topk(scores, k)
+    def _ranked(self, bank_set: BankSet, columns: list[int], values: list[float]) -> list[Ranked]:
         catalog = bank_set.model.catalog
         return [Ranked(catalog[c - 1], self.titles.get(catalog[c - 1], ""), float(v))
-                for v, c in zip(values.tolist(), columns.tolist(), strict=True)]
+                for v, c in zip(values, columns, strict=True)]
 
     @torch.no_grad()
+    def user_vectors(self, bank_set: BankSet, queries: Sequence[Query]) -> tuple[
+            torch.Tensor, torch.Tensor | None, list[tuple[list[str], dict[str, str]]], list[list[int]]]:
+        """The user tower's half for `queries`: (B, d) personalised user vectors, the (B, N+1) segment-bias deltas
+        (None when no row is routed), each row's (routes, fallbacks) and its history as catalog indices."""
+        tower, retrieval = bank_set.tower, bank_set.retrieval
+        routed = [self.route(bank_set, q.segments) for q in queries]
+        try:
+            indices = [tower.indices(q.history) for q in queries]
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
+        seqs, table = retrieval.items.lookup(left_pad([window(ix, tower.cfg.max_len) for ix in indices]))
+        users = tower.encode_sequences(seqs, table)[:, -1]
+        users, bias = self._personalise(bank_set, users, [r for r, _ in routed])
+        return users, bias, routed, indices
+
+    @torch.no_grad()
+    def recommend_batch(self, queries: Sequence[Query]) -> list[Recommendation]:
+        """The replies to `queries` (any mix of segments and history lengths), scored together."""
+        if not queries:
+            return []
+        bank_set = self.store.current()
+        users, bias, routed, indices = self.user_vectors(bank_set, queries)
+        exclude = [sorted(set(ix)) if q.exclude_history else [] for q, ix in zip(queries, indices, strict=True)]
+        tops = bank_set.retrieval.top(users, bias, max(q.k for q in queries), exclude)
+        return [Recommendation(round=bank_set.round, items=self._ranked(bank_set, cols[:q.k], vals[:q.k]),
+                               banks=[GLOBAL, *routes], fallbacks=fallbacks,
+                               user_vector=users[i].tolist() if q.include_vector else None)
+                for i, (q, (routes, fallbacks), (cols, vals)) in enumerate(zip(queries, routed, tops, strict=True))]
+
     def recommend(self, segments: Mapping[str, str], history: Sequence[str], k: int,
                   exclude_history: bool = True, include_vector: bool = False) -> Recommendation:
         """The top `k` items for a user with these segment values and this history (oldest first)."""
-        bank_set = self.store.current()
-        model = bank_set.model
-        routes, fallbacks = self.route(bank_set, segments)
-        try:
-            indices = model.indices(history)
-        except ValueError as exc:
-            raise RequestError(str(exc)) from None
-        seqs = left_pad([window(indices, model.cfg.max_len)])
-        user = model.encode_sequences(seqs, bank_set.table)[:, -1]
-        user = user + sum((self.store.segment(bank_set, n)(user) for n in routes), torch.zeros_like(user))
-        scores = (user @ bank_set.table.T)[0] + model.item_prior() + self._item_bias(bank_set, routes)
-        items = self._top(bank_set, scores, k, sorted(set(indices)) if exclude_history else ())
-        return Recommendation(round=bank_set.round, items=items, banks=[GLOBAL, *routes], fallbacks=fallbacks,
-                              user_vector=user[0].tolist() if include_vector else None)
+        return self.recommend_batch([Query(segments, history, k, exclude_history, include_vector)])[0]
 
     @torch.no_grad()
     def recommend_vector(self, vector: Sequence[float], segments: Mapping[str, str], k: int) -> Recommendation:
@@ -116,7 +148,11 @@ class Recommender:
         if len(vector) != dim:
             raise RequestError(f"vector has {len(vector)} values; this run's user vectors have {dim}")
         routes, fallbacks = self.route(bank_set, segments)
-        user = torch.tensor(list(vector), dtype=bank_set.table.dtype)
-        scores = bank_set.table @ user + bank_set.model.item_prior() + self._item_bias(bank_set, routes)
-        return Recommendation(round=bank_set.round, items=self._top(bank_set, scores, k), banks=[GLOBAL, *routes],
-                              fallbacks=fallbacks)
+        user = torch.tensor([list(vector)], dtype=torch.float32)
+        bias = None
+        for name in routes:
+            delta = self.store.segment(bank_set, name).item_bias.unsqueeze(0)
+            bias = delta if bias is None else bias + delta
+        cols, vals = bank_set.retrieval.top(user, bias, k, [[]])[0]
+        return Recommendation(round=bank_set.round, items=self._ranked(bank_set, cols, vals),
+                              banks=[GLOBAL, *routes], fallbacks=fallbacks)

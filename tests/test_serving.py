@@ -18,68 +18,40 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from cli.main import main
-from common.data.schema import write_marketplace
-from common.data.synthetic import generate_marketplace
-from common.federation import seq_task
-from common.federation.arch import arch_for
-from common.names import CHECKPOINTS_DIR, GLOBAL, SEQ
+from common.names import CHECKPOINTS_DIR, GLOBAL
 from common.protocol import FedConfig
 from common.rec.seq_model import catalog_fingerprint
-from common.rec.seq_train import score_catalog
 from server.checkpoint import Checkpoint, round_dir, save_checkpoint
 from serving.app import create_app
 from serving.banks import BankStore, ByteLRU
 from serving.recommend import Recommender
 from serving.run import load_run
-from simulations.bench.compare import model_from_banks
+from tests.serve_fixtures import (
+    BANKS,
+    HELD_BACK,
+    SERVED,
+    free_port,
+    make_data,
+    reference_scores,
+    serve_cfg,
+    write_round,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVED = ("region=Europe", "region=Asia-Pacific")
-HELD_BACK = "season=winter"  # has a bank, but the server did not serve it after the round
-BANKS = (GLOBAL, *SERVED, HELD_BACK)
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("serve-data") / "data"
-    write_marketplace(generate_marketplace(40, 60, seed=3), folder)
-    return folder
-
-
-def _cfg(data_dir: Path) -> FedConfig:
-    return FedConfig.from_run_config({"arch": SEQ, "seq-dim": 16, "seq-max-len": 20, "backbone": "tiny",
-                                      "data-dir": str(data_dir)})
-
-
-def write_round(run: Path, cfg: FedConfig, server_round: int, seed: int) -> dict[str, dict[str, np.ndarray]]:
-    """A checkpoint as server/app.py writes it, of seeded random banks (so every bank changes the ranking)."""
-    texts = seq_task.catalog_texts(cfg.data_dir)
-    model = arch_for(SEQ).build(cfg, BANKS, texts)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-    banks = {name: seq_task.arrays(model, [name]) for name in BANKS}
-    state = {"run_config": cfg.to_run_config(), "served_segments": sorted(SERVED), "history": []}
-    save_checkpoint(run / CHECKPOINTS_DIR, Checkpoint(server_round, banks, state))
-    return banks
-
-
-def reference_scores(cfg: FedConfig, banks: dict[str, dict[str, np.ndarray]], history: list[str],
-                     segments: dict[str, str]) -> tuple[list[str], np.ndarray]:
-    """The federation's own scores (the model a client builds from these banks) for one request."""
-    model = model_from_banks(cfg, banks, seq_task.catalog_texts(cfg.data_dir), SERVED)
-    return model.catalog, score_catalog(model, [history], [segments])[0]
+    return make_data(tmp_path_factory.mktemp("serve-data") / "data")
 
 
 @pytest.fixture(scope="module")
 def served(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     run = tmp_path_factory.mktemp("serve-run") / "run"
-    cfg = _cfg(data_dir)
+    cfg = serve_cfg(data_dir)
     banks = write_round(run, cfg, 2, seed=1)
     store = BankStore(load_run(run), refresh_seconds=0)
     return {"run": run, "cfg": cfg, "banks": banks, "store": store,
@@ -188,7 +160,7 @@ def test_new_round_swaps_in_whole_and_half_written_or_damaged_rounds_are_ignored
                                                                                   tmp_path: Path) -> None:
     """A newer complete round is picked up without a restart and answers with all of its banks; a round still
     being written (server/checkpoint.py's .tmp- folder) or one whose files fail their SHA-256 is never served."""
-    cfg, run = _cfg(data_dir), tmp_path / "run"
+    cfg, run = serve_cfg(data_dir), tmp_path / "run"
     write_round(run, cfg, 1, seed=1)
     store = BankStore(load_run(run), refresh_seconds=0)
     client = TestClient(create_app(Recommender(store)))
@@ -261,19 +233,13 @@ def test_load_run_refuses_what_it_cannot_serve(data_dir: Path, tmp_path: Path,
     with pytest.raises(ValueError, match="serving supports arch='seq'"):
         load_run(tmp_path / "text")
     run = tmp_path / "seq"
-    write_round(run, _cfg(data_dir), 1, seed=0)
+    write_round(run, serve_cfg(data_dir), 1, seed=0)
     with pytest.raises(FileNotFoundError, match="pass --data"):
         load_run(run, tmp_path / "elsewhere")
     assert main(["serve", "--run", str(tmp_path / "text")]) == 2
     assert "serving supports arch='seq'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["serve", "--run", str(run), "--port", "70000"])
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _outward_address() -> str | None:
@@ -291,7 +257,7 @@ def _outward_address() -> str | None:
 def test_fedadapt_serve_answers_on_a_free_port(served: dict[str, Any], tmp_path: Path) -> None:
     """The real command: uvicorn on 127.0.0.1, /health and a bad request over TCP, stopped by its PID; with the
     default host a stranger reaching this machine's outward address on the same port is refused."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed in finally, after the process
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--run", str(served["run"]),
