@@ -101,7 +101,8 @@ def sample_users(run: ServedRun, n: int, seed: int) -> Users:
     queries, targets = [], []
     for record in picked:
         history, segments = history_of(record, "test")
-        queries.append(Query({k: v for k, v in segments.items() if k in keys}, list(history), k=10))
+        items = [item for item, _ in history]  # the HTTP API takes items (each read as a purchase), not types
+        queries.append(Query({k: v for k, v in segments.items() if k in keys}, items, k=10))
         targets.append(record.test_item)
     return Users(queries, targets)
 
