@@ -1,13 +1,13 @@
 """`fedadapt serve`: recommendations from a trained arch=seq run over HTTP (FastAPI + uvicorn).
 
     fedadapt serve --run RUN [--data DATA] [--host 127.0.0.1] [--port 8000] [--cache-mb 256]
-                   [--precision fp32|int8] [--index exact|hnsw] [--ann-min-items 20000]
+                   [--precision fp32|int8] [--index exact|hnsw] [--ann-min-items 20000] [--ef-search 128]
 
 Loads the run's latest complete checkpoint and the catalog of its data folder (--data when the run config's
-data-dir is not on this machine), then serves POST /recommend, POST /recommend/vector, GET /health and
-GET /metadata (serving/app.py), and POST /recommend/batch. --precision int8 serves int8 item vectors and user tower;
---index hnsw searches catalogs of at least --ann-min-items items through a faiss HNSW index (exact search below
-that, and the default). A newer round written into RUN/checkpoints is picked up without a restart.
+data-dir is not on this machine), then serves POST /recommend, POST /recommend/batch, POST /recommend/vector,
+GET /health, GET /metadata and the page GET / (serving/app.py). --precision int8 serves int8 item vectors and
+user tower; --index hnsw searches catalogs of at least --ann-min-items items through a faiss HNSW index (exact
+search below that, and the default). A newer round written into RUN/checkpoints is picked up without a restart.
 Everything is checked before the port opens: a missing run, a text-arch run or a bad port is one line, exit 2.
 """
 

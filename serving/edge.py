@@ -47,6 +47,9 @@ class EdgeRecommender:
                 "segments": dict(segments) if self.send_segments else {},
                 "k": min(MAX_K, k + len(set(history)))}
 
+    def close(self) -> None:
+        self.client.close()
+
     def recommend(self, segments: Mapping[str, str], history: Sequence[str], k: int = 10) -> dict[str, Any]:
         """The service's reply for a vector request, with the history's own items dropped here, cut to k."""
         reply = self.client.post("/recommend/vector", json=self.request_body(segments, history, k))
