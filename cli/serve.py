@@ -42,6 +42,13 @@ def run(args: argparse.Namespace) -> int:
     served = load_run(args.run, args.data)
     store = BankStore(served, cache_bytes=int(args.cache_mb * (1 << 20)), refresh_seconds=args.refresh_seconds,
                       options=options)
+    if args.export_edge is not None:
+        from serving.export import export_edge
+
+        size = export_edge(store, args.export_edge)
+        print(f"wrote {args.export_edge} ({size} bytes): round {store.current().round}'s int8 item rows, user tower "
+              f"and served segment banks, for serving.export.EdgeTower")
+        return 0
     print(f"serving {served.folder} round {store.current().round} ({len(served.catalog)} items, "
           f"{store.current().retrieval.kind}) on http://{args.host}:{args.port}", flush=True)
     uvicorn.run(create_app(Recommender(store)), host=args.host, port=args.port, log_level="warning")
@@ -67,4 +74,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ef-search", type=int, default=None,
                    help="with --index hnsw, the search breadth (default 128): more is slower and finds more of the "
                         "exact top k")
+    p.add_argument("--export-edge", metavar="FILE", default=None,
+                   help="write what the edge needs (int8 item rows, user tower, segment banks) to FILE and exit")
     p.set_defaults(func=run)
