@@ -1,13 +1,13 @@
 """`fedadapt serve`: recommendations from a trained arch=seq run over HTTP (FastAPI + uvicorn).
 
     fedadapt serve --run RUN [--data DATA] [--host 127.0.0.1] [--port 8000] [--cache-mb 256]
-                   [--precision fp32|int8] [--index exact|hnsw] [--ann-min-items 20000]
+                   [--precision fp32|int8] [--index exact|hnsw] [--ann-min-items 20000] [--ef-search 128]
 
 Loads the run's latest complete checkpoint and the catalog of its data folder (--data when the run config's
-data-dir is not on this machine), then serves POST /recommend, POST /recommend/vector, GET /health and
-GET /metadata (serving/app.py), and POST /recommend/batch. --precision int8 serves int8 item vectors and user tower;
---index hnsw searches catalogs of at least --ann-min-items items through a faiss HNSW index (exact search below
-that, and the default). A newer round written into RUN/checkpoints is picked up without a restart.
+data-dir is not on this machine), then serves POST /recommend, POST /recommend/batch, POST /recommend/vector,
+GET /health, GET /metadata and the page GET / (serving/app.py). --precision int8 serves int8 item vectors and
+user tower; --index hnsw searches catalogs of at least --ann-min-items items through a faiss HNSW index (exact
+search below that, and the default). A newer round written into RUN/checkpoints is picked up without a restart.
 Everything is checked before the port opens: a missing run, a text-arch run or a bad port is one line, exit 2.
 """
 
@@ -42,6 +42,13 @@ def run(args: argparse.Namespace) -> int:
     served = load_run(args.run, args.data)
     store = BankStore(served, cache_bytes=int(args.cache_mb * (1 << 20)), refresh_seconds=args.refresh_seconds,
                       options=options)
+    if args.export_edge is not None:
+        from serving.export import export_edge
+
+        size = export_edge(store, args.export_edge)
+        print(f"wrote {args.export_edge} ({size} bytes): round {store.current().round}'s int8 item rows, user tower "
+              f"and served segment banks, for serving.export.EdgeTower")
+        return 0
     print(f"serving {served.folder} round {store.current().round} ({len(served.catalog)} items, "
           f"{store.current().retrieval.kind}) on http://{args.host}:{args.port}", flush=True)
     uvicorn.run(create_app(Recommender(store)), host=args.host, port=args.port, log_level="warning")
@@ -67,4 +74,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ef-search", type=int, default=None,
                    help="with --index hnsw, the search breadth (default 128): more is slower and finds more of the "
                         "exact top k")
+    p.add_argument("--export-edge", metavar="FILE", default=None,
+                   help="write what the edge needs (int8 item rows, user tower, segment banks) to FILE and exit")
     p.set_defaults(func=run)

@@ -9,8 +9,9 @@ as the history holds and drops the history's items itself; the result is the all
 segment banks' item-bias deltas (the item side of a segment bank), which only the cloud holds; without them the
 cloud ranks with the global item bias and the edge's personalised vector.
 
-What the edge runs today is a `Recommender` over a copy of the run folder (the same code as the service's user
-tower, fp32 or int8); a small standalone export of the tower and item rows is not built yet.
+The tower is either a `Recommender` over a copy of the run folder (the service's own code, fp32 or int8) or an
+`EdgeTower` read from the small file `fedadapt serve --export-edge` writes (serving/export.py: int8 item rows, the
+tower, the segment banks; no backbone, no texts).
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ import httpx
 import torch
 
 from serving.app import MAX_K
+from serving.export import EdgeTower
 from serving.recommend import Query, Recommender
 
 
 class EdgeRecommender:
     """`recommend(segments, history, k)` with the history kept here and only a vector sent to `cloud_url`."""
 
-    def __init__(self, tower: Recommender, cloud_url: str, send_segments: bool = True,
+    def __init__(self, tower: Recommender | EdgeTower, cloud_url: str, send_segments: bool = True,
                  client: httpx.Client | None = None) -> None:
         self.tower = tower
         self.send_segments = send_segments
@@ -37,6 +39,8 @@ class EdgeRecommender:
     @torch.no_grad()
     def user_vector(self, segments: Mapping[str, str], history: Sequence[str]) -> list[float]:
         """The personalised user vector of this history and these segment values, computed here."""
+        if isinstance(self.tower, EdgeTower):
+            return self.tower.user_vector(segments, history)
         bank_set = self.tower.store.current()
         users, _, _, _ = self.tower.user_vectors(bank_set, [Query(segments, history)])
         return [float(v) for v in users[0].tolist()]
@@ -46,6 +50,9 @@ class EdgeRecommender:
         return {"vector": self.user_vector(segments, history),
                 "segments": dict(segments) if self.send_segments else {},
                 "k": min(MAX_K, k + len(set(history)))}
+
+    def close(self) -> None:
+        self.client.close()
 
     def recommend(self, segments: Mapping[str, str], history: Sequence[str], k: int = 10) -> dict[str, Any]:
         """The service's reply for a vector request, with the history's own items dropped here, cut to k."""

@@ -87,6 +87,13 @@ def quantize_tower(model: M) -> M:
     return out
 
 
+def int8_lookup(q: torch.Tensor, scales: torch.Tensor, seqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(seqs renumbered, their rows dequantised) from int8 rows `q` and per-row `scales`: only the rows the
+    sequences use are made float, and padding (0) stays 0."""
+    used, inverse = torch.unique(torch.cat([torch.zeros(1, dtype=seqs.dtype), seqs.flatten()]), return_inverse=True)
+    return inverse[1:].reshape(seqs.shape), q[used].to(torch.float32) * scales[used].unsqueeze(-1)
+
+
 def _tensor_bytes(*tensors: torch.Tensor) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -129,9 +136,7 @@ class ItemVectors:
         dequantised, with the sequences renumbered into them (padding stays 0)."""
         if self.precision == "fp32":
             return seqs, self.table
-        used, inverse = torch.unique(torch.cat([torch.zeros(1, dtype=seqs.dtype), seqs.flatten()]),
-                                     return_inverse=True)
-        return inverse[1:].reshape(seqs.shape), self.rows(used)
+        return int8_lookup(self.q, self.scales, seqs)
 
     def augmented(self) -> np.ndarray:
         """(N+1, d+1) float32 [vector, global bias] rows, for an inner-product index searched with [user, 1]."""

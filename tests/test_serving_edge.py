@@ -68,3 +68,5 @@ def test_edge_and_cloud_compose_to_the_all_in_one_answer_and_the_cloud_never_see
         reply = private.recommend({"region": "Europe"}, list(catalog[2:9]), 8)
         assert reply["banks"] == ["global"] and len(reply["items"]) == 8
         assert b"Europe" not in b"".join(recorder.bodies)  # ...and withheld when not
+        edge.close()
+        private.close()
