@@ -43,6 +43,8 @@ class RecommendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     segments: Segments = Field(default_factory=dict)
     history: Annotated[list[Name], Field(max_length=MAX_HISTORY)] = Field(default_factory=list)
+    # each history event's type (view, click, add_to_cart, purchase, rating1..rating5); absent: all purchases
+    history_types: Annotated[list[Name], Field(max_length=MAX_HISTORY)] | None = None
     k: int = Field(10, ge=1, le=MAX_K)
     exclude_history: bool = True
     include_vector: bool = False
@@ -127,11 +129,12 @@ def create_app(recommender: Recommender, max_body_bytes: int = MAX_BODY_BYTES) -
     @app.post("/recommend")
     def recommend(body: RecommendRequest) -> dict[str, Any]:
         return shown(body, reply(recommender.recommend(body.segments, body.history, body.k, body.exclude_history,
-                                                       body.include_vector)))
+                                                       body.include_vector, body.history_types)))
 
     @app.post("/recommend/batch")
     def recommend_batch(body: BatchRequest) -> dict[str, Any]:
-        queries = [Query(r.segments, r.history, r.k, r.exclude_history, r.include_vector) for r in body.requests]
+        queries = [Query(r.segments, r.history, r.k, r.exclude_history, r.include_vector, r.history_types)
+                   for r in body.requests]
         return {"replies": [shown(r, reply(rec))
                             for r, rec in zip(body.requests, recommender.recommend_batch(queries), strict=True)]}
 

@@ -29,13 +29,16 @@ class RequestError(ValueError):
 
 @dataclass(frozen=True)
 class Query:
-    """One request: segment values, history (item ids, oldest first), how many items, and options."""
+    """One request: segment values, history (item ids, oldest first), how many items, and options. `types`: each
+    history event's type token (view, click, add_to_cart, purchase, rating1..rating5: what the seq model's user
+    tower was trained on); None reads every event as a purchase."""
 
     segments: Mapping[str, str]
     history: Sequence[str]
     k: int = 10
     exclude_history: bool = True
     include_vector: bool = False
+    types: Sequence[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -111,12 +114,19 @@ class Recommender:
         (None when no row is routed), each row's (routes, fallbacks) and its history as catalog indices."""
         tower, retrieval = bank_set.tower, bank_set.retrieval
         routed = [self.route(bank_set, q.segments) for q in queries]
+        for q in queries:
+            if q.types is not None and len(q.types) != len(q.history):
+                raise RequestError(f"history_types has {len(q.types)} entries for a history of {len(q.history)}")
         try:
             indices = [tower.indices(q.history) for q in queries]
+            kinds = [tower.type_indices(["purchase"] * len(q.history) if q.types is None else q.types)
+                     for q in queries]
         except ValueError as exc:
             raise RequestError(str(exc)) from None
-        seqs, table = retrieval.items.lookup(left_pad([window(ix, tower.cfg.max_len) for ix in indices]))
-        users = tower.encode_sequences(seqs, table)[:, -1]
+        max_len = tower.cfg.max_len
+        seqs, table = retrieval.items.lookup(left_pad([window(ix, max_len) for ix in indices]))
+        types = left_pad([window(t, max_len) for t in kinds])
+        users = tower.encode_sequences(seqs, table, types)[:, -1]
         users, bias = self._personalise(bank_set, users, [r for r, _ in routed])
         return users, bias, routed, indices
 
@@ -135,9 +145,10 @@ class Recommender:
                 for i, (q, (routes, fallbacks), (cols, vals)) in enumerate(zip(queries, routed, tops, strict=True))]
 
     def recommend(self, segments: Mapping[str, str], history: Sequence[str], k: int,
-                  exclude_history: bool = True, include_vector: bool = False) -> Recommendation:
+                  exclude_history: bool = True, include_vector: bool = False,
+                  types: Sequence[str] | None = None) -> Recommendation:
         """The top `k` items for a user with these segment values and this history (oldest first)."""
-        return self.recommend_batch([Query(segments, history, k, exclude_history, include_vector)])[0]
+        return self.recommend_batch([Query(segments, history, k, exclude_history, include_vector, types)])[0]
 
     @torch.no_grad()
     def recommend_vector(self, vector: Sequence[float], segments: Mapping[str, str], k: int) -> Recommendation:

@@ -82,6 +82,25 @@ def test_recommend_ranks_as_the_seq_model_does(served: dict[str, Any]) -> None:
     assert [it["id"] for it in no_segment["items"]] != [it["id"] for it in body["items"]]  # the bank matters
 
 
+def test_history_types_reach_the_user_tower(served: dict[str, Any]) -> None:
+    """Event types change the user vector as the seq model was trained (a viewed item is not a purchase); all
+    purchases is what an untyped history means."""
+    history, client = _history(served), served["client"]
+
+    def vector(types: list[str] | None) -> list[float]:
+        body: dict[str, Any] = {"history": history, "k": 5, "include_vector": True}
+        if types is not None:
+            body["history_types"] = types
+        r = client.post("/recommend", json=body)
+        assert r.status_code == 200, r.text
+        return list(r.json()["user_vector"])
+
+    untyped = vector(None)
+    np.testing.assert_allclose(vector(["purchase"] * len(history)), untyped, rtol=1e-5, atol=1e-6)
+    viewed = vector(["view"] * len(history))
+    assert not np.allclose(viewed, untyped, atol=1e-4)
+
+
 def test_unknown_segment_value_falls_back_to_global_and_says_so(served: dict[str, Any]) -> None:
     """A segment value without a bank, and a held-back segment's bank, rank as the global bank alone; the reply
     names each fallback and why."""
@@ -133,6 +152,9 @@ BAD_REQUESTS: list[tuple[str, str, Any, str]] = [
     ("unknown item", "/recommend", {"history": ["p000001", "p999999"]}, "p999999"),
     ("unknown segment key", "/recommend", {"segments": {"colour": "red"}}, "colour"),
     ("segment value not text", "/recommend", {"segments": {"region": 3}}, "region"),
+    ("types of another length", "/recommend", {"history": ["p000001"], "history_types": ["view", "view"]},
+     "history_types"),
+    ("unknown event type", "/recommend", {"history": ["p000001"], "history_types": ["like"]}, "like"),
     ("vector of the wrong width", "/recommend/vector", {"vector": [0.5] * 3}, "16"),
     ("vector with NaN", "/recommend/vector", b'{"vector": [NaN, 1.0]}', "vector"),
     ("empty vector", "/recommend/vector", {"vector": []}, "vector"),

@@ -101,8 +101,8 @@ def sample_users(run: ServedRun, n: int, seed: int) -> Users:
     queries, targets = [], []
     for record in picked:
         history, segments = history_of(record, "test")
-        items = [item for item, _ in history]  # the HTTP API takes items (each read as a purchase), not types
-        queries.append(Query({k: v for k, v in segments.items() if k in keys}, items, k=10))
+        queries.append(Query({k: v for k, v in segments.items() if k in keys}, [item for item, _ in history], k=10,
+                             types=[kind for _, kind in history]))
         targets.append(record.test_item)
     return Users(queries, targets)
 
