@@ -279,6 +279,7 @@ ARCH_BRANCH_ALLOWED = {
     "simulations.privacy.experiments.membership": "central training of each arch",
     "simulations.privacy.scores": "the attack's features are each model's own loss",
     "serving.run": "serving is built on the seq model's user tower; a run of another arch is refused by name",
+    "common.privacy.user_level": "user-level DP trains the seq model's per-user updates; arch=text is refused by name",
 }
 
 

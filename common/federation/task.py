@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,8 +27,9 @@ from common.federation import lower_states
 from common.federation.arch import arch_for, arch_of
 from common.federation.backbones import BACKBONES, backbone_for
 from common.federation.client_data import ClientData, client_data
+from common.federation.round_io import TrainResult, received_banks
 from common.federation.text_task import MODELS, adapter_config, bank_example_counts, model_for, new_model
-from common.names import GLOBAL, OVERALL, bank_of, split_segment_name
+from common.names import GLOBAL, OVERALL, split_segment_name
 from common.protocol import (
     EVAL_METRICS,
     EVAL_USERS,
@@ -56,22 +56,6 @@ EVAL_KS = (10,)
 def adapter_arrays(model: Any, names: Sequence[str]) -> Arrays:
     """Trainable bank tensors of `names` as float32 numpy arrays (copies), for a model of any arch."""
     return arch_of(model).state(model, names)
-
-
-def received_banks(data: ClientData, received: Mapping[str, np.ndarray]) -> list[str]:
-    """The banks a server message carries: global plus some of this client's own segments, nothing else.
-
-    The server sends only the segment banks it serves (a held-back segment is left out, so its users are
-    routed through the global adapter alone); a bank this client does not hold means a broken or hostile
-    message, refused with the names.
-    """
-    banks = sorted({bank_of(k) for k in received})
-    if GLOBAL not in banks:
-        raise ValueError(f"server message lacks the {GLOBAL!r} adapter (banks: {banks[:5]})")
-    foreign = sorted(set(banks) - set(data.adapter_names))
-    if foreign:
-        raise ValueError(f"server message carries adapters this client does not hold: {foreign[:5]}")
-    return [GLOBAL, *[b for b in banks if b != GLOBAL]]
 
 
 def train_records(cfg: FedConfig, data: ClientData) -> list[RecordLike]:
@@ -112,16 +96,6 @@ def initial_state(cfg: FedConfig, names: Sequence[str]) -> Arrays:
     return arch_for(cfg.arch).initial_state(cfg, names)
 
 
-@dataclass
-class TrainResult:
-    """delta: trained - received per key; bank_examples: examples per bank (the aggregation weights)."""
-
-    delta: Arrays
-    num_examples: int
-    bank_examples: dict[str, int] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
 def _seed(cfg: FedConfig, server_round: int, partition_id: int) -> int:
     """A training seed per (run seed, round, client): a resumed run replays exactly the same local steps."""
     return (cfg.seed * 1_000_003 + server_round * 10_007 + partition_id) % (2**31 - 1)
@@ -131,7 +105,7 @@ def local_train(cfg: FedConfig, data: ClientData, received: Mapping[str, np.ndar
     """Load the received adapters, train them on the client's users, return trained - received. With user-level
     DP (dp-unit=user) the silo's round is common/privacy/user_updates.py instead: a sum of clipped user updates."""
     if cfg.dp.user_level:
-        from common.privacy.user_updates import local_train_users  # imports this module
+        from common.privacy.user_updates import local_train_users  # torch-heavy, only under user-level DP
 
         return local_train_users(cfg, data, received, hp)
     PLAN.apply(cfg.client_threads, cfg.client_cpus)

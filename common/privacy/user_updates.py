@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from common.federation.arch import arch_for
 from common.federation.client_data import ClientData
-from common.federation.task import TrainResult, received_banks
+from common.federation.round_io import TrainResult, received_banks
 from common.names import GLOBAL, make_key
 from common.privacy.user_level import FROZEN_KEYS, clipped_sum, os_entropy_rng, poisson_sample
 from common.protocol import TRAIN_LOSS, FedConfig, RoundHParams
