@@ -282,6 +282,35 @@ def _run_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure_cold_start(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="marketplace folder (e.g. results/bench-deploy/sim/data)")
+    parser.add_argument("--backbone", default="minilm", help="tiny, minilm or a backbone folder")
+    parser.add_argument("--nodes", type=_positive_int, default=4, help="node 0 of this many gets its shard")
+    parser.add_argument("--out", default="results/bench-cold-start")
+
+
+def _run_cold_start(args: argparse.Namespace) -> int:
+    import json
+
+    from simulations.bench.cold_start import bench_cold_start, format_cold_start
+    from simulations.bench.deploy import CONFIG, machine
+
+    if not Path(args.data).is_dir():
+        raise SystemExit(f"--data {args.data} is not a folder")
+    backbone = "" if args.backbone == "minilm" else args.backbone
+    before = machine()
+    config = {k: v for k, v in CONFIG.items() if k != "eval-in-train"}
+    rows = [bench_cold_start(Path(args.data), Path(args.out), arch, backbone, args.nodes, config)
+            for arch in ("seq", "text")]
+    machines = {"machine_before": before, "machine_after": machine()}
+    (Path(args.out) / "bench-cold-start.json").write_text(json.dumps({"rows": rows, **machines}, indent=1))
+    print(format_cold_start(rows))
+    for when, m in machines.items():
+        print(f"{when.replace('_', ' ')}: {m['cpus']} CPUs ({m['cpu_model']}), load average "
+              + " ".join(f"{x:.2f}" for x in m["load_avg"]))
+    return 0
+
+
 def _int_list(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in text.split(",") if x.strip())
@@ -401,6 +430,8 @@ for _benchmark in (
               _configure_scale, _run_scale),
     Benchmark("deploy", "the same federation simulated and deployed (TLS, node auth): round time, bytes as the app "
               "and the SuperLink count them, one SuperNode's RSS and start-up", _configure_deploy, _run_deploy),
+    Benchmark("cold-start", "a fresh ClientApp process from spawn to its first training batch, seq and text, with an "
+              "empty and a warm node cache", _configure_cold_start, _run_cold_start),
     Benchmark("secagg", "round time and bytes per client with secure aggregation off / segment / segment-hidden "
               "(the protocol's own cost: synthetic deltas, in-process grid)", _configure_secagg, _run_secagg),
     Benchmark("throughput", "training pairs per second of one loop: naive PEFT LoRA vs ours (text, seq) per batch "

@@ -23,8 +23,9 @@ sums only overall.
 
 Node config (`flower-supernode --node-config`, set per node; the server cannot read it): `partition-id` and
 `num-partitions` always; in a deployment also `data-dir` (a folder holding only this node's users, used
-whole) and `client-state-dir` (where the node keeps its anonymization secret). Both override the run
-config's values, which describe the simulation's shared folder and cannot know a remote node's disk.
+whole) and `client-state-dir` (where the node keeps its anonymization secret and, under cache/, its disk cache of
+frozen-weight results: common/federation/node_cache.py), and `node-cache-mb` (that cache's bound). They override
+the run config's values, which describe the simulation's shared folder and cannot know a remote node's disk.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def node_partition(context: Context) -> tuple[int, int]:
 
 
 # node-config keys that override the run config (secagg-identities: so that the server cannot switch the
-# identity checks off or name another registry)
+# identity checks off or name another registry; node-cache-mb: the node's own disk, not the server's to fill)
 NODE_OWN_KEYS = ("data-dir", "client-state-dir", "secagg-identities", "node-cache-mb")
 
 
