@@ -193,7 +193,7 @@ def _configure_quality(parser: argparse.ArgumentParser) -> None:
                         help="seq: item text vectors from the backbone with --adapter adapters in its top N layers "
                              "(0: frozen text vectors)")
     parser.add_argument("--seq-max-len", type=_positive_int, default=200,
-                        help="seq: most recent positives the user tower reads")
+                        help="seq: most recent interactions the user tower reads")
     parser.add_argument("--pairs-per-user", type=_positive_int, default=None, help="cap on pairs per user per epoch")
     parser.add_argument("--max-users", type=_positive_int, default=None,
                         help="modes train on a seeded sample of this many users (the baselines fit every user)")

@@ -54,7 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "full-finetune uses 5e-5), 1e-3 (seq): common/defaults.py")
     p.add_argument("--seq-dim", type=int, default=SeqConfig.dim, help="seq: item and user vector width")
     p.add_argument("--seq-max-len", type=int, default=SeqConfig.max_len,
-                   help="seq: most recent positives the user tower reads (older ones are dropped)")
+                   help="seq: most recent interactions the user tower reads (older ones are dropped)")
     p.add_argument("--segment-epochs", type=int, default=3,
                    help="seq segment-adapters: epochs of the segment banks on top of the fixed global bank")
     p.add_argument("--max-len", type=int, default=64)

@@ -212,12 +212,12 @@ class FedConfig:
 
     `arch` picks the model every party builds (common/names.py ARCHS): "text" is the two-tower text model with
     adapter banks of kind `adapter-kind`; "seq" is the sequential hybrid model (common/rec/seq_model.py) with
-    `seq-dim` wide item/user vectors over each user's `seq-max-len` most recent positives. For seq,
+    `seq-dim` wide item/user vectors over each user's `seq-max-len` most recent interactions. For seq,
     `adapter-kind` is ignored (its banks are its own, and every configured segment key gets banks),
     `batch-size` counts users per step (default 32: more local steps per round, see README), `lr` is the Adam
     rate (default 1e-3),
     `local-epochs` are passes over the client's users, `history` still builds the records but seq reads
-    each record's `train_items`, and `max-len` is the token limit of the frozen item-text vectors.
+    each record's `typed_events`, and `max-len` is the token limit of the frozen item-text vectors.
     """
 
     num_server_rounds: int = ROUNDS
@@ -253,7 +253,7 @@ class FedConfig:
     lr: float = 0.0
     max_len: int = 64
     seq_dim: int = 64  # arch=seq: item / user vector width (a multiple of SEQ_HEADS)
-    seq_max_len: int = 200  # arch=seq: most recent positives the user tower reads
+    seq_max_len: int = 200  # arch=seq: most recent interactions the user tower reads
     seq_text_adapters: int = 0  # arch=seq: top backbone layers with adapter-kind adapters on item texts; 0 = frozen
     max_train_users: int = 0
     max_eval_users: int = 0

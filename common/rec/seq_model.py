@@ -66,7 +66,7 @@ class SeqConfig:
     dim: int = 64  # item / user vector width
     layers: int = 2
     heads: int = 2
-    max_len: int = 200  # most recent positives the user tower reads
+    max_len: int = 200  # most recent interactions (typed events) the user tower reads
     dropout: float = 0.2
     segment_rank: int = 16  # bottleneck width of a segment bank
     seed: int = 0
