@@ -34,8 +34,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
 
 
 def test_loss_threshold_finds_the_members_of_an_overfitted_model(setup: Setup) -> None:
-    """Trained 30 epochs on target-in: its members' loss is lower (AUC clearly above 0.5); on two pools it never
-    saw (shadow-in vs shadow-out) the same attack is at chance."""
+    """Trained 30 epochs on target-in: its members' loss is lower (AUC above 0.5, its 95% interval clear of it;
+    0.69 since the hybrid model's ID dropout, 0.8+ before); on two pools it never saw (shadow-in vs shadow-out)
+    the same attack is at chance."""
     # Prepare
     from common.backbone import load_backbone
 
@@ -47,7 +48,7 @@ def test_loss_threshold_finds_the_members_of_an_overfitted_model(setup: Setup) -
     unseen_b = user_features(model, setup.pools["shadow-out"], setup.item_texts)
     found, chance = loss_threshold(members, outsiders), loss_threshold(unseen_a, unseen_b)
     # Assert
-    assert found.auc > 0.8 and found.ci_low > 0.6
+    assert found.auc > 0.65 and found.ci_low > 0.52
     assert found.members == found.non_members == 34
     assert abs(chance.auc - 0.5) < 0.2 and chance.ci_low < 0.5 < chance.ci_high
 
