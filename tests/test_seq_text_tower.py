@@ -4,6 +4,7 @@ appears in the state; lower-layer states are cached per backbone and text."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -89,7 +90,8 @@ def test_adapters_receive_gradients_only_through_the_batch_items() -> None:
     model = _model(_texts())
     model.train(True)
     params = model.trainable_parameters([GLOBAL])
-    adapters = dict(model.global_bank.text_adapters.named_parameters())
+    assert model.text_tower is not None
+    adapters = dict(model.text_tower.adapters.named_parameters())
     with torch.no_grad():  # B away from zero, so that A gets a gradient too
         for name, p in adapters.items():
             if "lora_B" in name:
@@ -159,9 +161,9 @@ def test_tower_config_errors_are_named() -> None:
     """A kind that reaches below the top layers (prompt), too many layers, and a tower without its switch."""
     texts = _texts(8)
     with pytest.raises(ValueError, match="kind 'prompt'"):
-        _model(texts, SeqConfig(**{**TOWER.to_dict(), "text_adapter_kind": "prompt"}))
+        _model(texts, replace(TOWER, text_adapter_kind="prompt"))
     with pytest.raises(ValueError, match="top_layers=5"):
-        _model(texts, SeqConfig(**{**TOWER.to_dict(), "text_adapters": 5}))
+        _model(texts, replace(TOWER, text_adapters=5))
     with pytest.raises(ValueError, match="text_adapters must be >= 0"):
         SeqConfig(text_adapters=-1)
     with pytest.raises(ValueError, match="needs a text tower exactly when"):
@@ -243,7 +245,6 @@ def test_the_whole_catalog_is_reencoded_once_per_epoch_and_batches_cap_their_gra
     model = _model(texts)
     assert model.text_tower is not None
     tower = model.text_tower
-    from dataclasses import replace
     tower.cfg = replace(tower.cfg, grad_items=3)
     sizes: list[tuple[int, bool]] = []
     encode = tower.encode
