@@ -28,6 +28,13 @@ def _num(value: object) -> float:
     return float(value) if isinstance(value, int | float) else float("nan")
 
 
+def rounds_all_dropped(rows: list[dict[str, Any]]) -> int:
+    """Training rounds in which every sampled client dropped (no reply at all: a worker killed, e.g. by Ray's
+    memory monitor); such a round changed nothing."""
+    return sum(1 for r in rows if int(r.get("clients_sampled", 0)) > 0
+               and int(r.get("clients_dropped", 0)) >= int(r["clients_sampled"]))
+
+
 def summarize(rows: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Final metrics (last round), best round, and totals over all rounds."""
     initial = next((r for r in rows if r.get("round") == 0), None)
@@ -55,6 +62,7 @@ def summarize(rows: list[dict[str, Any]], extra: dict[str, Any] | None = None) -
         "clients_sampled_total": sum(int(r.get("clients_sampled", 0)) for r in rows),
         "clients_dropped_total": sum(int(r.get("clients_dropped", 0)) for r in rows),
         "clients_rejected_total": sum(int(r.get("clients_rejected", 0)) for r in rows),
+        "rounds_all_dropped": rounds_all_dropped(rows),
         "round_wall_s_mean": _mean(walls),
         "client_updates": updates,
         "client_updates_per_minute": updates / total_wall * 60 if total_wall > 0 else float("nan"),

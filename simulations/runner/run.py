@@ -47,7 +47,7 @@ from simulations.runner.preflight import (
     inspect_data,
 )
 from simulations.runner.public_banks import public_banks
-from simulations.runner.report import write_report
+from simulations.runner.report import read_metrics, write_report
 from simulations.runner.runlock import RunLock
 
 log = logging.getLogger(__name__)
@@ -286,7 +286,13 @@ def report_run(opts: SimOptions, prepared: Prepared, wall: float, extra: dict[st
             "segments": opts.segments, "wall_s_total": wall, "server_wall_s": done.get("server_wall_s"),
             "stopped_early": prepared.expected_rounds < opts.rounds or bool(reason), "stop_reason": reason,
             **(extra or {})}
-    return write_report(opts.out, info)
+    summary = write_report(opts.out, info)
+    trained = sum(1 for r in read_metrics(opts.out) if int(r.get("clients_sampled", 0)) > 0)
+    if trained and summary["rounds_all_dropped"] == trained:
+        raise SimulationFailed(f"every sampled client dropped in all {trained} training rounds: nothing was trained "
+                               f"(a killed worker, e.g. Ray's memory monitor, shows in {opts.out / 'flwr.log'}); "
+                               f"the report was written to {opts.out}")
+    return summary
 
 
 def _simulate_locked(opts: SimOptions, plan: Plan, lock_fd: int,
