@@ -121,12 +121,12 @@ class LowerCache:
     """
 
     max_bytes: int = 1 << 30
-    entries: OrderedDict[tuple[str, int], torch.Tensor] = field(default_factory=OrderedDict)
+    entries: OrderedDict[tuple[object, ...], torch.Tensor] = field(default_factory=OrderedDict)
     size: int = 0  # bytes held
     hits: int = 0
     misses: int = 0
 
-    def get(self, key: tuple[str, int]) -> torch.Tensor | None:
+    def get(self, key: tuple[object, ...]) -> torch.Tensor | None:
         value = self.entries.get(key)
         if value is None:
             self.misses += 1
@@ -135,7 +135,7 @@ class LowerCache:
         self.entries.move_to_end(key)
         return value
 
-    def put(self, key: tuple[str, int], value: torch.Tensor) -> None:
+    def put(self, key: tuple[object, ...], value: torch.Tensor) -> None:
         if key in self.entries:
             return
         self.entries[key] = value
@@ -146,7 +146,7 @@ class LowerCache:
 
     def clear(self) -> None:
         self.entries.clear()
-        self.size = 0
+        self.size = self.hits = self.misses = 0
 
 
 class RecModel(nn.Module):

@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import weakref
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,6 +40,7 @@ from torch import nn
 from common.adapters import AdaptedModel, AdapterConfig
 from common.backbone import Backbone
 from common.names import GLOBAL
+from common.rec.model import LowerCache
 
 log = logging.getLogger(__name__)
 
@@ -73,42 +73,8 @@ class TextTowerConfig:
                              seed=self.seed)
 
 
-class LowerStateCache:
-    """(backbone fingerprint, split layer, max_len, text) -> (T, H) states entering the first adapted layer.
-
-    Bounded by bytes (least recently used entries go first); `hits` / `misses` let tests see what was encoded."""
-
-    def __init__(self, max_bytes: int = 1 << 30) -> None:
-        self.max_bytes = max_bytes
-        self.entries: OrderedDict[tuple[str, int, int, str], torch.Tensor] = OrderedDict()
-        self.size = 0
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, key: tuple[str, int, int, str]) -> torch.Tensor | None:
-        value = self.entries.get(key)
-        if value is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        self.entries.move_to_end(key)
-        return value
-
-    def put(self, key: tuple[str, int, int, str], value: torch.Tensor) -> None:
-        if key in self.entries:
-            return
-        self.entries[key] = value
-        self.size += value.numel() * value.element_size()
-        while self.size > self.max_bytes and len(self.entries) > 1:
-            _, old = self.entries.popitem(last=False)
-            self.size -= old.numel() * old.element_size()
-
-    def clear(self) -> None:
-        self.entries.clear()
-        self.size = self.hits = self.misses = 0
-
-
-LOWER_STATES = LowerStateCache()
+# (backbone fingerprint, split layer, max_len, text) -> (T, H) states entering the first adapted layer
+LOWER_STATES = LowerCache()
 _FINGERPRINTS: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
 
 
