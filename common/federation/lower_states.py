@@ -34,7 +34,7 @@ def entry_name(text: str, max_len: int) -> str:
 
 
 @dataclass
-class DiskLowerCache(LowerCache):
+class DiskLowerCache(LowerCache[tuple[str, int]]):
     """A `LowerCache` backed by one node-cache file (`disk`, `key`) of tensors `width` wide."""
 
     disk: NodeCache = OFF

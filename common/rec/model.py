@@ -28,6 +28,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -111,8 +112,11 @@ class ItemCache:
         self.entries.clear()
 
 
+K = TypeVar("K", bound=tuple)  # a cache key: any tuple
+
+
 @dataclass
-class LowerCache:
+class LowerCache(Generic[K]):
     """Per (text, max_len): the frozen lower layers' output over the text's real tokens, (T, H).
 
     Filled when the adapters sit only in the top layers (`AdapterConfig.top_layers`): those states never change,
@@ -121,12 +125,12 @@ class LowerCache:
     """
 
     max_bytes: int = 1 << 30
-    entries: OrderedDict[tuple[object, ...], torch.Tensor] = field(default_factory=OrderedDict)
+    entries: OrderedDict[K, torch.Tensor] = field(default_factory=OrderedDict)
     size: int = 0  # bytes held
     hits: int = 0
     misses: int = 0
 
-    def get(self, key: tuple[object, ...]) -> torch.Tensor | None:
+    def get(self, key: K) -> torch.Tensor | None:
         value = self.entries.get(key)
         if value is None:
             self.misses += 1
@@ -135,7 +139,7 @@ class LowerCache:
         self.entries.move_to_end(key)
         return value
 
-    def put(self, key: tuple[object, ...], value: torch.Tensor) -> None:
+    def put(self, key: K, value: torch.Tensor) -> None:
         if key in self.entries:
             return
         self.entries[key] = value
@@ -196,7 +200,7 @@ class RecModel(nn.Module):
         self.max_len = max_len
         self.finetune_backbone = finetune_backbone
         self.item_cache = item_cache if item_cache is not None else ItemCache()
-        self.lower_cache = LowerCache(max_bytes=lower_cache_bytes)
+        self.lower_cache: LowerCache[tuple[str, int]] = LowerCache(max_bytes=lower_cache_bytes)
         # Adapters requests may be routed through; None: all of them. A federated client sets it to the banks
         # the server sent, so a segment the server held back serves its users exactly like the global adapter.
         self.serving: frozenset[str] | None = None

@@ -74,7 +74,7 @@ class TextTowerConfig:
 
 
 # (backbone fingerprint, split layer, max_len, text) -> (T, H) states entering the first adapted layer
-LOWER_STATES = LowerCache()
+LOWER_STATES: LowerCache[tuple[str, int, int, str]] = LowerCache()
 _FINGERPRINTS: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
 
 
