@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.data.protocols import DEFAULT_PROTOCOL, PROTOCOLS, Protocol
-from common.defaults import ADAPTER_KIND, arch_defaults
+from common.defaults import ADAPTER_KIND, SEQ_ID_DROPOUT, arch_defaults
 from common.device import DEVICES
 from common.names import ARCHS, DEFAULT_HISTORY, DEFAULT_SEGMENT_KEYS, HISTORIES
 from simulations.bench.adapters import AdapterBenchOptions, bench_adapters, format_table
@@ -155,15 +155,20 @@ def _parse_quality_modes(text: str) -> list[str]:
     return parse_modes(text) if text.strip() else []
 
 
-def _cold_fraction(text: str) -> float:
-    """--cold-items: a number with 0 <= FRACTION < 1 (argparse turns the ValueError into a usage error)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"cold-items must be a number, got {text!r}") from None
-    if not 0.0 <= value < 1.0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"cold-items must be a fraction with 0 <= FRACTION < 1, got {text}")
-    return value
+def _fraction(name: str) -> Callable[[str], float]:
+    """A parser of a number with 0 <= value < 1 that names its flag (argparse turns the error into a usage error)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not 0.0 <= value < 1.0:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"{name} must be a fraction with 0 <= value < 1, got {text}")
+        return value
+    return parse
+
+
+_cold_fraction = _fraction("cold-items")
 
 
 def _configure_quality(parser: argparse.ArgumentParser) -> None:
@@ -194,6 +199,8 @@ def _configure_quality(parser: argparse.ArgumentParser) -> None:
                              "(0: frozen text vectors)")
     parser.add_argument("--seq-max-len", type=_positive_int, default=200,
                         help="seq: most recent interactions the user tower reads")
+    parser.add_argument("--seq-id-dropout", type=_fraction("seq-id-dropout"), default=SEQ_ID_DROPOUT,
+                        help="seq: probability a training step scores an item by its text alone (0 <= p < 1)")
     parser.add_argument("--pairs-per-user", type=_positive_int, default=None, help="cap on pairs per user per epoch")
     parser.add_argument("--max-users", type=_positive_int, default=None,
                         help="modes train on a seeded sample of this many users (the baselines fit every user)")
@@ -213,7 +220,7 @@ def _run_quality(args: argparse.Namespace) -> int:
     options = QualityOptions(  # argparse runs --modes' default through _parse_quality_modes too: a list
         data=args.data, out=args.out, modes=tuple(args.modes), baselines=not args.skip_baselines, history=args.history,
         backbone=args.backbone, adapter=args.adapter, arch=args.arch, seq_dim=args.seq_dim,
-        seq_max_len=args.seq_max_len, seq_text_adapters=args.seq_text_adapters,
+        seq_max_len=args.seq_max_len, seq_text_adapters=args.seq_text_adapters, seq_id_dropout=args.seq_id_dropout,
         segment_keys=tuple(k.strip() for k in args.segments.split(",") if k.strip()),
         min_segment_users=args.min_segment_users, epochs=int(args.epochs or arch_defaults(args.arch).central_epochs),
         pairs_per_user=args.pairs_per_user, max_users=args.max_users, eval_users=args.eval_users, seed=args.seed,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from common.adapters import AdapterConfig
-from common.defaults import ADAPTER_KIND, ADAPTER_LAYERS, arch_defaults
+from common.defaults import ADAPTER_KIND, ADAPTER_LAYERS, SEQ_ID_DROPOUT, arch_defaults
 from common.device import DEVICES, resolve_device
 from common.names import ARCHS, DEFAULT_HISTORY, DEFAULT_SEGMENT_KEYS, HISTORIES, OVERALL, SUMMARY_FILE, TEXT
 from common.rec.baselines import ITEM_TOWERS, MODES
@@ -55,6 +55,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seq-dim", type=int, default=SeqConfig.dim, help="seq: item and user vector width")
     p.add_argument("--seq-max-len", type=int, default=SeqConfig.max_len,
                    help="seq: most recent interactions the user tower reads (older ones are dropped)")
+    p.add_argument("--seq-id-dropout", type=float, default=SEQ_ID_DROPOUT,
+                   help="seq: probability a training step scores an item by its text alone (0 <= p < 1)")
     p.add_argument("--segment-epochs", type=int, default=3,
                    help="seq segment-adapters: epochs of the segment banks on top of the fixed global bank")
     p.add_argument("--max-len", type=int, default=64)
@@ -122,7 +124,7 @@ def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
         min_segment_users=args.min_segment_users, backbone=args.backbone, max_users=args.max_users,
         eval_users=args.eval_users, init_global=args.init_global, item_tower=args.item_tower, seed=args.seed,
         history=args.history, arch=args.arch,
-        seq=SeqConfig(dim=args.seq_dim, max_len=args.seq_max_len, seed=args.seed),
+        seq=SeqConfig(dim=args.seq_dim, max_len=args.seq_max_len, seed=args.seed, id_dropout=args.seq_id_dropout),
         seq_train=SeqTrainConfig(epochs=int(shared["epochs"]), batch_size=int(shared["batch_size"]),
                                  lr=float(shared["lr"]), seed=args.seed, device=args.device),
         segment_epochs=args.segment_epochs,

@@ -23,6 +23,8 @@ TINY_LAYERS = 2  # transformer layers of the tiny random BERT (common/backbone.p
 # (arch text): 2 of MiniLM's 6 made a client update 2.6x faster and a third of the bytes for 0.011 less central
 # NDCG@10 on the demo data (README, Fast clients). 0 = every layer.
 ADAPTER_LAYERS = 2
+# seq: probability that a training step scores an item by its text alone (common/rec/seq_model.py SeqConfig)
+SEQ_ID_DROPOUT = 0.5
 ROUNDS = 3  # federated rounds of `flwr run .` and `fedadapt simulate`
 
 

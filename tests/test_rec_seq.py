@@ -249,3 +249,30 @@ def test_a_bank_added_after_the_model_moved_lives_where_the_model_is() -> None:
     model.to("meta")
     model.add_adapter("region=EU")
     assert {p.device.type for p in model.parameters()} == {"meta"}
+
+
+def test_length_batches_cover_every_user_once_and_pad_less_than_a_shuffle() -> None:
+    """An epoch's batches hold every user exactly once; sorting pools by length cuts the padded width a batch
+    costs (each batch pads to its longest history) well below plain shuffled batches."""
+    from common.rec.seq_train import length_batches
+
+    lengths = np.random.default_rng(1).integers(2, 200, size=1000).tolist()
+    for pool in (1, 16):
+        batches = length_batches(lengths, 32, pool, np.random.default_rng(0))
+        assert sorted(i for b in batches for i in b) == list(range(1000))
+        assert all(len(b) <= 32 for b in batches)
+    padded = {pool: sum(len(b) * max(lengths[i] for i in b) for b in length_batches(lengths, 32, pool,
+                                                                                     np.random.default_rng(0)))
+              for pool in (1, 16)}
+    assert padded[16] < 0.7 * padded[1]
+
+
+def test_the_id_dropout_flag_reaches_the_model_and_a_bad_one_is_refused(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["bench", "quality", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--seq-id-dropout", "1"])
+    assert "seq-id-dropout must be a fraction" in capsys.readouterr().err
+    from simulations.bench.quality import QualityOptions, _experiment_config
+
+    cfg = _experiment_config(QualityOptions(data=tmp_path, out=tmp_path / "o", arch="seq", seq_id_dropout=0.25))
+    assert cfg.seq.id_dropout == 0.25

@@ -50,6 +50,7 @@ from torch import nn
 
 from common.backbone import Backbone
 from common.data.typed_events import EVENT_TOKENS
+from common.defaults import SEQ_ID_DROPOUT
 from common.names import GLOBAL, make_key, segment_name, split_key
 from common.rec.text_tower import TextTower, TextTowerConfig
 
@@ -72,7 +73,7 @@ class SeqConfig:
     seed: int = 0
     # probability that a training step scores an item by its text alone (its collaborative row zeroed), so the
     # text projection carries what predicts the next item and an item with no row is not a stranger
-    id_dropout: float = 0.5
+    id_dropout: float = SEQ_ID_DROPOUT
     id_dropout_bias: bool = True  # a dropped item loses its free bias too: its text prior alone places it
     # item text vectors from the backbone with trainable adapters of this kind in its top `text_adapters` layers
     # (common/rec/text_tower.py); 0 = the frozen backbone's vectors

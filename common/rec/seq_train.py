@@ -62,10 +62,13 @@ class SeqTrainConfig:
     seed: int = 0
     device: str = "cpu"  # auto | cpu | cuda: where training runs (the model is moved there)
     mask_unseen: bool = True  # softmax over the items that are a training target somewhere (see the docstring)
+    # batches drawn from pools of this many batches' users sorted by history length, so a batch pads to its own
+    # users' length, not to max_len (MovieLens-1M: mean history 105 of 200); 1 = plain shuffled batches
+    length_pool: int = 16
 
     def __post_init__(self) -> None:
         check_device_name(self.device)
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "length_pool"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -161,10 +164,9 @@ def train_seq(model: SeqRecModel, records: Sequence[RecordLike], cfg: SeqTrainCo
     n_targets = sum(len(u[3]) for u in users)
     for epoch in range(cfg.epochs):
         model.train(trains_global)
-        order = rng.permutation(len(users))
         losses = []
-        for start in range(0, len(users), cfg.batch_size):
-            batch = [users[int(i)] for i in order[start:start + cfg.batch_size]]
+        for rows in length_batches([len(u[0]) for u in users], cfg.batch_size, cfg.length_pool, rng):
+            batch = [users[i] for i in rows]
             inputs = left_pad([b[0] for b in batch]).to(model.device)
             types = left_pad([b[1] for b in batch]).to(model.device)
             targets = left_pad([b[2] for b in batch]).to(model.device)
@@ -192,6 +194,18 @@ def train_seq(model: SeqRecModel, records: Sequence[RecordLike], cfg: SeqTrainCo
     model.eval()
     return {"loss": epoch_losses[-1], "loss_first_epoch": epoch_losses[0], "steps": float(steps),
             "num_examples": float(n_targets), "seconds": time.perf_counter() - started}
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, pool: int, rng: np.random.Generator) -> list[list[int]]:
+    """One epoch's batches of indices into `lengths`: a random permutation cut into pools of `pool` batches, each
+    pool sorted by length and cut into batches, the batches in random order. Every index once per epoch."""
+    order = rng.permutation(len(lengths))
+    size = batch_size * pool
+    batches: list[list[int]] = []
+    for start in range(0, len(order), size):
+        chunk = sorted(order[start:start + size].tolist(), key=lambda i: lengths[i])
+        batches.extend(chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size))
+    return [batches[int(k)] for k in rng.permutation(len(batches))]
 
 
 def history_of(record: RecordLike, split: str) -> tuple[list[tuple[str, str]], dict[str, str]]:

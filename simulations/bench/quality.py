@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.data.protocols import LITERATURE, Protocol
+from common.defaults import SEQ_ID_DROPOUT
 from common.names import DEFAULT_HISTORY, DEFAULT_SEGMENT_KEYS, OVERALL
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ class QualityOptions:
     seq_dim: int = 64
     seq_max_len: int = 200
     seq_text_adapters: int = 0
+    seq_id_dropout: float = SEQ_ID_DROPOUT
     segment_keys: tuple[str, ...] = DEFAULT_SEGMENT_KEYS
     min_segment_users: int = 20
     epochs: int = 2
@@ -149,7 +151,8 @@ def _experiment_config(opts: QualityOptions) -> ExperimentConfig:
     train = TrainConfig(epochs=opts.epochs, pairs_per_user=opts.pairs_per_user, seed=opts.seed)
     return ExperimentConfig(
         arch=opts.arch, seq=SeqConfig(dim=opts.seq_dim, max_len=opts.seq_max_len, seed=opts.seed,
-                                      text_adapters=opts.seq_text_adapters, text_adapter_kind=opts.adapter),
+                                      text_adapters=opts.seq_text_adapters, text_adapter_kind=opts.adapter,
+                                      id_dropout=opts.seq_id_dropout),
         seq_train=SeqTrainConfig(epochs=opts.epochs, seed=opts.seed),
         data=opts.data, out=opts.out / MODES_DIR, modes=opts.modes, adapter=AdapterConfig(kind=opts.adapter,
         seed=opts.seed), train=train, segment_keys=opts.segment_keys, min_segment_users=opts.min_segment_users,
