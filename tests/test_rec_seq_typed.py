@@ -186,3 +186,29 @@ def test_an_unknown_event_type_is_refused_by_name() -> None:
     model = SeqRecModel(SMALL, ["a", "b"], torch.zeros(2, 8))
     with pytest.raises(ValueError, match="event type 'like' is unknown"):
         score_catalog(model, [[("a", "like")]], [{}])
+
+
+def test_an_item_people_saw_but_never_chose_learns_it_is_not_chosen_while_a_new_one_keeps_its_text_prior() -> None:
+    """The mask keeps out of the softmax only items with no training event: 'seen' (viewed by every user, never
+    bought) is pushed down as a negative, 'new' (no event, the same text) keeps a zero free bias and outranks it
+    in the item prior. Masking 'seen' too would leave its bias at zero, as if nobody had passed it over."""
+    # Prepare
+    catalog = ["new", "seen", *[f"w{j}" for j in range(8)]]
+    text = torch.cat([torch.ones(2, 8), torch.eye(8)])
+    rng = np.random.default_rng(0)
+    records = []
+    for u in range(96):
+        bought = [str(x) for x in rng.choice(catalog[2:], 5, replace=False)]
+        events = [("seen", "view"), *[(b, "purchase") for b in bought[:-1]]]
+        records.append(UserRecord(
+            user_id=f"u{u}", segments={}, context_text="", train_pairs=[], valid_item=bought[-2],
+            test_item=bought[-1], valid_negatives=[], test_negatives=[], train_items=bought[:-2],
+            typed_events=events))
+    model = SeqRecModel(SMALL, catalog, text)
+    # Execute
+    train_seq(model, records, SeqTrainConfig(epochs=20, batch_size=32, lr=1e-2), [GLOBAL])
+    # Assert
+    bias = model.global_bank.item_bias.detach()
+    prior = model.item_prior().detach()
+    assert bias[model.index["new"]] == 0.0 and bias[model.index["seen"]] < -0.1
+    assert prior[model.index["new"]] > prior[model.index["seen"]] + 0.1

@@ -14,7 +14,7 @@ what the log gives:
   probability, so text alone has to rank the next item and an item without a row is ranked like the others;
 - **item prior** p_i = w . t_i + b_i: what the item's text predicts plus a free per-item bias (popularity the
   model can use and unlearn), both zero at init;
-- an item nobody trained on keeps row_i = 0 and b_i = 0 when training masks it out of the softmax
+- an item with no training event keeps row_i = 0 and b_i = 0 when training masks it out of the softmax
   (`SeqTrainConfig.mask_unseen`, central training's default), and is then scored by its text alone against
   warm items (tests/test_rec_seq_typed.py); under a full softmax its row and bias only ever move down as a
   negative, which buries it (among such items the text still decides the order, tests/test_rec_seq.py);

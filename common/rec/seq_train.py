@@ -9,12 +9,14 @@ no negative sampler, so popular items are neither over-sampled as negatives (in-
 beat (uniform sampling); the item prior learns popularity instead. Each target is routed through the segment
 banks of its own interaction (a training pair's segments, e.g. the season it happened in).
 
-Items never trained on are not buried: with `mask_unseen` (the default) the softmax runs over the items that
-are a target somewhere in the training data only, so an item with no training positive never gets a
-gradient as a negative: its row and free bias stay zero and it is scored by its text (text projection and
-text prior), which ID dropout (`SeqConfig.id_dropout`: rows and free biases dropped from the scored table)
-trains to predict on their own. Without the mask the softmax pushes every unseen item's row and bias down and
-a new item never reaches a warm user's top 10.
+Items never seen are not buried: with `mask_unseen` (the default) the softmax runs over the items that occur
+somewhere in the training data (an event of anyone's typed history, or a target), so an item with no training
+event at all never gets a gradient as a negative: its row and free bias stay zero and it is scored by its text
+(text projection and text prior), which ID dropout (`SeqConfig.id_dropout`: rows and free biases dropped from
+the scored table) trains to predict on their own. Without the mask the softmax pushes every unseen item's row
+and bias down and a new item never reaches a warm user's top 10. An item people saw but never chose (viewed,
+rated low) stays in the softmax and learns that it is not chosen: masking it too left such items at their
+text prior, above the catalog's tail, and cost warm quality (README, issue 20).
 
 Evaluation reads the user's typed history before the split's item (test: also the validation item; validation:
 the training events) and scores the catalog once per user, then takes the sampled candidates (held-out item vs
@@ -61,7 +63,7 @@ class SeqTrainConfig:
     prox_mu: float = 0.0
     seed: int = 0
     device: str = "cpu"  # auto | cpu | cuda: where training runs (the model is moved there)
-    mask_unseen: bool = True  # softmax over the items that are a training target somewhere (see the docstring)
+    mask_unseen: bool = True  # softmax over the items with a training event or target (see the docstring)
     # batches drawn from pools of this many batches' users sorted by history length, so a batch pads to its own
     # users' length, not to max_len (MovieLens-1M: mean history 105 of 200); 1 = plain shuffled batches
     length_pool: int = 16
@@ -151,7 +153,7 @@ def train_seq(model: SeqRecModel, records: Sequence[RecordLike], cfg: SeqTrainCo
     if not users:
         raise ValueError(f"no user of {len(records)} has a training positive after an earlier event to learn from")
     trained = torch.zeros(len(model.catalog) + 1, dtype=torch.bool)
-    trained[[t for u in users for t in u[2] if t != PAD]] = True
+    trained[[i for u in users for i in (*u[0], *u[2]) if i != PAD]] = True
     unseen = (~trained).to(model.device) if cfg.mask_unseen else None
     trains_global = GLOBAL in trainable_names
     named = _named(model, trainable_names) if reference_state is not None else {}
