@@ -28,7 +28,7 @@ from simulations.privacy.attacks import scored
 from simulations.privacy.setup import usable
 from simulations.privacy.user_curve.calibrate import sigma_for_epsilon
 from simulations.privacy.user_curve.options import UserCurveOptions
-from simulations.privacy.user_curve.plan import Plan, make_plan
+from simulations.privacy.user_curve.plan import Plan, deal_users, make_plan
 from simulations.privacy.user_curve.scoring import FixedUsers, membership, membership_scores, raw_records
 
 CLIENTS, ROUNDS = 3, 2
@@ -75,6 +75,16 @@ def test_sigma_reaches_the_target_epsilon_and_no_less_noise_would(epsilon: float
 def test_an_unreachable_epsilon_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match="target epsilon 1e-05 is out of reach"):
         sigma_for_epsilon(1e-5, 1000, 1.0, 1e-5)
+
+
+def test_users_are_dealt_seeded_into_disjoint_members_and_holdouts_with_the_cap() -> None:
+    ids = [f"u{i:03d}" for i in range(200)]
+    members, holdouts = deal_users(ids, 0.2, 0, seed=1)
+    assert len(holdouts) == 40 and len(members) == 160 and not set(members) & set(holdouts)
+    assert (members, holdouts) == deal_users(list(reversed(ids)), 0.2, 0, seed=1)  # the order given does not matter
+    assert deal_users(ids, 0.2, 0, seed=2) != (members, holdouts)
+    capped = deal_users(ids, 0.25, 100, seed=1)
+    assert (len(capped[0]), len(capped[1])) == (75, 25)
 
 
 # -- the command --------------------------------------------------------------------------------------------------

@@ -59,6 +59,8 @@ def plot_curve(result: dict[str, Any], path: Path) -> Path:
                          [r["membership"]["ci_high"] - r["membership"]["auc"] for r in dp]], fmt="o-", label="DP")
     for r in plain:
         right.axhline(r["membership"]["auc"], linestyle="--", color="k", label="no DP")
+    if "membership_untrained" in result:
+        right.axhline(result["membership_untrained"]["auc"], linestyle=":", color="grey", label="untrained (round 0)")
     right.axhline(0.5, color="grey", linewidth=0.8)
     for ax, ylabel in ((left, "NDCG@10 (central, final model)"), (right, "membership AUC (members vs held out)")):
         if dp:
