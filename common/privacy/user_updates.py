@@ -33,6 +33,7 @@ from common.federation.client_data import ClientData
 from common.federation.round_io import TrainResult, received_banks
 from common.names import GLOBAL, make_key
 from common.privacy.user_level import FROZEN_KEYS, clipped_sum, os_entropy_rng, poisson_sample
+from common.privacy.user_shared import SharedItemSide, applies
 from common.protocol import TRAIN_LOSS, FedConfig, RoundHParams
 from common.rec.seq_model import SeqRecModel, window
 from common.rec.seq_train import target_segments, train_items_of
@@ -145,9 +146,13 @@ def local_train_users(cfg: FedConfig, data: ClientData, received: Mapping[str, n
     examples = [ex for ex in (user_example(model, r) for r in arch.train_records(cfg, data)) if ex is not None]
     chosen = poisson_sample(len(examples), dp.user_rate, rng if rng is not None else os_entropy_rng())
     params = trained_parameters(model, names)
+    # the catalog side once per round when the math allows it (common/privacy/user_shared.py: same updates)
+    shared = SharedItemSide(model) if chosen and applies(model, params, cfg.dp_user_steps) else None
     updates, losses = [], []
     for index in chosen:
-        update, loss = user_update(model, params, examples[index], cfg.dp_user_steps, cfg.dp_user_lr)
+        ex = examples[index]
+        update, loss = (shared.user_update(model, params, ex.inputs, ex.targets, ex.routes, cfg.dp_user_lr)
+                        if shared is not None else user_update(model, params, ex, cfg.dp_user_steps, cfg.dp_user_lr))
         updates.append(update)
         losses.append(loss)
     shapes = {k: tuple(np.shape(v)) for k, v in received.items()}
