@@ -280,6 +280,7 @@ ARCH_BRANCH_ALLOWED = {
     "simulations.privacy.scores": "the attack's features are each model's own loss",
     "serving.run": "serving is built on the seq model's user tower; a run of another arch is refused by name",
     "common.privacy.user_level": "user-level DP trains the seq model's per-user updates; arch=text is refused by name",
+    "simulations.privacy.user_curve.options": "the user-level curve runs the seq model; --arch text is refused by name",
 }
 
 
