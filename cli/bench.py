@@ -163,7 +163,7 @@ def _fraction(name: str) -> Callable[[str], float]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
         if not 0.0 <= value < 1.0:  # also refuses nan
-            raise argparse.ArgumentTypeError(f"{name} must be a fraction with 0 <= value < 1, got {text}")
+            raise argparse.ArgumentTypeError(f"{name} must be a fraction with 0 <= FRACTION < 1, got {text}")
         return value
     return parse
 
