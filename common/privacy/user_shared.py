@@ -1,7 +1,7 @@
 """A user's one-step update with the catalog side computed once per silo round (user-level DP, issue 18).
 
 Every user's loss (`user_updates.user_loss`) scores its targets against the whole item table, text_proj(X) +
-rows, and the prior, text_prior(X) + bias, where X is the catalog's frozen text vectors (3,884 x 384 on
+rows, and the prior, text_prior(X) (no bias), where X is the catalog's frozen text vectors (3,884 x 384 on
 MovieLens-1M). Both are linear in their weights, so a user's gradient of text_proj is G^T X and of its bias
 sum(G) with G = dL/d(table) (the padding row's zeroed), and likewise for text_prior with g = dL/d(prior): the
 same chain rule autograd applies, so the user's update is unchanged (up to float rounding; tests compare). What
@@ -24,8 +24,8 @@ from common.rec.seq_model import PAD, SeqRecModel
 
 Arrays = dict[str, np.ndarray]
 PROJ_W, PROJ_B = make_key(GLOBAL, "text_proj.weight"), make_key(GLOBAL, "text_proj.bias")
-PRIOR_W, PRIOR_B = make_key(GLOBAL, "text_prior.weight"), make_key(GLOBAL, "text_prior.bias")
-LINEAR_KEYS = (PROJ_W, PROJ_B, PRIOR_W, PRIOR_B)
+PRIOR_W = make_key(GLOBAL, "text_prior.weight")
+LINEAR_KEYS = (PROJ_W, PROJ_B, PRIOR_W)
 
 
 def applies(model: SeqRecModel, params: Mapping[str, torch.nn.Parameter], steps: int) -> bool:
@@ -60,7 +60,7 @@ class SharedItemSide:
         assert g_table is not None and g_prior is not None  # every target is scored against both
         g_table = g_table * self.keep.unsqueeze(1)
         linear = {PROJ_W: g_table.T @ self.text, PROJ_B: g_table.sum(0),
-                  PRIOR_W: (g_prior @ self.text).unsqueeze(0), PRIOR_B: g_prior.sum().reshape(1)}
+                  PRIOR_W: (g_prior @ self.text).unsqueeze(0)}
         update = {k: (-lr * v).detach().double().cpu().numpy() for k, v in linear.items()}
         for key, grad in zip(others, grads[2:], strict=True):
             if grad is not None:

@@ -128,9 +128,10 @@ class GlobalBank(nn.Module):
         self.text_proj = nn.Linear(text_dim, cfg.dim)
         self.item_rows = nn.Parameter(torch.zeros(n_items + 1, cfg.dim))
         self.item_bias = nn.Parameter(torch.zeros(n_items + 1))
-        self.text_prior = nn.Linear(text_dim, 1)  # the prior an item's text predicts; zero at init
+        # the prior an item's text predicts; zero at init. No bias: a constant on every logit cancels in the
+        # softmax, so its gradient is float noise that Adam turns into steps of either sign.
+        self.text_prior = nn.Linear(text_dim, 1, bias=False)
         nn.init.zeros_(self.text_prior.weight)
-        nn.init.zeros_(self.text_prior.bias)
         self.event_types = nn.Parameter(torch.randn(len(EVENT_TOKENS) + 1, cfg.dim) * 0.02)  # row 0: padding
         self.positions = nn.Parameter(torch.randn(cfg.max_len, cfg.dim) * 0.02)
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.dropout) for _ in range(cfg.layers))
