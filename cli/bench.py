@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cli.parse import fraction
 from common.data.protocols import DEFAULT_PROTOCOL, PROTOCOLS, Protocol
 from common.defaults import ADAPTER_KIND, SEQ_ID_DROPOUT, arch_defaults
 from common.device import DEVICES
@@ -155,20 +156,7 @@ def _parse_quality_modes(text: str) -> list[str]:
     return parse_modes(text) if text.strip() else []
 
 
-def _fraction(name: str) -> Callable[[str], float]:
-    """A parser of a number with 0 <= value < 1 that names its flag (argparse turns the error into a usage error)."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        if not 0.0 <= value < 1.0:  # also refuses nan
-            raise argparse.ArgumentTypeError(f"{name} must be a fraction with 0 <= FRACTION < 1, got {text}")
-        return value
-    return parse
-
-
-_cold_fraction = _fraction("cold-items")
+_cold_fraction = fraction("cold-items")
 
 
 def _configure_quality(parser: argparse.ArgumentParser) -> None:
@@ -199,7 +187,7 @@ def _configure_quality(parser: argparse.ArgumentParser) -> None:
                              "(0: frozen text vectors)")
     parser.add_argument("--seq-max-len", type=_positive_int, default=200,
                         help="seq: most recent interactions the user tower reads")
-    parser.add_argument("--seq-id-dropout", type=_fraction("seq-id-dropout"), default=SEQ_ID_DROPOUT,
+    parser.add_argument("--seq-id-dropout", type=fraction("seq-id-dropout"), default=SEQ_ID_DROPOUT,
                         help="seq: probability a training step scores an item by its text alone (0 <= p < 1)")
     parser.add_argument("--pairs-per-user", type=_positive_int, default=None, help="cap on pairs per user per epoch")
     parser.add_argument("--max-users", type=_positive_int, default=None,

@@ -33,8 +33,10 @@ from simulations.privacy.setup import PrivacyOptions
 DEFAULTS = PrivacyOptions(out=Path("."))
 USER_FLAGS = ("dp_user_rate", "clip", "user_lr", "holdout_users", "eval_users", "max_users", "strategy",
               "server_lr", "segments", "set")  # used only with --unit user
+CLIENT_FLAGS = ("users", "products", "central_epochs")  # used only with --unit client
 CLIENT_DEFAULTS = {"epsilons": ",".join(f"{e:g}" for e in DEFAULTS.epsilons), "rounds": str(DEFAULTS.rounds),
-                   "clients": str(DEFAULTS.clients)}
+                   "clients": str(DEFAULTS.clients), "users": str(DEFAULTS.users),
+                   "products": str(DEFAULTS.products), "central_epochs": str(DEFAULTS.central_epochs)}
 
 
 def _number(flag: str, text: str, kind: type) -> Any:
@@ -76,11 +78,8 @@ def options_from_args(args: argparse.Namespace) -> PrivacyOptions:
 def command_line(args: argparse.Namespace) -> str:
     """The command as run, every option spelt out (recorded in the summary so that it can be repeated)."""
     parts = ["fedadapt", "privacy", args.experiment]
-    client_only = ("users", "products", "central_epochs")  # not read by --unit user
-    for name in ("unit", "data", "out", "backbone", "arch", "epsilons", "rounds", "clients", "seed", *client_only,
+    for name in ("unit", "data", "out", "backbone", "arch", "epsilons", "rounds", "clients", "seed", *CLIENT_FLAGS,
                  *USER_FLAGS[:-1]):
-        if args.unit == "user" and name in client_only:
-            continue
         value = getattr(args, name, None)
         if value is not None:
             parts += [f"--{name.replace('_', '-')}", str(value)]
@@ -105,6 +104,10 @@ def user_options_from_args(args: argparse.Namespace) -> Any:
 
     if args.experiment.strip() != "curve":
         raise ValueError(f"--unit user runs the curve only, got experiment {args.experiment!r}")
+    given_client = [f"--{n.replace('_', '-')}" for n in CLIENT_FLAGS if getattr(args, n, None) is not None]
+    if given_client:
+        raise ValueError(f"{given_client[0]} is used only with --unit client (--unit user reads --data and trains "
+                         "no central reference model)")
     given: dict[str, Any] = {}
     if args.epsilons is not None:
         given["epsilons"] = tuple(_number("--epsilons", e.strip(), float) for e in args.epsilons.split(",")
@@ -182,8 +185,8 @@ def add_parser(subparsers: Any) -> None:
     user.add_argument("--server-lr", help="server learning rate (default 2)")
     user.add_argument("--segments", help="segment keys of the banks (default region,age_band)")
     user.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other run-config key")
-    p.add_argument("--users", default=str(DEFAULTS.users), help="synthetic users to generate when --data is not given")
-    p.add_argument("--products", default=str(DEFAULTS.products), help="synthetic products to generate")
-    p.add_argument("--central-epochs", default=str(DEFAULTS.central_epochs),
-                   help="epochs of the central reference models of membership inference")
+    p.add_argument("--users", help=f"client: synthetic users to generate when --data is not given ({DEFAULTS.users})")
+    p.add_argument("--products", help=f"client: synthetic products to generate ({DEFAULTS.products})")
+    p.add_argument("--central-epochs", help="client: epochs of the central reference models of membership "
+                   f"inference ({DEFAULTS.central_epochs})")
     p.set_defaults(func=run)

@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from cli.parse import fraction
 from common.adapters import AdapterConfig
 from common.defaults import ADAPTER_KIND, ADAPTER_LAYERS, SEQ_ID_DROPOUT, arch_defaults
 from common.device import DEVICES, resolve_device
@@ -55,7 +56,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seq-dim", type=int, default=SeqConfig.dim, help="seq: item and user vector width")
     p.add_argument("--seq-max-len", type=int, default=SeqConfig.max_len,
                    help="seq: most recent interactions the user tower reads (older ones are dropped)")
-    p.add_argument("--seq-id-dropout", type=float, default=SEQ_ID_DROPOUT,
+    p.add_argument("--seq-id-dropout", type=fraction("seq-id-dropout"), default=SEQ_ID_DROPOUT,
                    help="seq: probability a training step scores an item by its text alone (0 <= p < 1)")
     p.add_argument("--segment-epochs", type=int, default=3,
                    help="seq segment-adapters: epochs of the segment banks on top of the fixed global bank")

@@ -277,6 +277,11 @@ def test_the_id_dropout_flag_reaches_the_model_and_a_bad_one_is_refused(tmp_path
     with pytest.raises(SystemExit):
         main(["bench", "quality", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--seq-id-dropout", "1"])
     assert "seq-id-dropout must be a fraction" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "t"), "--arch", "seq", "--seq-id-dropout",
+              "1.5"])
+    assert "seq-id-dropout must be a fraction" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
     from simulations.bench.quality import QualityOptions, _experiment_config
 
     cfg = _experiment_config(QualityOptions(data=tmp_path, out=tmp_path / "o", arch="seq", seq_id_dropout=0.25))

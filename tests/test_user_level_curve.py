@@ -230,7 +230,11 @@ def test_missing_data_and_wrong_unit_flags_are_refused(tmp_path: Path, capsys: p
              (["privacy", "membership", "--unit", "user", "--arch", "seq", "--data", str(tmp_path), "--out",
                str(tmp_path / "a")], "--unit user runs the curve only"),
              (["privacy", "curve", "--dp-user-rate", "0.1", "--out", str(tmp_path / "a")],
-              "--dp-user-rate is used only with --unit user")]
+              "--dp-user-rate is used only with --unit user"),
+             (["privacy", "curve", "--unit", "user", "--arch", "seq", "--data", str(tmp_path), "--out",
+               str(tmp_path / "a"), "--central-epochs", "3"], "--central-epochs is used only with --unit client"),
+             (["privacy", "curve", "--unit", "user", "--arch", "seq", "--data", str(tmp_path), "--out",
+               str(tmp_path / "a"), "--users", "50"], "--users is used only with --unit client")]
     for argv, message in cases:
         rc = main(argv)
         err = capsys.readouterr().err
