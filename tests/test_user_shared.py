@@ -50,7 +50,7 @@ def test_each_users_update_is_the_general_paths(cfg: FedConfig) -> None:
     assert len(examples) >= 5
     for ex in examples:
         general, loss = user_update(model, params, ex, 1, cfg.dp_user_lr)
-        fast, fast_loss = shared.user_update(model, params, ex.inputs, ex.targets, ex.routes, cfg.dp_user_lr)
+        fast, fast_loss = shared.user_update(model, params, ex, cfg.dp_user_lr)
         assert set(fast) == set(general) and set(LINEAR_KEYS) <= set(fast)
         assert fast_loss == pytest.approx(loss, rel=1e-6)
         for key in general:
@@ -70,3 +70,38 @@ def test_the_silos_clipped_sum_is_unchanged(cfg: FedConfig, monkeypatch: pytest.
     for key in general.delta:
         np.testing.assert_allclose(fast.delta[key], general.delta[key], rtol=1e-4, atol=1e-7, err_msg=key)
     assert any(np.any(general.delta[k]) for k in LINEAR_KEYS)
+
+
+def test_a_users_private_update_reads_every_typed_event_as_central_training_does(cfg: FedConfig) -> None:
+    """The private example holds the user's views and carts with their types (the history evaluation reads),
+    targets are the next positives, and the update depends on the types: retyping the events as purchases
+    changes it."""
+    from dataclasses import replace
+
+    import torch
+
+    from common.rec.seq_model import TYPE_INDEX
+    from common.rec.seq_train import training_sequence
+
+    data = client_data(cfg, 0, 3)
+    received = _trained_banks(cfg)
+    arch = arch_for("seq")
+    model = arch.client_model(cfg, data.item_texts)
+    names = received_banks(data, received)
+    arch.load_state(model, names, received)
+    model.eval()
+    params = trained_parameters(model, names)
+    record = next(r for r in data.train_records()
+                  if {t for _, t in training_sequence(r, model.cfg.max_len)[0]} - {"purchase"}
+                  and training_sequence(r, model.cfg.max_len)[2])
+    events, next_items, _ = training_sequence(record, model.cfg.max_len)
+    ex = user_example(model, record)
+    assert ex is not None
+    assert ex.inputs.tolist() == model.indices([i for i, _ in events])
+    assert ex.types.tolist() == model.type_indices([t for _, t in events])
+    assert ex.targets.tolist() == [0 if t is None else model.index[t] for t in next_items]
+    retyped = replace(ex, types=torch.full_like(ex.types, TYPE_INDEX["purchase"]))
+    typed, _ = user_update(model, params, ex, 1, cfg.dp_user_lr)
+    plain, _ = user_update(model, params, retyped, 1, cfg.dp_user_lr)
+    gap = sum(float(np.linalg.norm(typed[k] - plain[k])) for k in typed)
+    assert gap > 0.05 * sum(float(np.linalg.norm(v)) for v in typed.values())

@@ -14,6 +14,7 @@ the user's own updated weights), and for frozen text vectors only (the text towe
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ import torch.nn.functional as F
 
 from common.names import GLOBAL, make_key
 from common.rec.seq_model import PAD, SeqRecModel
+
+if TYPE_CHECKING:  # user_updates imports this module
+    from common.privacy.user_updates import UserExample
 
 Arrays = dict[str, np.ndarray]
 PROJ_W, PROJ_B = make_key(GLOBAL, "text_proj.weight"), make_key(GLOBAL, "text_proj.bias")
@@ -44,16 +48,18 @@ class SharedItemSide:
             self.table = model.item_table()  # (text_proj(X) + rows) with the padding row zeroed
             self.text_prior = g.text_prior(self.text).squeeze(1)  # (N+1,)
 
-    def user_update(self, model: SeqRecModel, params: Mapping[str, torch.nn.Parameter], inputs: torch.Tensor,
-                    targets: torch.Tensor, routes: list[list[str]], lr: float) -> tuple[Arrays, float]:
+    def user_update(self, model: SeqRecModel, params: Mapping[str, torch.nn.Parameter], ex: UserExample,
+                    lr: float) -> tuple[Arrays, float]:
         """(-lr x the user's gradient for every parameter its loss reaches, its loss): `user_updates.user_update`
         with steps=1, the parameters left untouched."""
         g = model.global_bank
         table = self.table.clone().requires_grad_(True)
         prior = self.text_prior.clone().requires_grad_(True)
-        states = model.encode_sequences(inputs.unsqueeze(0).to(model.device), table)[0]
-        users, bias = model.personalise(states, routes)
-        loss = F.cross_entropy(model.logits(users, table, bias, prior + g.item_bias), targets.to(model.device))
+        states = model.encode_sequences(ex.inputs.unsqueeze(0).to(model.device), table,
+                                        ex.types.unsqueeze(0).to(model.device))[0]
+        real = ex.targets != PAD
+        users, bias = model.personalise(states[real.to(states.device)], ex.routes)
+        loss = F.cross_entropy(model.logits(users, table, bias, prior + g.item_bias), ex.targets[real].to(model.device))
         others = [k for k in params if k not in LINEAR_KEYS]
         grads = torch.autograd.grad(loss, [table, prior, *(params[k] for k in others)], allow_unused=True)
         g_table, g_prior = grads[0], grads[1]

@@ -3,9 +3,10 @@
 `local_train_users` replaces a silo's local training when `dp-unit=user` (the one hook is in
 common/federation/task.py `local_train`): it Poisson-samples the silo's users from OS entropy, and for each
 sampled user starts from the round's received banks, takes `dp-user-steps` plain SGD steps at `dp-user-lr` on
-that user's next-item loss (every training target of the user, routed through global and the user's own
-segment banks, as `seq_train.train_seq` routes them), and takes trained - received over every bank: the user's
-whole update. Each update is clipped to dp-clip and the clipped updates are summed (`user_level.clipped_sum`).
+that user's next-item loss (the user's typed training events in, every next positive a target, routed through
+global and the user's own segment banks: `seq_train.train_seq`'s sequence and routes, so the private model is
+trained on the history evaluation reads), and takes trained - received over every bank: the user's whole
+update. Each update is clipped to dp-clip and the clipped updates are summed (`user_level.clipped_sum`).
 The user item rows (`user_level.FROZEN_KEYS`) are not trained.
 
 Why SGD and not the Adam of central training: Adam's first step moves every coordinate by about lr whatever
@@ -35,8 +36,8 @@ from common.names import GLOBAL, make_key
 from common.privacy.user_level import FROZEN_KEYS, clipped_sum, os_entropy_rng, poisson_sample
 from common.privacy.user_shared import SharedItemSide, applies
 from common.protocol import TRAIN_LOSS, FedConfig, RoundHParams
-from common.rec.seq_model import SeqRecModel, window
-from common.rec.seq_train import target_segments, train_items_of
+from common.rec.seq_model import PAD, SeqRecModel
+from common.rec.seq_train import training_sequence
 from common.rec.user_record import RecordLike
 from common.threads import PLAN
 
@@ -47,11 +48,14 @@ Arrays = dict[str, np.ndarray]
 
 @dataclass(frozen=True)
 class UserExample:
-    """One user's training sequence: inputs, next-item targets and each target's routed segment banks."""
+    """One user's training sequence as `seq_train.train_seq` reads it: every typed event (views, carts, rating
+    values) as input, the next positive after each event as its target (PAD where none), and each target's
+    routed segment banks."""
 
     inputs: torch.Tensor  # (T,) item indices
-    targets: torch.Tensor  # (T,)
-    routes: list[list[str]]
+    types: torch.Tensor  # (T,) event type indices
+    targets: torch.Tensor  # (T,) item indices, PAD where an event has no next positive
+    routes: list[list[str]]  # one per real target
 
     @property
     def banks(self) -> set[str]:
@@ -59,14 +63,16 @@ class UserExample:
 
 
 def user_example(model: SeqRecModel, record: RecordLike) -> UserExample | None:
-    """The user's most recent max_len + 1 training positives as (inputs, targets, routes), as train_seq reads
-    them; None for a user with fewer than two (nothing to predict)."""
-    items = model.indices(train_items_of(record))
-    if len(items) < 2:
+    """The user's most recent max_len typed training events and their next positives (`training_sequence`,
+    as central training and evaluation read a history); None for a user with no positive after an earlier
+    event (nothing to predict)."""
+    events, next_items, segs = training_sequence(record, model.cfg.max_len)
+    if not segs:
         return None
-    seq = window(items, model.cfg.max_len + 1)
-    segs = target_segments(record)[-(len(seq) - 1):]
-    return UserExample(torch.tensor(seq[:-1]), torch.tensor(seq[1:]), [model.routes(s) for s in segs])
+    return UserExample(torch.tensor(model.indices([i for i, _ in events])),
+                       torch.tensor(model.type_indices([t for _, t in events])),
+                       torch.tensor([PAD if t is None else model.index[t] for t in next_items]),
+                       [model.routes(s) for s in segs])
 
 
 def bank_populations(examples: Sequence[UserExample], names: Sequence[str]) -> dict[str, int]:
@@ -97,9 +103,11 @@ def trained_parameters(model: SeqRecModel, names: Sequence[str]) -> dict[str, to
 def user_loss(model: SeqRecModel, ex: UserExample) -> torch.Tensor:
     """Mean next-item cross-entropy over the user's targets against the whole catalog."""
     table = model.item_table()
-    states = model.encode_sequences(ex.inputs.unsqueeze(0).to(model.device), table)[0]  # (T, d)
-    users, bias = model.personalise(states, ex.routes)
-    return F.cross_entropy(model.logits(users, table, bias), ex.targets.to(model.device))
+    states = model.encode_sequences(ex.inputs.unsqueeze(0).to(model.device), table,
+                                    ex.types.unsqueeze(0).to(model.device))[0]  # (T, d)
+    real = ex.targets != PAD
+    users, bias = model.personalise(states[real.to(states.device)], ex.routes)
+    return F.cross_entropy(model.logits(users, table, bias), ex.targets[real].to(model.device))
 
 
 def user_update(model: SeqRecModel, params: Mapping[str, torch.nn.Parameter], ex: UserExample, steps: int,
@@ -151,7 +159,7 @@ def local_train_users(cfg: FedConfig, data: ClientData, received: Mapping[str, n
     updates, losses = [], []
     for index in chosen:
         ex = examples[index]
-        update, loss = (shared.user_update(model, params, ex.inputs, ex.targets, ex.routes, cfg.dp_user_lr)
+        update, loss = (shared.user_update(model, params, ex, cfg.dp_user_lr)
                         if shared is not None else user_update(model, params, ex, cfg.dp_user_steps, cfg.dp_user_lr))
         updates.append(update)
         losses.append(loss)
