@@ -14,7 +14,7 @@ the user's own updated weights), and for frozen text vectors only (the text towe
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -23,10 +23,20 @@ import torch.nn.functional as F
 from common.names import GLOBAL, make_key
 from common.rec.seq_model import PAD, SeqRecModel
 
-if TYPE_CHECKING:  # user_updates imports this module
-    from common.privacy.user_updates import UserExample
-
 Arrays = dict[str, np.ndarray]
+
+
+class UserSequence(Protocol):
+    """What a user's update reads (`user_updates.UserExample`, which imports this module)."""
+
+    @property
+    def inputs(self) -> torch.Tensor: ...
+    @property
+    def types(self) -> torch.Tensor: ...
+    @property
+    def targets(self) -> torch.Tensor: ...
+    @property
+    def routes(self) -> list[list[str]]: ...
 PROJ_W, PROJ_B = make_key(GLOBAL, "text_proj.weight"), make_key(GLOBAL, "text_proj.bias")
 PRIOR_W = make_key(GLOBAL, "text_prior.weight")
 LINEAR_KEYS = (PROJ_W, PROJ_B, PRIOR_W)
@@ -48,7 +58,7 @@ class SharedItemSide:
             self.table = model.item_table()  # (text_proj(X) + rows) with the padding row zeroed
             self.text_prior = g.text_prior(self.text).squeeze(1)  # (N+1,)
 
-    def user_update(self, model: SeqRecModel, params: Mapping[str, torch.nn.Parameter], ex: UserExample,
+    def user_update(self, model: SeqRecModel, params: Mapping[str, torch.nn.Parameter], ex: UserSequence,
                     lr: float) -> tuple[Arrays, float]:
         """(-lr x the user's gradient for every parameter its loss reaches, its loss): `user_updates.user_update`
         with steps=1, the parameters left untouched."""
