@@ -37,6 +37,8 @@ class UserSequence(Protocol):
     def targets(self) -> torch.Tensor: ...
     @property
     def routes(self) -> list[list[str]]: ...
+
+
 PROJ_W, PROJ_B = make_key(GLOBAL, "text_proj.weight"), make_key(GLOBAL, "text_proj.bias")
 PRIOR_W = make_key(GLOBAL, "text_prior.weight")
 LINEAR_KEYS = (PROJ_W, PROJ_B, PRIOR_W)
