@@ -3,19 +3,24 @@ user the same update as the general path (user_updates.user_update), and the sil
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
+import torch
 
 from common.data.schema import write_marketplace
 from common.data.synthetic import generate_marketplace
 from common.federation.arch import arch_for
-from common.federation.client_data import client_data
+from common.federation.client_data import ClientData, client_data
 from common.federation.round_io import received_banks
 from common.federation.task import initial_state
 from common.privacy import user_updates
 from common.privacy.user_shared import LINEAR_KEYS, SharedItemSide, applies
 from common.privacy.user_updates import local_train_users, trained_parameters, user_example, user_update
 from common.protocol import FedConfig, RoundHParams
+from common.rec.seq_model import TYPE_INDEX, SeqRecModel
+from common.rec.seq_train import training_sequence
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +40,8 @@ def _trained_banks(cfg: FedConfig) -> dict[str, np.ndarray]:
     return {k: v + rng.normal(0, 0.05, v.shape).astype(v.dtype) for k, v in banks.items()}
 
 
-def test_each_users_update_is_the_general_paths(cfg: FedConfig) -> None:
+def _silo_model(cfg: FedConfig) -> tuple[ClientData, SeqRecModel, dict[str, torch.nn.Parameter]]:
+    """Silo 0's data, its model holding the moved-off-zero banks (eval mode) and the trained parameters."""
     data = client_data(cfg, 0, 3)
     received = _trained_banks(cfg)
     arch = arch_for("seq")
@@ -43,7 +49,11 @@ def test_each_users_update_is_the_general_paths(cfg: FedConfig) -> None:
     names = received_banks(data, received)
     arch.load_state(model, names, received)
     model.eval()
-    params = trained_parameters(model, names)
+    return data, model, trained_parameters(model, names)
+
+
+def test_each_users_update_is_the_general_paths(cfg: FedConfig) -> None:
+    data, model, params = _silo_model(cfg)
     assert applies(model, params, 1) and not applies(model, params, 2)
     shared = SharedItemSide(model)
     examples = [e for e in (user_example(model, r) for r in data.train_records()) if e is not None][:12]
@@ -76,25 +86,10 @@ def test_a_users_private_update_reads_every_typed_event_as_central_training_does
     """The private example holds the user's views and carts with their types (the history evaluation reads),
     targets are the next positives, and the update depends on the types: retyping the events as purchases
     changes it."""
-    from dataclasses import replace
-
-    import torch
-
-    from common.rec.seq_model import TYPE_INDEX
-    from common.rec.seq_train import training_sequence
-
-    data = client_data(cfg, 0, 3)
-    received = _trained_banks(cfg)
-    arch = arch_for("seq")
-    model = arch.client_model(cfg, data.item_texts)
-    names = received_banks(data, received)
-    arch.load_state(model, names, received)
-    model.eval()
-    params = trained_parameters(model, names)
-    record = next(r for r in data.train_records()
-                  if {t for _, t in training_sequence(r, model.cfg.max_len)[0]} - {"purchase"}
-                  and training_sequence(r, model.cfg.max_len)[2])
-    events, next_items, _ = training_sequence(record, model.cfg.max_len)
+    data, model, params = _silo_model(cfg)
+    record, (events, next_items, _) = next((r, seq) for r in data.train_records()
+                                           if (seq := training_sequence(r, model.cfg.max_len))[2]
+                                           and {t for _, t in seq[0]} - {"purchase"})
     ex = user_example(model, record)
     assert ex is not None
     assert ex.inputs.tolist() == model.indices([i for i, _ in events])

@@ -37,7 +37,7 @@ from common.privacy.user_level import FROZEN_KEYS, clipped_sum, os_entropy_rng, 
 from common.privacy.user_shared import SharedItemSide, applies
 from common.protocol import TRAIN_LOSS, FedConfig, RoundHParams
 from common.rec.seq_model import PAD, SeqRecModel
-from common.rec.seq_train import training_sequence
+from common.rec.seq_train import indexed_sequence
 from common.rec.user_record import RecordLike
 from common.threads import PLAN
 
@@ -64,15 +64,13 @@ class UserExample:
 
 def user_example(model: SeqRecModel, record: RecordLike) -> UserExample | None:
     """The user's most recent max_len typed training events and their next positives (`training_sequence`,
-    as central training and evaluation read a history); None for a user with no positive after an earlier
+    as central training reads it: `seq_train.indexed_sequence`); None for a user with no positive after an earlier
     event (nothing to predict)."""
-    events, next_items, segs = training_sequence(record, model.cfg.max_len)
-    if not segs:
+    sequence = indexed_sequence(model, record)
+    if sequence is None:
         return None
-    return UserExample(torch.tensor(model.indices([i for i, _ in events])),
-                       torch.tensor(model.type_indices([t for _, t in events])),
-                       torch.tensor([PAD if t is None else model.index[t] for t in next_items]),
-                       [model.routes(s) for s in segs])
+    inputs, types, targets, routes = sequence
+    return UserExample(torch.tensor(inputs), torch.tensor(types), torch.tensor(targets), routes)
 
 
 def bank_populations(examples: Sequence[UserExample], names: Sequence[str]) -> dict[str, int]:

@@ -112,6 +112,18 @@ def training_sequence(record: RecordLike, max_len: int
     return events, targets, [own.get(t, record.segments) for t in targets if t is not None]
 
 
+def indexed_sequence(model: SeqRecModel, record: RecordLike
+                     ) -> tuple[list[int], list[int], list[int], list[list[str]]] | None:
+    """`training_sequence` in the model's indices: (items, event types, the next positive after each event or
+    PAD, the routed banks of each real target); None for a user with nothing to predict. Central training and
+    the user-level DP update both read a user this way."""
+    events, next_items, segs = training_sequence(record, model.cfg.max_len)
+    if not segs:
+        return None
+    return (model.indices([i for i, _ in events]), model.type_indices([t for _, t in events]),
+            [PAD if t is None else model.index[t] for t in next_items], [model.routes(s) for s in segs])
+
+
 def bank_counts(records: Sequence[RecordLike], keys: Sequence[str], max_len: int) -> dict[str, int]:
     """Training targets per bank (the federated weights): every target counts for global and its segments."""
     counts: Counter[str] = Counter()
@@ -142,14 +154,7 @@ def train_seq(model: SeqRecModel, records: Sequence[RecordLike], cfg: SeqTrainCo
     params = model.trainable_parameters(trainable_names)
     if not params:
         raise ValueError(f"nothing to train in banks {list(trainable_names)}")
-    max_len = model.cfg.max_len
-    users = []
-    for record in records:
-        events, next_items, segs = training_sequence(record, max_len)
-        if not segs:
-            continue
-        users.append((model.indices([i for i, _ in events]), model.type_indices([t for _, t in events]),
-                      [PAD if t is None else model.index[t] for t in next_items], [model.routes(s) for s in segs]))
+    users = [u for u in (indexed_sequence(model, r) for r in records) if u is not None]
     if not users:
         raise ValueError(f"no user of {len(records)} has a training positive after an earlier event to learn from")
     trained = torch.zeros(len(model.catalog) + 1, dtype=torch.bool)
