@@ -7,7 +7,7 @@
         [--arch text|seq] [--epsilons E1,E2,...] [--rounds N] [--clients N] [--seed S]
     fedadapt privacy curve --unit user --arch seq --data DIR --out OUT [--epsilons 1,2,4,8,inf] [--rounds 10]
         [--clients 10] [--dp-user-rate 0.1] [--clip 1] [--holdout-users 0.2] [--eval-users 500] [--max-users N]
-        [--strategy fedavg --server-lr 2] [--set KEY=VALUE ...]
+        [--public-users 0 --public-epochs 20] [--strategy fedavg --server-lr 2] [--set KEY=VALUE ...]
 
 membership: loss-threshold and shadow-model attacks on a central (over-fitted) reference and on the checkpoints
 of federated runs without DP and at each epsilon; segment: how well the server guesses a client's region in
@@ -31,8 +31,8 @@ from simulations.privacy.registry import names
 from simulations.privacy.setup import PrivacyOptions
 
 DEFAULTS = PrivacyOptions(out=Path("."))
-USER_FLAGS = ("dp_user_rate", "clip", "user_lr", "holdout_users", "eval_users", "max_users", "strategy",
-              "server_lr", "segments", "set")  # used only with --unit user
+USER_FLAGS = ("dp_user_rate", "clip", "user_lr", "holdout_users", "public_users", "public_epochs", "eval_users",
+              "max_users", "strategy", "server_lr", "segments", "set")  # used only with --unit user
 CLIENT_FLAGS = ("users", "products", "central_epochs")  # used only with --unit client
 CLIENT_DEFAULTS = {"epsilons": ",".join(f"{e:g}" for e in DEFAULTS.epsilons), "rounds": str(DEFAULTS.rounds),
                    "clients": str(DEFAULTS.clients), "users": str(DEFAULTS.users),
@@ -112,11 +112,11 @@ def user_options_from_args(args: argparse.Namespace) -> Any:
     if args.epsilons is not None:
         given["epsilons"] = tuple(_number("--epsilons", e.strip(), float) for e in args.epsilons.split(",")
                                   if e.strip())
-    for name in ("rounds", "clients", "seed", "eval_users", "max_users"):
+    for name in ("rounds", "clients", "seed", "eval_users", "max_users", "public_epochs"):
         if getattr(args, name) is not None:
             given[name] = _number(f"--{name.replace('_', '-')}", getattr(args, name), int)
     for name, field in (("dp_user_rate", "rate"), ("clip", "clip"), ("user_lr", "user_lr"),
-                        ("holdout_users", "holdout"), ("server_lr", "server_lr")):
+                        ("holdout_users", "holdout"), ("public_users", "public"), ("server_lr", "server_lr")):
         if getattr(args, name) is not None:
             given[field] = _number(f"--{name.replace('_', '-')}", getattr(args, name), float)
     for name in ("strategy", "segments"):
@@ -179,6 +179,10 @@ def add_parser(subparsers: Any) -> None:
     user.add_argument("--user-lr", help="dp-user-lr: the per-user SGD step (default 1)")
     user.add_argument("--holdout-users", help="fraction of users held out of every silo, the membership "
                       "non-members (default 0.2)")
+    user.add_argument("--public-users", help="fraction of users whose data is public (opted in): the global bank "
+                      "is pre-trained on them centrally, without DP, and every federation starts from it; neither "
+                      "members nor held out (default 0: no pre-training)")
+    user.add_argument("--public-epochs", help="epochs of the public pre-training (default 20)")
     user.add_argument("--eval-users", help="evaluation users, and users per side of membership inference (500)")
     user.add_argument("--max-users", help="a seeded sample of this many users of --data (default: all)")
     user.add_argument("--strategy", help="server optimizer: fedavg (default), fedavgm, fedadam, fedprox")

@@ -48,6 +48,7 @@ from common.names import (
     PER_SEGMENT,
     SEGMENT_SEP,
     SEGMENT_VALUE_CHARS,
+    SEQ,
     SEQ_HEADS,
     STRATEGIES,
     TEXT,
@@ -255,6 +256,9 @@ class FedConfig:
     seq_dim: int = 64  # arch=seq: item / user vector width (a multiple of SEQ_HEADS)
     seq_max_len: int = 200  # arch=seq: most recent interactions the user tower reads
     seq_text_adapters: int = 0  # arch=seq: top backbone layers with adapter-kind adapters on item texts; 0 = frozen
+    # arch=seq: a folder of `fedadapt train --arch seq` (banks.safetensors + seq.json) the run's banks start from
+    # instead of the seeded identity, e.g. a model pre-trained on public data; "" = the seeded start
+    init_banks: str = ""
     max_train_users: int = 0
     max_eval_users: int = 0
     # Bound on one client's whole-delta L2 norm (server/validate.py). It fits both archs: honest arch=seq deltas
@@ -327,6 +331,8 @@ class FedConfig:
         if self.seq_text_adapters < 0:
             raise ValueError(f"seq-text-adapters must be >= 0 (0 = frozen item text vectors), got "
                              f"{self.seq_text_adapters}")
+        if self.init_banks and self.arch != SEQ:
+            raise ValueError(f"init-banks needs arch=seq (a seq model's banks), got arch={self.arch}")
         if self.lower_cache_mb < 0:
             raise ValueError(f"lower-cache-mb must be >= 0 (0 = no cache), got {self.lower_cache_mb}")
         if self.node_cache_mb < 0:

@@ -77,14 +77,18 @@ def test_an_unreachable_epsilon_is_refused_by_name() -> None:
         sigma_for_epsilon(1e-5, 1000, 1.0, 1e-5)
 
 
-def test_users_are_dealt_seeded_into_disjoint_members_and_holdouts_with_the_cap() -> None:
+def test_users_are_dealt_seeded_into_disjoint_members_holdouts_and_public_users_with_the_cap() -> None:
     ids = [f"u{i:03d}" for i in range(200)]
-    members, holdouts = deal_users(ids, 0.2, 0, seed=1)
-    assert len(holdouts) == 40 and len(members) == 160 and not set(members) & set(holdouts)
-    assert (members, holdouts) == deal_users(list(reversed(ids)), 0.2, 0, seed=1)  # the order given does not matter
-    assert deal_users(ids, 0.2, 0, seed=2) != (members, holdouts)
+    members, holdouts, public = deal_users(ids, 0.2, 0, seed=1)
+    assert len(holdouts) == 40 and len(members) == 160 and not set(members) & set(holdouts) and public == []
+    assert (members, holdouts, public) == deal_users(list(reversed(ids)), 0.2, 0, seed=1)  # the order given
+    assert deal_users(ids, 0.2, 0, seed=2) != (members, holdouts, public)
     capped = deal_users(ids, 0.25, 100, seed=1)
     assert (len(capped[0]), len(capped[1])) == (75, 25)
+    with_public = deal_users(ids, 0.2, 0, seed=1, public=0.1)
+    assert with_public[1] == holdouts  # public users come out of the members, the held-out side is unchanged
+    assert len(with_public[2]) == 20 and set(with_public[2]) | set(with_public[0]) == set(members)
+    assert not set(with_public[2]) & set(with_public[0])
 
 
 # -- the command --------------------------------------------------------------------------------------------------
@@ -199,6 +203,10 @@ def test_membership_finds_a_memorising_model_and_not_an_untrained_one(curve: tup
     (["--dp-user-rate", "0"], "--dp-user-rate must be in (0, 1]"),
     (["--dp-user-rate", "1.5"], "--dp-user-rate must be in (0, 1]"),
     (["--holdout-users", "1"], "--holdout-users must be a fraction"),
+    (["--public-users", "0.7"], "--public-users must be a fraction in [0, 1) that leaves members"),
+    (["--public-users", "-0.1"], "--public-users must be a fraction"),
+    (["--public-epochs", "0"], "--public-epochs must be >= 1"),
+    (["--set", "init-banks=/tmp"], "--set init-banks: the curve sets this key itself"),
     (["--arch", "text"], "--unit user needs --arch seq"),
     (["--clients", "1"], "--clients must be >= 2"),
     (["--strategy", "fedsgd"], "--strategy 'fedsgd' is not one of"),

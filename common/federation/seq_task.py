@@ -127,10 +127,73 @@ def catalog_texts(data_dir: str) -> dict[str, str]:
 def initial_state(cfg: FedConfig, names: Sequence[str], backbone: Backbone) -> Arrays:
     """The starting banks `names` for the data folder's catalog. Text vectors are zeros: the banks' shapes and
     seeded values depend only on the catalog size, the backbone's hidden size (and, with seq-text-adapters,
-    its layout: the text tower's adapters are seeded, and never run here) and the seq config."""
+    its layout: the text tower's adapters are seeded, and never run here) and the seq config. With init-banks,
+    every bank of `names` that the folder holds starts from its tensors instead (`init_banks_state`)."""
     texts = catalog_texts(cfg.data_dir)
     model = new_model(cfg, texts, torch.zeros(len(texts), backbone.hidden_size), names, backbone=backbone)
-    return arrays(model, names)
+    state = arrays(model, names)
+    if cfg.init_banks:
+        state.update(init_banks_state(cfg, texts, state))
+    return state
+
+
+SHAPE_FIELDS = ("dim", "layers", "heads", "max_len", "segment_rank", "text_adapters", "text_adapter_kind")
+
+
+def check_init_banks(cfg: FedConfig, item_texts: Mapping[str, str]) -> dict[str, object]:
+    """init-banks' seq.json, checked against this run (ValueError naming what differs): the same catalog (ids and
+    texts) and the same model shape as the run config builds. Reads no tensor, so preflight can afford it."""
+    import json
+    from pathlib import Path
+
+    from common.rec.seq_modes import BANKS_FILE, BANKS_META
+
+    folder = Path(cfg.init_banks)
+    for name in (BANKS_META, BANKS_FILE):
+        if not (folder / name).is_file():
+            raise ValueError(f"init-banks {folder}: no {name} (expected a folder written by fedadapt train --arch seq)")
+    try:
+        meta = json.loads((folder / BANKS_META).read_text())
+        saved, items = dict(meta["seq"]), int(meta["items"])
+        fingerprint = str(meta["catalog"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"init-banks {folder}/{BANKS_META} is not a seq model description: {exc}") from None
+    catalog = catalog_of(item_texts)
+    if fingerprint != catalog_fingerprint(catalog, item_texts):
+        raise ValueError(f"init-banks {folder} was trained on another catalog ({items} items) than data-dir's "
+                         f"({len(catalog)} items)")
+    wanted = seq_config(cfg).to_dict()
+    differ = [f"{k} {saved.get(k)!r} (run: {wanted[k]!r})" for k in SHAPE_FIELDS if saved.get(k) != wanted[k]]
+    if differ:
+        raise ValueError(f"init-banks {folder} has another model shape: {', '.join(differ)}")
+    return meta
+
+
+def init_banks_state(cfg: FedConfig, item_texts: Mapping[str, str], seeded: Mapping[str, np.ndarray]) -> Arrays:
+    """The tensors of init-banks for the banks of `seeded` the folder holds, each bank whole: its keys and shapes
+    exactly the seeded bank's (a partial bank would mix two models). Banks the folder lacks are left out."""
+    from safetensors.numpy import load_file
+
+    from common.names import bank_of
+    from common.rec.seq_modes import BANKS_FILE
+
+    check_init_banks(cfg, item_texts)
+    saved = load_file(f"{cfg.init_banks}/{BANKS_FILE}")
+    out: Arrays = {}
+    for bank in sorted({bank_of(k) for k in seeded}):
+        mine = {k for k in seeded if bank_of(k) == bank}
+        theirs = {k for k in saved if bank_of(k) == bank}
+        if not theirs:
+            continue
+        if theirs != mine:
+            raise ValueError(f"init-banks {cfg.init_banks}: bank {bank!r} does not match the run's: unexpected "
+                             f"{sorted(theirs - mine)[:3]}, missing {sorted(mine - theirs)[:3]}")
+        for key in sorted(mine):
+            if saved[key].shape != seeded[key].shape:
+                raise ValueError(f"init-banks {cfg.init_banks}: {key} has shape {saved[key].shape}, the run's "
+                                 f"{seeded[key].shape}")
+            out[key] = np.array(saved[key], dtype=np.float32)
+    return out
 
 
 def arrays(model: SeqRecModel, names: Sequence[str]) -> Arrays:

@@ -147,6 +147,12 @@ def preflight(opts: SimOptions) -> Plan:
         market = facts.market if facts.market is not None else read_marketplace(data_dir)
         cfg = replace(cfg, secagg_banks=",".join(public_banks(market, cfg.adapter_segment_keys)))
     check_clients(facts, cfg, opts.clients)
+    if cfg.init_banks:  # the starting banks fit this catalog and model shape (reads seq.json only)
+        from common.data.examples import build_item_texts
+        from common.federation.seq_task import check_init_banks
+
+        market = facts.market if facts.market is not None else read_marketplace(data_dir)
+        check_init_banks(cfg, build_item_texts(market.products))
     if cfg.dp.user_level and "dp-delta" not in opts.config:  # user-level DP: delta = 1/N^1.1 for the data's N users
         cfg = replace(cfg, dp_delta=default_delta(facts.users))
     if not opts.resume:  # a target below one round's epsilon could not train at all
@@ -186,6 +192,8 @@ def run_config(opts: SimOptions, data_dir: Path) -> FedConfig:
         "stop-after-round": opts.stop_after_round, "client-cpus": client_cpus(opts.cpus_per_client),
     }
     values.update(opts.config)
+    if values.get("init-banks"):  # the server process may run elsewhere than this working directory
+        values["init-banks"] = str(Path(str(values["init-banks"])).resolve())
     if values.get("secure-aggregation", "off") != "off" and "secagg-identities" not in values:
         values["secagg-identities"] = str(opts.out.resolve() / REGISTRY_FILE)  # enrol_clients writes it
     return FedConfig.from_run_config(values)

@@ -33,12 +33,15 @@ def finished(plan: Plan, point: Point) -> RunRecord | None:
 
 def silo_check(plan: Plan) -> dict[str, Any]:
     """Which of the chosen users the silos hold, from the silos' own records; refuses a held-out user found."""
+    from simulations.privacy.user_curve.public import check_outside
+
     cfg = plan.config(plan.points[0])
-    found = silo_users(cfg, plan.opts.clients, [*plan.members, *plan.holdouts])
+    found = silo_users(cfg, plan.opts.clients, [*plan.members, *plan.holdouts, *plan.public])
     held = set().union(*found.values())
     leaked = sorted(held & set(plan.holdouts))
     if leaked:
         raise RuntimeError(f"held-out user {leaked[0]} is in a silo's records ({len(leaked)} in all)")
+    check_outside(plan, held)
     return {"trained": sorted(held), "per_silo": {str(k): len(v) for k, v in sorted(found.items())}}
 
 
@@ -82,6 +85,12 @@ def run_user_curve(opts: UserCurveOptions, command: str, plan: Plan | None = Non
     from common.data.examples import build_item_texts
 
     item_texts = build_item_texts(plan.market.products)
+    public: dict[str, Any] | None = None
+    if plan.public:  # before any federation: every point starts from it (init-banks)
+        from simulations.privacy.user_curve.public import public_model, public_row
+
+        model, summary = public_model(plan, records, item_texts)
+        public = public_row(plan, model, summary, users)
     result: dict[str, Any] = {
         "command": command, "data": str(opts.data), "users": len(plan.members) + len(plan.holdouts),
         "members": len(plan.members), "holdouts": len(plan.holdouts), "members_in_silos": len(silos["trained"]),
@@ -90,7 +99,8 @@ def run_user_curve(opts: UserCurveOptions, command: str, plan: Plan | None = Non
         "clients": opts.clients, "rounds": opts.rounds, "dp_user_rate": opts.rate, "clip": opts.clip,
         "dp_user_lr": opts.user_lr, "strategy": opts.strategy, "server_lr": opts.server_lr,
         "backbone": opts.backbone, "segments": opts.segments, "secure_aggregation": opts.secure,
-        "config": dict(opts.config), "seed": opts.seed, "rows": []}
+        "config": dict(opts.config), "seed": opts.seed, "public_users": len(plan.public), "public": public,
+        "rows": []}
     for point in plan.points:
         record = finished(plan, point)
         if record is None:

@@ -17,7 +17,7 @@ from common.names import STRATEGIES
 OWNED_KEYS = frozenset({"arch", "data-dir", "out-dir", "num-server-rounds", "seed", "backbone", "segment-keys",
                         "strategy", "server-lr", "secure-aggregation", "dp-noise-multiplier", "dp-clip", "dp-unit",
                         "dp-user-rate", "dp-user-lr", "dp-delta", "target-epsilon", "client-state-dir",
-                        "fraction-train"})
+                        "fraction-train", "init-banks"})
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,10 @@ class UserCurveOptions:
     clip: float = 1.0  # dp-clip C: one user's whole update
     user_lr: float = 1.0  # dp-user-lr
     holdout: float = 0.2  # fraction of the users held out of every silo (the membership non-members)
+    # fraction of the users whose data is public (e.g. users who opted in): the global bank is pre-trained on them
+    # centrally, without DP, and every point's federation starts from it; they are neither members nor held out
+    public: float = 0.0
+    public_epochs: int = 20  # epochs of that central pre-training
     eval_users: int = 500  # evaluation users (members' held-out items) and users per side of membership inference
     max_users: int = 0  # 0: every user of the data; else a seeded sample of that many (before the holdout)
     seed: int = 0
@@ -61,6 +65,11 @@ class UserCurveOptions:
             raise ValueError(f"--dp-user-rate must be in (0, 1], got {self.rate}")
         if not (0 < self.holdout < 1):
             raise ValueError(f"--holdout-users must be a fraction in (0, 1), got {self.holdout}")
+        if not (0 <= self.public < 1) or self.holdout + self.public >= 1:
+            raise ValueError(f"--public-users must be a fraction in [0, 1) that leaves members beside "
+                             f"--holdout-users {self.holdout:g}, got {self.public}")
+        if self.public_epochs < 1:
+            raise ValueError(f"--public-epochs must be >= 1, got {self.public_epochs}")
         for name, value in (("clip", self.clip), ("user-lr", self.user_lr), ("server-lr", self.server_lr)):
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"--{name} must be a positive number, got {value}")

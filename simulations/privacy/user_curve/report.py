@@ -22,6 +22,11 @@ def curve_table(result: dict[str, Any]) -> list[str]:
              fmt(r["dp_user_rate"], 3), str(r["rounds"]), fmt(r["ndcg@10_sampled"], 4), fmt(r["hr@10_sampled"], 4),
              fmt(r["ndcg@10_full"], 4), fmt(r["hr@10_full"], 4), fmt_auc(r["membership"]),
              "yes" if r["secure_aggregation_every_round"] else "no", ",".join(r["dp_units"])] for r in result["rows"]]
+    pub = result.get("public")
+    if pub:
+        rows.append(["public pre-training only", "-", "-", "-", "0", fmt(pub["ndcg@10_sampled"], 4),
+                     fmt(pub["hr@10_sampled"], 4), fmt(pub["ndcg@10_full"], 4), fmt(pub["hr@10_full"], 4),
+                     fmt_auc(pub["membership"]), "-", "-"])
     return table(header, rows)
 
 
@@ -35,6 +40,11 @@ def curve_markdown(result: dict[str, Any]) -> str:
              f"catalog). Membership: mean log-softmax of a user's own training targets, {sides[0]} members vs "
              f"{sides[1]} held-out users; AUC 0.5 = guessing, [bootstrap 95% interval]; the same attack on the "
              f"untrained (round 0) model: {untrained}.")
+    pub = result.get("public")
+    if pub:
+        intro += (f" Every federation starts from a global bank pre-trained centrally, without DP, on "
+                  f"{pub['users']} public users ({pub['epochs']} epochs; neither members nor held out): the "
+                  f"'public pre-training only' row is that model before any private round.")
     return "\n".join(["# User-level privacy-utility curve", "", f"Command: `{result['command']}`", "", intro, "",
                       *curve_table(result), ""])
 
@@ -59,6 +69,9 @@ def plot_curve(result: dict[str, Any], path: Path) -> Path:
                          [r["membership"]["ci_high"] - r["membership"]["auc"] for r in dp]], fmt="o-", label="DP")
     for r in plain:
         right.axhline(r["membership"]["auc"], linestyle="--", color="k", label="no DP")
+    if result.get("public"):
+        left.axhline(result["public"]["ndcg@10_sampled"], linestyle=":", color="C0",
+                     label="ndcg@10_sampled, public pre-training only")
     if "membership_untrained" in result:
         right.axhline(result["membership_untrained"]["auc"], linestyle=":", color="grey", label="untrained (round 0)")
     right.axhline(0.5, color="grey", linewidth=0.8)
