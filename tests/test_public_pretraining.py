@@ -92,7 +92,9 @@ def test_the_public_model_is_scored_as_its_own_row(curve: tuple[Path, dict]) -> 
     for key in ("ndcg@10_sampled", "hr@10_sampled", "ndcg@10_full", "hr@10_full"):
         assert 0 <= pub[key] <= 1
     assert [pub["membership"]["members"], pub["membership"]["non_members"]] == result["membership_sides"]
-    assert "| public pre-training only |" in (out / "curve.md").read_text()
+    markdown = (out / "curve.md").read_text()
+    assert "| public pre-training only |" in markdown and "round-0 model (the public pre-training" in markdown
+    assert result["membership_untrained"]["auc"] == pub["membership"]["auc"]  # round 0 is the public model
 
 
 def test_a_second_invocation_reuses_the_public_model_and_the_run(curve: tuple[Path, dict], data_dir: Path) -> None:

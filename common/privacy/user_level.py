@@ -29,8 +29,10 @@ Train only what DP can afford (`FROZEN_KEYS`): the noise on a bank's mean has st
 coordinate whatever the dimension d, while one user's clipped update has norm at most C spread over d
 coordinates: the noise's norm grows as sqrt(d). The seq model's global bank is 390k parameters of which the
 collaborative item rows (3,884 x 64 on MovieLens-1M) are two thirds, and a user touches only the rows of the
-items in its history and its softmax: they are frozen at zero under user-level DP (never updated, never
-noised), and the item text projection, the user tower, the item prior and the segment banks are trained.
+items in its history and its softmax: they are frozen under user-level DP (never updated, never noised) at
+their starting values: zero, or the rows of a model pre-trained on public users (run-config init-banks;
+`fedadapt privacy curve --unit user --public-users`), and the item text projection, the user tower, the
+item prior and the segment banks are trained.
 """
 
 from __future__ import annotations

@@ -33,13 +33,15 @@ def curve_table(result: dict[str, Any]) -> list[str]:
 def curve_markdown(result: dict[str, Any]) -> str:
     sides = result["membership_sides"]
     untrained = fmt_auc(result["membership_untrained"]) if "membership_untrained" in result else "-"
+    start = ("round-0 model (the public pre-training: trained on no member)" if result.get("public")
+             else "untrained (round 0) model")
     intro = (f"{result['members']} members in {result['clients']} silos ({result['members_in_silos']} found in the "
              f"silos' records), {result['holdouts']} users held out of every silo. delta = 1/N^1.1 = "
              f"{result['delta']:.3g} (N = members). Quality: the final global model scored centrally on "
              f"{result['evaluation_users']} members' held-out test items (sampled: vs 99 negatives; full: the whole "
              f"catalog). Membership: mean log-softmax of a user's own training targets, {sides[0]} members vs "
              f"{sides[1]} held-out users; AUC 0.5 = guessing, [bootstrap 95% interval]; the same attack on the "
-             f"untrained (round 0) model: {untrained}.")
+             f"{start}: {untrained}.")
     pub = result.get("public")
     if pub:
         intro += (f" Every federation starts from a global bank pre-trained centrally, without DP, on "
@@ -73,7 +75,8 @@ def plot_curve(result: dict[str, Any], path: Path) -> Path:
         left.axhline(result["public"]["ndcg@10_sampled"], linestyle=":", color="C0",
                      label="ndcg@10_sampled, public pre-training only")
     if "membership_untrained" in result:
-        right.axhline(result["membership_untrained"]["auc"], linestyle=":", color="grey", label="untrained (round 0)")
+        label = "round 0 (public pre-training)" if result.get("public") else "untrained (round 0)"
+        right.axhline(result["membership_untrained"]["auc"], linestyle=":", color="grey", label=label)
     right.axhline(0.5, color="grey", linewidth=0.8)
     for ax, ylabel in ((left, "NDCG@10 (central, final model)"), (right, "membership AUC (members vs held out)")):
         if dp:
