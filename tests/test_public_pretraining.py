@@ -148,6 +148,10 @@ def test_a_folder_that_does_not_fit_the_run_is_refused_by_name(curve: tuple[Path
     (broken / BANKS_FILE).write_bytes(b"")
     with pytest.raises(ValueError, match="is not a seq model description"):
         check_init_banks(_run_cfg(data_dir, broken), texts)
+    (broken / BANKS_META).write_text((folder / BANKS_META).read_text())
+    (broken / BANKS_FILE).write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+    with pytest.raises(ValueError, match=f"{BANKS_FILE} cannot be read"):
+        initial_state(_run_cfg(data_dir, broken), ["global"], backbone_for("tiny"))
     with pytest.raises(ValueError, match="init-banks needs arch=seq"):
         FedConfig.from_run_config({"arch": "text", "init-banks": str(folder)})
 

@@ -178,7 +178,10 @@ def init_banks_state(cfg: FedConfig, item_texts: Mapping[str, str], seeded: Mapp
     from common.rec.seq_modes import BANKS_FILE
 
     check_init_banks(cfg, item_texts)
-    saved = load_file(f"{cfg.init_banks}/{BANKS_FILE}")
+    try:
+        saved = load_file(f"{cfg.init_banks}/{BANKS_FILE}")
+    except Exception as exc:  # safetensors raises its own error type for a damaged file
+        raise ValueError(f"init-banks {cfg.init_banks}/{BANKS_FILE} cannot be read: {exc}") from None
     out: Arrays = {}
     for bank in sorted({bank_of(k) for k in seeded}):
         mine = {k for k in seeded if bank_of(k) == bank}
