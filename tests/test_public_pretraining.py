@@ -185,3 +185,54 @@ def test_a_public_model_with_a_partial_bank_is_refused(curve: tuple[Path, dict],
     save_file(tensors, str(partial / BANKS_FILE))
     with pytest.raises(ValueError, match=r"bank 'global' does not match the run's: .*missing \['global::text_proj"):
         initial_state(_run_cfg(data_dir, partial), ["global"], backbone_for("tiny"))
+
+
+def _forged_run(data_dir: Path, out: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[np.ndarray, np.ndarray]:
+    """A curve whose silo 0 adds 0.5 to every public item row in its (securely summed) update: (rows at the
+    start, rows after the private rounds)."""
+    from safetensors.numpy import load_file
+
+    import common.privacy.user_updates as user_updates
+
+    honest = user_updates.local_train_users
+
+    def forging(cfg, data, received, hp, *args, **kwargs):  # type: ignore[no-untyped-def]
+        result = honest(cfg, data, received, hp, *args, **kwargs)
+        if data.partition_id == 0:
+            result.delta["global::item_rows"] = np.asarray(result.delta["global::item_rows"]) + 0.5
+        return result
+
+    monkeypatch.setattr(user_updates, "local_train_users", forging)
+    rc = main(["privacy", "curve", "--unit", "user", "--data", str(data_dir), "--out", str(out), "--epsilons", "8",
+               "--public-users", "0.2", "--public-epochs", "2", *TINY])
+    assert rc == 0
+    run = Path(json.loads((out / "curve.json").read_text())["rows"][0]["run"])
+    saved = load_file(str(Path(_cfg(run).init_banks) / BANKS_FILE))["global::item_rows"]
+    return saved, load_checkpoint(run / "checkpoints").banks["global"]["global::item_rows"]
+
+
+def test_a_silo_forging_item_row_updates_cannot_move_the_frozen_public_rows(data_dir: Path, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server drops the frozen keys of every unmasked user-level sum (server/secure.py): the forged rows
+    never land. Without that filter the same forgery moves them, so the test would see a broken defence."""
+    start, end = _forged_run(data_dir, tmp_path / "filtered", monkeypatch)
+    np.testing.assert_array_equal(end, start)
+    import server.secure
+
+    monkeypatch.setattr(server.secure, "FROZEN_KEYS", frozenset())
+    start, end = _forged_run(data_dir, tmp_path / "unfiltered", monkeypatch)
+    assert np.abs(end - start).max() > 1e-3
+
+
+def test_a_public_user_found_in_a_silo_stops_the_curve(data_dir: Path, tmp_path: Path) -> None:
+    """A public user in a silo's records would train twice, once with no guarantee: the silo check refuses it."""
+    from simulations.privacy.user_curve.options import UserCurveOptions
+    from simulations.privacy.user_curve.plan import make_plan
+    from simulations.privacy.user_curve.public import check_outside
+
+    plan = make_plan(UserCurveOptions(out=tmp_path / "c", data=data_dir, backbone="tiny", epsilons=(8.0,), rounds=2,
+                                      clients=CLIENTS, holdout=0.3, public=0.2, segments="region",
+                                      config={"seq-dim": "16", "seq-max-len": "20"}))
+    check_outside(plan, set(plan.members))
+    with pytest.raises(RuntimeError, match=f"public user {plan.public[0]} is in a silo's records"):
+        check_outside(plan, {*plan.members, plan.public[0]})
