@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from cli.parse import fraction
 from common.data.protocols import DEFAULT_PROTOCOL, PROTOCOLS, Protocol
-from common.defaults import ADAPTER_KIND, SEQ_ID_DROPOUT, arch_defaults
+from common.defaults import ADAPTER_KIND, SEQ_ID_DROPOUT, SEQ_LR_SCHEDULES, SEQ_MASK_BY, arch_defaults
 from common.device import DEVICES
 from common.names import ARCHS, DEFAULT_HISTORY, DEFAULT_SEGMENT_KEYS, HISTORIES
 from simulations.bench.adapters import AdapterBenchOptions, bench_adapters, format_table
@@ -61,6 +62,16 @@ def register_benchmark(benchmark: Benchmark) -> None:
     if benchmark.name in BENCHMARKS:
         raise ValueError(f"benchmark {benchmark.name!r} is already registered")
     BENCHMARKS[benchmark.name] = benchmark
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive finite number")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -181,12 +192,20 @@ def _configure_quality(parser: argparse.ArgumentParser) -> None:
                         help="fewer training users: no segment adapter")
     parser.add_argument("--epochs", type=_positive_int, default=None,
                         help="passes over the training data (per stage); default 2 (text), 20 (seq)")
+    parser.add_argument("--lr", type=_positive_float, default=None,
+                        help="learning rate of the modes' training; default text 3e-3 (every layer adapted), seq 1e-3")
+    parser.add_argument("--batch-size", type=_positive_int, default=None,
+                        help="text: pairs per step (16); seq: users per step (128)")
     parser.add_argument("--seq-dim", type=_positive_int, default=64, help="seq: item and user vector width")
     parser.add_argument("--seq-text-adapters", type=int, default=0,
                         help="seq: item text vectors from the backbone with --adapter adapters in its top N layers "
                              "(0: frozen text vectors)")
     parser.add_argument("--seq-max-len", type=_positive_int, default=200,
                         help="seq: most recent interactions the user tower reads")
+    parser.add_argument("--seq-mask-by", choices=SEQ_MASK_BY, default="touched",
+                        help="seq: what keeps an item in the training softmax (touched, chosen, text: fedadapt train)")
+    parser.add_argument("--seq-lr-schedule", choices=SEQ_LR_SCHEDULES, default="constant",
+                        help="seq: constant rate, or a short warm-up then cosine decay to 0")
     parser.add_argument("--seq-id-dropout", type=fraction("seq-id-dropout"), default=SEQ_ID_DROPOUT,
                         help="seq: probability a training step scores an item by its text alone (0 <= p < 1)")
     parser.add_argument("--pairs-per-user", type=_positive_int, default=None, help="cap on pairs per user per epoch")
@@ -209,8 +228,10 @@ def _run_quality(args: argparse.Namespace) -> int:
         data=args.data, out=args.out, modes=tuple(args.modes), baselines=not args.skip_baselines, history=args.history,
         backbone=args.backbone, adapter=args.adapter, arch=args.arch, seq_dim=args.seq_dim,
         seq_max_len=args.seq_max_len, seq_text_adapters=args.seq_text_adapters, seq_id_dropout=args.seq_id_dropout,
+        seq_mask_by=args.seq_mask_by, seq_lr_schedule=args.seq_lr_schedule,
         segment_keys=tuple(k.strip() for k in args.segments.split(",") if k.strip()),
         min_segment_users=args.min_segment_users, epochs=int(args.epochs or arch_defaults(args.arch).central_epochs),
+        lr=args.lr, batch_size=args.batch_size,
         pairs_per_user=args.pairs_per_user, max_users=args.max_users, eval_users=args.eval_users, seed=args.seed,
         federated=args.federated, protocol=Protocol(args.protocol, args.cold_items),
     )

@@ -12,7 +12,7 @@ from typing import Any
 
 from cli.parse import fraction
 from common.adapters import AdapterConfig
-from common.defaults import ADAPTER_KIND, ADAPTER_LAYERS, SEQ_ID_DROPOUT, arch_defaults
+from common.defaults import ADAPTER_KIND, ADAPTER_LAYERS, SEQ_ID_DROPOUT, SEQ_LR_SCHEDULES, SEQ_MASK_BY, arch_defaults
 from common.device import DEVICES, resolve_device
 from common.names import ARCHS, DEFAULT_HISTORY, DEFAULT_SEGMENT_KEYS, HISTORIES, OVERALL, SUMMARY_FILE, TEXT
 from common.rec.baselines import ITEM_TOWERS, MODES
@@ -56,6 +56,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seq-dim", type=int, default=SeqConfig.dim, help="seq: item and user vector width")
     p.add_argument("--seq-max-len", type=int, default=SeqConfig.max_len,
                    help="seq: most recent interactions the user tower reads (older ones are dropped)")
+    p.add_argument("--seq-mask-by", choices=SEQ_MASK_BY, default=SeqTrainConfig.mask_by,
+                   help="seq: what keeps an item in the training softmax: touched (any event), chosen (a target; "
+                   "others are left out), text (a target; others stay in, ranked by their text alone)")
+    p.add_argument("--seq-lr-schedule", choices=SEQ_LR_SCHEDULES, default=SeqTrainConfig.lr_schedule,
+                   help="seq: constant rate, or a short warm-up then cosine decay to 0")
     p.add_argument("--seq-id-dropout", type=fraction("seq-id-dropout"), default=SEQ_ID_DROPOUT,
                    help="seq: probability a training step scores an item by its text alone (0 <= p < 1)")
     p.add_argument("--segment-epochs", type=int, default=3,
@@ -127,7 +132,8 @@ def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
         history=args.history, arch=args.arch,
         seq=SeqConfig(dim=args.seq_dim, max_len=args.seq_max_len, seed=args.seed, id_dropout=args.seq_id_dropout),
         seq_train=SeqTrainConfig(epochs=int(shared["epochs"]), batch_size=int(shared["batch_size"]),
-                                 lr=float(shared["lr"]), seed=args.seed, device=args.device),
+                                 lr=float(shared["lr"]), seed=args.seed, device=args.device,
+                                 mask_by=args.seq_mask_by, lr_schedule=args.seq_lr_schedule),
         segment_epochs=args.segment_epochs,
     )
 

@@ -27,6 +27,10 @@ ADAPTER_LAYERS = 2
 # 0.25, not 0.5: on the full MovieLens-1M split 0.25 (today's mask) gave 0.585 sampled NDCG@10, 0.5 (the first
 # mask) 0.584 and 0 (the first mask) 0.599; 0.25 is what the cold-split rows were measured with (README, issue 20)
 SEQ_ID_DROPOUT = 0.25
+# seq: what keeps an item in central training's softmax (common/rec/seq_train.py SeqTrainConfig.mask_by) and the
+# rate schedules of central seq training
+SEQ_MASK_BY = ("touched", "chosen", "text")
+SEQ_LR_SCHEDULES = ("constant", "cosine")
 ROUNDS = 3  # federated rounds of `flwr run .` and `fedadapt simulate`
 
 

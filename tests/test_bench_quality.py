@@ -133,3 +133,21 @@ def test_cold_users_and_items() -> None:
     assert labelled(records, labels)[1].segments == {"region": "EU", "user": "cold", "item": "cold"}
     with pytest.raises(ValueError, match="already has column"):
         labelled([_record("u3", [], "x", {"user": "vip"})], labels[:1])
+
+
+def test_seq_training_flags_reach_the_trained_mode(market: Path, tmp_path: Path) -> None:
+    """--lr, --batch-size, --seq-mask-by and --seq-lr-schedule are what the seq mode trained with (its
+    summary.json), and a bad value is refused by the flag's name before anything runs."""
+    # Execute
+    argv = ["bench", "quality", "--data", str(market), "--arch", "seq", "--modes", "global-adapter",
+            "--skip-baselines", "--backbone", "tiny", "--epochs", "1", "--max-users", "40", "--eval-users", "20",
+            "--lr", "2e-3", "--batch-size", "16", "--seq-mask-by", "text", "--seq-lr-schedule", "cosine",
+            "--seq-dim", "16", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    # Assert
+    trained = json.loads((tmp_path / "modes" / "summary.json").read_text())["train_config"]  # one mode: no subfolder
+    assert (trained["lr"], trained["batch_size"], trained["mask_by"], trained["lr_schedule"]) == \
+        (2e-3, 16, "text", "cosine")
+    with pytest.raises(SystemExit):
+        main([*argv[:-2], "--out", str(tmp_path / "bad"), "--lr", "0"])
+    assert not (tmp_path / "bad").exists()

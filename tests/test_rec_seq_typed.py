@@ -212,3 +212,59 @@ def test_an_item_people_saw_but_never_chose_learns_it_is_not_chosen_while_a_new_
     prior = model.item_prior().detach()
     assert bias[model.index["new"]] == 0.0 and bias[model.index["seen"]] < -0.05  # -0.089 at ID dropout 0.25
     assert prior[model.index["new"]] > prior[model.index["seen"]] + 0.05
+
+
+def _seen_world(mask_by: str) -> SeqRecModel:
+    """96 users each view 'seen' and buy 5 of 8 warm items; 'new' has no event; both share one text."""
+    catalog = ["new", "seen", *[f"w{j}" for j in range(8)]]
+    text = torch.cat([torch.ones(2, 8), torch.eye(8)])
+    rng = np.random.default_rng(0)
+    records = []
+    for u in range(96):
+        bought = [str(x) for x in rng.choice(catalog[2:], 5, replace=False)]
+        records.append(UserRecord(
+            user_id=f"u{u}", segments={}, context_text="", train_pairs=[], valid_item=bought[-2],
+            test_item=bought[-1], valid_negatives=[], test_negatives=[], train_items=bought[:-2],
+            typed_events=[("seen", "view"), *[(b, "purchase") for b in bought[:-1]]]))
+    model = SeqRecModel(SMALL, catalog, text)
+    train_seq(model, records, SeqTrainConfig(epochs=20, batch_size=32, lr=1e-2, mask_by=mask_by), [GLOBAL])
+    return model
+
+
+@pytest.mark.parametrize("mask_by", ["chosen", "text"])
+def test_an_item_people_saw_but_never_chose_keeps_a_new_items_free_bias_when_asked(mask_by: str) -> None:
+    """mask_by chosen (out of the softmax) and text (in it, by its text alone) never push the viewed-never-bought
+    item's free bias down, and text also keeps its row at zero (input and output), so it scores exactly like the
+    new item with the same text (touched, the default, pushes its bias down: the test above)."""
+    # Execute
+    model = _seen_world(mask_by)
+    # Assert
+    g, new, seen = model.global_bank, model.index["new"], model.index["seen"]
+    assert g.item_bias[seen].item() == 0.0 and g.item_bias[new].item() == 0.0
+    scores = score_catalog(model, [[("w0", "purchase")]], [{}])[0]
+    if mask_by == "text":
+        assert torch.count_nonzero(g.item_rows[seen]) == 0 and torch.count_nonzero(g.item_rows[new]) == 0
+        assert scores[seen - 1] == pytest.approx(scores[new - 1])
+
+
+def test_a_text_mask_trains_the_text_prior_on_items_nobody_chose() -> None:
+    """Under mask_by text the never-chosen item is a negative of every step through its text: the prior of that
+    text goes down against chosen mode, where the item is not in the softmax at all."""
+    text_mode, chosen_mode = _seen_world("text"), _seen_world("chosen")
+    assert text_mode.item_prior()[text_mode.index["seen"]] < chosen_mode.item_prior()[chosen_mode.index["seen"]] - 0.05
+
+
+def test_seq_training_options_are_checked_by_name() -> None:
+    with pytest.raises(ValueError, match="mask_by must be one of touched, chosen, text"):
+        SeqTrainConfig(mask_by="viewed")
+    with pytest.raises(ValueError, match="lr_schedule must be one of constant, cosine"):
+        SeqTrainConfig(lr_schedule="step")
+
+
+def test_the_cosine_schedule_warms_up_peaks_and_ends_near_zero() -> None:
+    from common.rec.seq_train import lr_factor
+
+    factors = [lr_factor("cosine", s, 1000) for s in range(1000)]
+    assert factors[0] < 0.1 and max(factors) == 1.0 and factors[-1] < 1e-4
+    assert all(b <= a for a, b in zip(factors[20:], factors[21:], strict=False))  # decays after the warm-up
+    assert {lr_factor("constant", s, 1000) for s in (0, 500, 999)} == {1.0}

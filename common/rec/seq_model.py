@@ -361,12 +361,15 @@ class SeqRecModel(nn.Module):
         table = g.text_proj(self.item_text_vectors() if text is None else text) + rows
         return table * (torch.arange(table.shape[0], device=table.device) > 0).unsqueeze(1).to(table.dtype)
 
-    def item_prior(self, keep: torch.Tensor | None = None, text: torch.Tensor | None = None) -> torch.Tensor:
+    def item_prior(self, keep: torch.Tensor | None = None, text: torch.Tensor | None = None,
+                   fixed: torch.Tensor | None = None) -> torch.Tensor:
         """(N+1,) prior of each item: what its text predicts plus its free bias (zero for an item never trained
         on when training masks unseen items, so a new item gets the prior of its text); `keep` drops the free
-        bias of the items it drops when `id_dropout_bias`."""
+        bias of the items it drops when `id_dropout_bias`; `fixed` (0/1) drops it whatever `id_dropout_bias`
+        (items a training run ranks by their text only, `SeqTrainConfig.mask_by` "text")."""
         g = self.global_bank
         free = g.item_bias if keep is None or not self.cfg.id_dropout_bias else g.item_bias * keep
+        free = free if fixed is None else free * fixed
         return g.text_prior(self.item_text_vectors() if text is None else text).squeeze(1) + free
 
     def type_indices(self, tokens: Sequence[str]) -> list[int]:

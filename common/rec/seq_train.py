@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from common.data.typed_events import history_events, next_positive_targets, training_events
-from common.defaults import ARCH_DEFAULTS
+from common.defaults import ARCH_DEFAULTS, SEQ_LR_SCHEDULES, SEQ_MASK_BY
 from common.device import check_device_name, resolve_device
 from common.names import GLOBAL, SEQ, make_key
 from common.protocol import segment_adapter_names
@@ -49,6 +49,10 @@ from common.rec.user_record import RecordLike
 
 log = logging.getLogger(__name__)
 
+
+
+MASK_BY, LR_SCHEDULES = SEQ_MASK_BY, SEQ_LR_SCHEDULES
+WARMUP_SHARE = 0.02
 
 
 @dataclass(frozen=True)
@@ -64,9 +68,15 @@ class SeqTrainConfig:
     seed: int = 0
     device: str = "cpu"  # auto | cpu | cuda: where training runs (the model is moved there)
     mask_unseen: bool = True  # softmax over the items with a training event or target (see the docstring)
+    # what keeps an item in that softmax: "touched" (any training event or target) or "chosen" (a training
+    # target only: an item people viewed but nobody chose is then scored like a new item, by its text)
+    mask_by: str = "touched"
     # batches drawn from pools of this many batches' users sorted by history length, so a batch pads to its own
     # users' length, not to max_len (MovieLens-1M: mean history 105 of 200); 1 = plain shuffled batches
     length_pool: int = 16
+    # "constant", or "cosine": a linear warm-up over the first WARMUP_SHARE of the steps, then cosine decay to 0
+    # over the run (the same number of steps, ending at a low rate)
+    lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
         check_device_name(self.device)
@@ -77,6 +87,10 @@ class SeqTrainConfig:
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if self.prox_mu < 0 or self.weight_decay < 0:
             raise ValueError("prox_mu and weight_decay must be >= 0")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.mask_by not in MASK_BY:
+            raise ValueError(f"mask_by must be one of {', '.join(MASK_BY)}, got {self.mask_by!r}")
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -157,14 +171,24 @@ def train_seq(model: SeqRecModel, records: Sequence[RecordLike], cfg: SeqTrainCo
     users = [u for u in (indexed_sequence(model, r) for r in records) if u is not None]
     if not users:
         raise ValueError(f"no user of {len(records)} has a training positive after an earlier event to learn from")
-    trained = torch.zeros(len(model.catalog) + 1, dtype=torch.bool)
-    trained[[i for u in users for i in (*u[0], *u[2]) if i != PAD]] = True
-    unseen = (~trained).to(model.device) if cfg.mask_unseen else None
     trains_global = GLOBAL in trainable_names
+    trained = torch.zeros(len(model.catalog) + 1, dtype=torch.bool)
+    chosen = torch.zeros(len(model.catalog) + 1, dtype=torch.bool)
+    chosen[[i for u in users for i in u[2] if i != PAD]] = True
+    trained[[i for u in users for i in u[0] if i != PAD]] = True
+    trained |= chosen
+    unseen = (~(chosen if cfg.mask_by == "chosen" else trained)).to(model.device) if cfg.mask_unseen else None
+    # mask_by "text": an item people touched but nobody chose keeps a zero row and free bias (in the user tower's
+    # input too), so it is ranked by its text alone in training and scoring, like a new item
+    fixed = (chosen | ~trained).to(model.device, model.global_bank.item_bias.dtype) \
+        if cfg.mask_by == "text" and trains_global else None
     named = _named(model, trainable_names) if reference_state is not None else {}
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    lengths = [len(u[0]) for u in users]
+    total = cfg.epochs * len(length_batches(lengths, cfg.batch_size, cfg.length_pool, np.random.default_rng(0)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg.lr_schedule, step, total))
     started = time.perf_counter()
     epoch_losses: list[float] = []
     steps = 0
@@ -172,28 +196,30 @@ def train_seq(model: SeqRecModel, records: Sequence[RecordLike], cfg: SeqTrainCo
     for epoch in range(cfg.epochs):
         model.train(trains_global)
         losses = []
-        for rows in length_batches([len(u[0]) for u in users], cfg.batch_size, cfg.length_pool, rng):
+        for rows in length_batches(lengths, cfg.batch_size, cfg.length_pool, rng):
             batch = [users[i] for i in rows]
             inputs = left_pad([b[0] for b in batch]).to(model.device)
             types = left_pad([b[1] for b in batch]).to(model.device)
             targets = left_pad([b[2] for b in batch]).to(model.device)
             routes = [r for b in batch for r in b[3]]
             text = model.item_text_vectors(focus=torch.cat([inputs.flatten(), targets.flatten()]))
-            table = model.item_table(text=text)
+            table = model.item_table(fixed, text=text)
             with torch.set_grad_enabled(trains_global):
                 states = model.encode_sequences(inputs, table, types)  # (B, T, d)
             real = targets != PAD
             chosen = states[real]  # (P, d), row-major: the same order as `routes`
             user_vecs, bias = model.personalise(chosen, routes)
             keep = model.id_keep() if trains_global else None
+            keep = fixed if keep is None else keep if fixed is None else keep * fixed
             scored = table if keep is None else model.item_table(keep, text)
-            logits = model.logits(user_vecs, scored, bias, model.item_prior(keep, text))
+            logits = model.logits(user_vecs, scored, bias, model.item_prior(keep, text, fixed))
             if unseen is not None:
                 logits = logits.masked_fill(unseen, float("-inf"))
             loss = F.cross_entropy(logits, targets[real])
             if reference_state is not None and cfg.prox_mu > 0:
                 loss = loss + cfg.prox_mu / 2 * prox_term(named, reference_state)
             losses.append(take_step(optimizer, loss, params, cfg.max_grad_norm))
+            schedule.step()
             steps += 1
             log_progress(steps, losses, started)
         epoch_losses.append(float(np.mean(losses)))
@@ -201,6 +227,16 @@ def train_seq(model: SeqRecModel, records: Sequence[RecordLike], cfg: SeqTrainCo
     model.eval()
     return {"loss": epoch_losses[-1], "loss_first_epoch": epoch_losses[0], "steps": float(steps),
             "num_examples": float(n_targets), "seconds": time.perf_counter() - started}
+
+
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """The multiple of the base rate at `step` of `total`; 1 throughout for "constant"."""
+    if schedule == "constant":
+        return 1.0
+    warmup = max(1, int(WARMUP_SHARE * total))
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
 def length_batches(lengths: Sequence[int], batch_size: int, pool: int, rng: np.random.Generator) -> list[list[int]]:

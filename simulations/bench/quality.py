@@ -73,9 +73,14 @@ class QualityOptions:
     seq_max_len: int = 200
     seq_text_adapters: int = 0
     seq_id_dropout: float = SEQ_ID_DROPOUT
+    seq_mask_by: str = "touched"  # SeqTrainConfig.mask_by
+    seq_lr_schedule: str = "constant"  # SeqTrainConfig.lr_schedule
     segment_keys: tuple[str, ...] = DEFAULT_SEGMENT_KEYS
     min_segment_users: int = 20
     epochs: int = 2
+    # None: the arch's central default (common/defaults.py), as for `fedadapt train`
+    lr: float | None = None
+    batch_size: int | None = None
     pairs_per_user: int | None = None
     max_users: int | None = None  # modes train on a seeded sample; the baselines fit every user (a factor
     # model needs a row for each scored user)
@@ -148,12 +153,15 @@ def _experiment_config(opts: QualityOptions) -> ExperimentConfig:
     from common.rec.seq_train import SeqTrainConfig
     from common.rec.train import TrainConfig
 
-    train = TrainConfig(epochs=opts.epochs, pairs_per_user=opts.pairs_per_user, seed=opts.seed)
+    tuned: dict[str, Any] = {k: v for k, v in (("lr", opts.lr), ("batch_size", opts.batch_size)) if v is not None}
+    train = TrainConfig(epochs=opts.epochs, pairs_per_user=opts.pairs_per_user, seed=opts.seed,
+                        **(tuned if opts.arch == "text" else {}))
     return ExperimentConfig(
         arch=opts.arch, seq=SeqConfig(dim=opts.seq_dim, max_len=opts.seq_max_len, seed=opts.seed,
                                       text_adapters=opts.seq_text_adapters, text_adapter_kind=opts.adapter,
                                       id_dropout=opts.seq_id_dropout),
-        seq_train=SeqTrainConfig(epochs=opts.epochs, seed=opts.seed),
+        seq_train=SeqTrainConfig(epochs=opts.epochs, seed=opts.seed, mask_by=opts.seq_mask_by,
+                                 lr_schedule=opts.seq_lr_schedule, **(tuned if opts.arch == "seq" else {})),
         data=opts.data, out=opts.out / MODES_DIR, modes=opts.modes, adapter=AdapterConfig(kind=opts.adapter,
         seed=opts.seed), train=train, segment_keys=opts.segment_keys, min_segment_users=opts.min_segment_users,
         backbone=opts.backbone,
