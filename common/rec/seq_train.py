@@ -16,7 +16,11 @@ event at all never gets a gradient as a negative: its row and free bias stay zer
 the scored table) trains to predict on their own. Without the mask the softmax pushes every unseen item's row
 and bias down and a new item never reaches a warm user's top 10. An item people saw but never chose (viewed,
 rated low) stays in the softmax and learns that it is not chosen: masking it too left such items at their
-text prior, above the catalog's tail, and cost warm quality (README, issue 20).
+text prior, above the catalog's tail, and cost warm quality (README, issue 20). `mask_by` chooses: "touched"
+(that default), "chosen" (only items some training target chose stay in the softmax: the first version's mask),
+or "text" (an item touched but never chosen stays in the softmax with its row and free bias held at zero, in the
+user tower's input too, so it is ranked by its text alone and the text prior learns what such items look like).
+On a marketplace where new products are viewed before anyone buys them, "touched" buries them (README).
 
 Evaluation reads the user's typed history before the split's item (test: also the validation item; validation:
 the training events) and scores the catalog once per user, then takes the sampled candidates (held-out item vs
