@@ -27,7 +27,7 @@ from pathlib import Path
 
 from cli.parse import fraction
 from common.data.protocols import DEFAULT_PROTOCOL, PROTOCOLS, Protocol
-from common.defaults import ADAPTER_KIND, SEQ_ID_DROPOUT, SEQ_LR_SCHEDULES, SEQ_MASK_BY, arch_defaults
+from common.defaults import ADAPTER_KIND, SEQ_ID_DROPOUT, SEQ_LR_SCHEDULES, SEQ_MASK, SEQ_MASK_BY, arch_defaults
 from common.device import DEVICES
 from common.names import ARCHS, DEFAULT_HISTORY, DEFAULT_SEGMENT_KEYS, HISTORIES
 from simulations.bench.adapters import AdapterBenchOptions, bench_adapters, format_table
@@ -202,7 +202,7 @@ def _configure_quality(parser: argparse.ArgumentParser) -> None:
                              "(0: frozen text vectors)")
     parser.add_argument("--seq-max-len", type=_positive_int, default=200,
                         help="seq: most recent interactions the user tower reads")
-    parser.add_argument("--seq-mask-by", choices=SEQ_MASK_BY, default="touched",
+    parser.add_argument("--seq-mask-by", choices=SEQ_MASK_BY, default=SEQ_MASK,
                         help="seq: what keeps an item in the training softmax (touched, chosen, text: fedadapt train)")
     parser.add_argument("--seq-lr-schedule", choices=SEQ_LR_SCHEDULES, default="constant",
                         help="seq: constant rate, or a short warm-up then cosine decay to 0")

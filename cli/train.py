@@ -12,7 +12,15 @@ from typing import Any
 
 from cli.parse import fraction
 from common.adapters import AdapterConfig
-from common.defaults import ADAPTER_KIND, ADAPTER_LAYERS, SEQ_ID_DROPOUT, SEQ_LR_SCHEDULES, SEQ_MASK_BY, arch_defaults
+from common.defaults import (
+    ADAPTER_KIND,
+    ADAPTER_LAYERS,
+    SEQ_ID_DROPOUT,
+    SEQ_LR_SCHEDULES,
+    SEQ_MASK,
+    SEQ_MASK_BY,
+    arch_defaults,
+)
 from common.device import DEVICES, resolve_device
 from common.names import ARCHS, DEFAULT_HISTORY, DEFAULT_SEGMENT_KEYS, HISTORIES, OVERALL, SUMMARY_FILE, TEXT
 from common.rec.baselines import ITEM_TOWERS, MODES
@@ -56,7 +64,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seq-dim", type=int, default=SeqConfig.dim, help="seq: item and user vector width")
     p.add_argument("--seq-max-len", type=int, default=SeqConfig.max_len,
                    help="seq: most recent interactions the user tower reads (older ones are dropped)")
-    p.add_argument("--seq-mask-by", choices=SEQ_MASK_BY, default=SeqTrainConfig.mask_by,
+    p.add_argument("--seq-mask-by", choices=SEQ_MASK_BY, default=SEQ_MASK,
                    help="seq: what keeps an item in the training softmax: touched (any event), chosen (a target; "
                    "others are left out), text (a target; others stay in, ranked by their text alone)")
     p.add_argument("--seq-lr-schedule", choices=SEQ_LR_SCHEDULES, default=SeqTrainConfig.lr_schedule,

@@ -189,7 +189,7 @@ def test_an_unknown_event_type_is_refused_by_name() -> None:
 
 
 def test_an_item_people_saw_but_never_chose_learns_it_is_not_chosen_while_a_new_one_keeps_its_text_prior() -> None:
-    """The mask keeps out of the softmax only items with no training event: 'seen' (viewed by every user, never
+    """mask_by touched keeps out of the softmax only items with no training event: 'seen' (viewed by every user, never
     bought) is pushed down as a negative, 'new' (no event, the same text) keeps a zero free bias and outranks it
     in the item prior. Masking 'seen' too would leave its bias at zero, as if nobody had passed it over."""
     # Prepare
@@ -206,7 +206,7 @@ def test_an_item_people_saw_but_never_chose_learns_it_is_not_chosen_while_a_new_
             typed_events=events))
     model = SeqRecModel(SMALL, catalog, text)
     # Execute
-    train_seq(model, records, SeqTrainConfig(epochs=20, batch_size=32, lr=1e-2), [GLOBAL])
+    train_seq(model, records, SeqTrainConfig(epochs=20, batch_size=32, lr=1e-2, mask_by="touched"), [GLOBAL])
     # Assert
     bias = model.global_bank.item_bias.detach()
     prior = model.item_prior().detach()
@@ -232,10 +232,10 @@ def _seen_world(mask_by: str) -> SeqRecModel:
 
 
 @pytest.mark.parametrize("mask_by", ["chosen", "text"])
-def test_an_item_people_saw_but_never_chose_keeps_a_new_items_free_bias_when_asked(mask_by: str) -> None:
+def test_an_item_people_saw_but_never_chose_keeps_a_new_items_free_bias(mask_by: str) -> None:
     """mask_by chosen (out of the softmax) and text (in it, by its text alone) never push the viewed-never-bought
     item's free bias down, and text also keeps its row at zero (input and output), so it scores exactly like the
-    new item with the same text (touched, the default, pushes its bias down: the test above)."""
+    new item with the same text (touched pushes its bias down: the test above). Text is the default."""
     # Execute
     model = _seen_world(mask_by)
     # Assert
@@ -268,3 +268,7 @@ def test_the_cosine_schedule_warms_up_peaks_and_ends_near_zero() -> None:
     assert factors[0] < 0.1 and max(factors) == 1.0 and factors[-1] < 1e-4
     assert all(b <= a for a, b in zip(factors[20:], factors[21:], strict=False))  # decays after the warm-up
     assert {lr_factor("constant", s, 1000) for s in (0, 500, 999)} == {1.0}
+
+
+def test_the_default_mask_ranks_a_never_chosen_item_by_its_text() -> None:
+    assert SeqTrainConfig().mask_by == "text"

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.data.protocols import LITERATURE, Protocol
-from common.defaults import SEQ_ID_DROPOUT
+from common.defaults import SEQ_ID_DROPOUT, SEQ_MASK
 from common.names import DEFAULT_HISTORY, DEFAULT_SEGMENT_KEYS, OVERALL
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ class QualityOptions:
     seq_max_len: int = 200
     seq_text_adapters: int = 0
     seq_id_dropout: float = SEQ_ID_DROPOUT
-    seq_mask_by: str = "touched"  # SeqTrainConfig.mask_by
+    seq_mask_by: str = SEQ_MASK  # SeqTrainConfig.mask_by
     seq_lr_schedule: str = "constant"  # SeqTrainConfig.lr_schedule
     segment_keys: tuple[str, ...] = DEFAULT_SEGMENT_KEYS
     min_segment_users: int = 20
