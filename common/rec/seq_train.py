@@ -179,14 +179,14 @@ def train_seq(model: SeqRecModel, records: Sequence[RecordLike], cfg: SeqTrainCo
         raise ValueError(f"no user of {len(records)} has a training positive after an earlier event to learn from")
     trains_global = GLOBAL in trainable_names
     trained = torch.zeros(len(model.catalog) + 1, dtype=torch.bool)
-    chosen = torch.zeros(len(model.catalog) + 1, dtype=torch.bool)
-    chosen[[i for u in users for i in u[2] if i != PAD]] = True
+    targeted = torch.zeros(len(model.catalog) + 1, dtype=torch.bool)  # some training target chose it
+    targeted[[i for u in users for i in u[2] if i != PAD]] = True
     trained[[i for u in users for i in u[0] if i != PAD]] = True
-    trained |= chosen
-    unseen = (~(chosen if cfg.mask_by == "chosen" else trained)).to(model.device) if cfg.mask_unseen else None
+    trained |= targeted
+    unseen = (~(targeted if cfg.mask_by == "chosen" else trained)).to(model.device) if cfg.mask_unseen else None
     # mask_by "text": an item people touched but nobody chose keeps a zero row and free bias (in the user tower's
     # input too), so it is ranked by its text alone in training and scoring, like a new item
-    fixed = (chosen | ~trained).to(model.device, model.global_bank.item_bias.dtype) \
+    fixed = (targeted | ~trained).to(model.device, model.global_bank.item_bias.dtype) \
         if cfg.mask_by == "text" and trains_global else None
     named = _named(model, trainable_names) if reference_state is not None else {}
     torch.manual_seed(cfg.seed)
