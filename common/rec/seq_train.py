@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from common.data.typed_events import history_events, next_positive_targets, training_events
-from common.defaults import ARCH_DEFAULTS, SEQ_LR_SCHEDULES, SEQ_MASK, SEQ_MASK_BY
+from common.defaults import ARCH_DEFAULTS, MASK_CHOSEN, MASK_TEXT, SEQ_LR_SCHEDULES, SEQ_MASK, SEQ_MASK_BY
 from common.device import check_device_name, resolve_device
 from common.names import GLOBAL, SEQ, make_key
 from common.protocol import segment_adapter_names
@@ -183,11 +183,11 @@ def train_seq(model: SeqRecModel, records: Sequence[RecordLike], cfg: SeqTrainCo
     targeted[[i for u in users for i in u[2] if i != PAD]] = True
     trained[[i for u in users for i in u[0] if i != PAD]] = True
     trained |= targeted
-    unseen = (~(targeted if cfg.mask_by == "chosen" else trained)).to(model.device) if cfg.mask_unseen else None
+    unseen = (~(targeted if cfg.mask_by == MASK_CHOSEN else trained)).to(model.device) if cfg.mask_unseen else None
     # mask_by "text": an item people touched but nobody chose keeps a zero row and free bias (in the user tower's
     # input too), so it is ranked by its text alone in training and scoring, like a new item
     fixed = (targeted | ~trained).to(model.device, model.global_bank.item_bias.dtype) \
-        if cfg.mask_by == "text" and trains_global else None
+        if cfg.mask_by == MASK_TEXT and trains_global else None
     named = _named(model, trainable_names) if reference_state is not None else {}
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
