@@ -27,7 +27,15 @@ from pathlib import Path
 
 from cli.parse import fraction
 from common.data.protocols import DEFAULT_PROTOCOL, PROTOCOLS, Protocol
-from common.defaults import ADAPTER_KIND, SEQ_ID_DROPOUT, SEQ_LR_SCHEDULES, SEQ_MASK, SEQ_MASK_BY, arch_defaults
+from common.defaults import (
+    ADAPTER_KIND,
+    SEQ_ID_DROPOUT,
+    SEQ_LR_SCHEDULE,
+    SEQ_LR_SCHEDULES,
+    SEQ_MASK,
+    SEQ_MASK_BY,
+    arch_defaults,
+)
 from common.device import DEVICES
 from common.names import ARCHS, DEFAULT_HISTORY, DEFAULT_SEGMENT_KEYS, HISTORIES
 from simulations.bench.adapters import AdapterBenchOptions, bench_adapters, format_table
@@ -204,7 +212,7 @@ def _configure_quality(parser: argparse.ArgumentParser) -> None:
                         help="seq: most recent interactions the user tower reads")
     parser.add_argument("--seq-mask-by", choices=SEQ_MASK_BY, default=SEQ_MASK,
                         help="seq: what keeps an item in the training softmax (touched, chosen, text: fedadapt train)")
-    parser.add_argument("--seq-lr-schedule", choices=SEQ_LR_SCHEDULES, default="constant",
+    parser.add_argument("--seq-lr-schedule", choices=SEQ_LR_SCHEDULES, default=SEQ_LR_SCHEDULE,
                         help="seq: constant rate, or a short warm-up then cosine decay to 0")
     parser.add_argument("--seq-id-dropout", type=fraction("seq-id-dropout"), default=SEQ_ID_DROPOUT,
                         help="seq: probability a training step scores an item by its text alone (0 <= p < 1)")

@@ -16,6 +16,7 @@ from common.defaults import (
     ADAPTER_KIND,
     ADAPTER_LAYERS,
     SEQ_ID_DROPOUT,
+    SEQ_LR_SCHEDULE,
     SEQ_LR_SCHEDULES,
     SEQ_MASK,
     SEQ_MASK_BY,
@@ -67,7 +68,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seq-mask-by", choices=SEQ_MASK_BY, default=SEQ_MASK,
                    help="seq: what keeps an item in the training softmax: touched (any event), chosen (a target; "
                    "others are left out), text (a target; others stay in, ranked by their text alone)")
-    p.add_argument("--seq-lr-schedule", choices=SEQ_LR_SCHEDULES, default=SeqTrainConfig.lr_schedule,
+    p.add_argument("--seq-lr-schedule", choices=SEQ_LR_SCHEDULES, default=SEQ_LR_SCHEDULE,
                    help="seq: constant rate, or a short warm-up then cosine decay to 0")
     p.add_argument("--seq-id-dropout", type=fraction("seq-id-dropout"), default=SEQ_ID_DROPOUT,
                    help="seq: probability a training step scores an item by its text alone (0 <= p < 1)")

@@ -15,8 +15,9 @@ event at all never gets a gradient as a negative: its row and free bias stay zer
 (text projection and text prior), which ID dropout (`SeqConfig.id_dropout`: rows and free biases dropped from
 the scored table) trains to predict on their own. Without the mask the softmax pushes every unseen item's row
 and bias down and a new item never reaches a warm user's top 10. An item people saw but never chose (viewed,
-rated low) stays in the softmax and learns that it is not chosen: masking it too left such items at their
-text prior, above the catalog's tail (`mask_by` "touched"). But on a marketplace where new products are viewed
+rated low) can stay in the softmax with its own row and bias and learn that it is not chosen (`mask_by`
+"touched"; masking it instead left such items at their text prior, above the catalog's tail, `mask_by`
+"chosen"). But on a marketplace where new products are viewed
 before anyone buys them, "touched" buries them (README: 0.017 sampled NDCG@10 for such test items), so the
 default is `mask_by` "text": an item touched but never chosen stays in the softmax with its row and free bias
 held at zero (in the user tower's input too), ranked by its text alone, and the text prior learns what such
@@ -43,7 +44,15 @@ import torch
 import torch.nn.functional as F
 
 from common.data.typed_events import history_events, next_positive_targets, training_events
-from common.defaults import ARCH_DEFAULTS, MASK_CHOSEN, MASK_TEXT, SEQ_LR_SCHEDULES, SEQ_MASK, SEQ_MASK_BY
+from common.defaults import (
+    ARCH_DEFAULTS,
+    MASK_CHOSEN,
+    MASK_TEXT,
+    SEQ_LR_SCHEDULE,
+    SEQ_LR_SCHEDULES,
+    SEQ_MASK,
+    SEQ_MASK_BY,
+)
 from common.device import check_device_name, resolve_device
 from common.names import GLOBAL, SEQ, make_key
 from common.protocol import segment_adapter_names
@@ -56,7 +65,6 @@ log = logging.getLogger(__name__)
 
 
 
-MASK_BY, LR_SCHEDULES = SEQ_MASK_BY, SEQ_LR_SCHEDULES
 WARMUP_SHARE = 0.02
 
 
@@ -82,7 +90,7 @@ class SeqTrainConfig:
     length_pool: int = 16
     # "constant", or "cosine": a linear warm-up over the first WARMUP_SHARE of the steps, then cosine decay to 0
     # over the run (the same number of steps, ending at a low rate)
-    lr_schedule: str = "constant"
+    lr_schedule: str = SEQ_LR_SCHEDULE
 
     def __post_init__(self) -> None:
         check_device_name(self.device)
@@ -93,10 +101,10 @@ class SeqTrainConfig:
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if self.prox_mu < 0 or self.weight_decay < 0:
             raise ValueError("prox_mu and weight_decay must be >= 0")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
-        if self.mask_by not in MASK_BY:
-            raise ValueError(f"mask_by must be one of {', '.join(MASK_BY)}, got {self.mask_by!r}")
+        if self.lr_schedule not in SEQ_LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(SEQ_LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.mask_by not in SEQ_MASK_BY:
+            raise ValueError(f"mask_by must be one of {', '.join(SEQ_MASK_BY)}, got {self.mask_by!r}")
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -217,7 +225,7 @@ def train_seq(model: SeqRecModel, records: Sequence[RecordLike], cfg: SeqTrainCo
             user_vecs, bias = model.personalise(chosen, routes)
             keep = model.id_keep() if trains_global else None
             keep = fixed if keep is None else keep if fixed is None else keep * fixed
-            scored = table if keep is None else model.item_table(keep, text)
+            scored = table if keep is None or keep is fixed else model.item_table(keep, text)  # fixed: as the input
             logits = model.logits(user_vecs, scored, bias, model.item_prior(keep, text, fixed))
             if unseen is not None:
                 logits = logits.masked_fill(unseen, float("-inf"))
@@ -237,7 +245,7 @@ def train_seq(model: SeqRecModel, records: Sequence[RecordLike], cfg: SeqTrainCo
 
 def lr_factor(schedule: str, step: int, total: int) -> float:
     """The multiple of the base rate at `step` of `total`; 1 throughout for "constant"."""
-    if schedule == "constant":
+    if schedule == SEQ_LR_SCHEDULE:
         return 1.0
     warmup = max(1, int(WARMUP_SHARE * total))
     if step < warmup:

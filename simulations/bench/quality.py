@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.data.protocols import LITERATURE, Protocol
-from common.defaults import SEQ_ID_DROPOUT, SEQ_MASK
+from common.defaults import SEQ_ID_DROPOUT, SEQ_LR_SCHEDULE, SEQ_MASK
 from common.names import DEFAULT_HISTORY, DEFAULT_SEGMENT_KEYS, OVERALL
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class QualityOptions:
     seq_text_adapters: int = 0
     seq_id_dropout: float = SEQ_ID_DROPOUT
     seq_mask_by: str = SEQ_MASK  # SeqTrainConfig.mask_by
-    seq_lr_schedule: str = "constant"  # SeqTrainConfig.lr_schedule
+    seq_lr_schedule: str = SEQ_LR_SCHEDULE  # SeqTrainConfig.lr_schedule
     segment_keys: tuple[str, ...] = DEFAULT_SEGMENT_KEYS
     min_segment_users: int = 20
     epochs: int = 2
